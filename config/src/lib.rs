@@ -1,0 +1,110 @@
+//! herd's configuration: a TOML file read into raw serde types with
+//! `deny_unknown_fields`, then validated into [`Config`] with messages that
+//! name the field and the value. CLI flags and `HERD_*` variables override
+//! the file (that merge happens in the binary, field by field).
+
+pub mod cluster;
+mod model;
+
+pub use cluster::ClusterConfig;
+pub use model::{model_id_from_path, ModelConfig};
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A configuration problem, phrased so the user knows what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("`{field}` {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+impl ConfigError {
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid { field: field.into(), problem: problem.into() }
+    }
+}
+
+/// The whole file, as written. Every field is optional so flags can fill gaps.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address the HTTP API (and cluster traffic) listens on.
+    pub listen: Option<String>,
+    /// File with API keys, one `name:key` (or bare `key`) per line.
+    pub api_key_file: Option<PathBuf>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: Option<usize>,
+    /// How long a graceful shutdown waits for in-flight streams.
+    pub shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+impl RawConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+    }
+
+    /// Parses TOML; the error text names the offending field and line.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Validates into the typed configuration.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::invalid("listen", format!("must be an address like 127.0.0.1:8080, got {listen_text:?}"))
+        })?;
+        let max_body_bytes = self.max_body_bytes.unwrap_or(4 * 1024 * 1024);
+        if max_body_bytes < 1024 {
+            return Err(ConfigError::invalid("max_body_bytes", format!("must be at least 1024, got {max_body_bytes}")));
+        }
+        let mut models = Vec::with_capacity(self.models.len());
+        for (i, m) in self.models.into_iter().enumerate() {
+            models.push(m.validate(i)?);
+        }
+        for (i, m) in models.iter().enumerate() {
+            if models[..i].iter().any(|o| o.id == m.id) {
+                return Err(ConfigError::invalid(format!("models[{i}].id"), format!("{:?} is used by two models", m.id)));
+            }
+        }
+        Ok(Config {
+            listen,
+            api_key_file: self.api_key_file,
+            max_body_bytes,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(30)),
+            models,
+            cluster: self.cluster,
+        })
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub api_key_file: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub models: Vec<model::ValidModel>,
+    pub cluster: ClusterConfig,
+}
+
+pub use model::ValidModel;
+
+#[cfg(test)]
+mod tests;

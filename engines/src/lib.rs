@@ -1,0 +1,177 @@
+//! Engines turn a validated generation request into a bounded stream of token
+//! events. Scheduling is not async: [`Engine::generate`] enqueues and hands
+//! back a [`TokenStream`]; dropping the stream cancels the request and frees
+//! its slot within one token.
+
+pub mod llama;
+pub mod text;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// What the model is asked to continue: chat messages (templated by the
+/// engine with the model's own chat template) or raw text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum PromptInput {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A prompt after templating and tokenization, ready to be scheduled.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreparedPrompt {
+    pub tokens: Vec<i32>,
+}
+
+/// Per-request sampling, already validated at the HTTP edge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+    pub seed: Option<u32>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_tokens: 256,
+            stop: Vec::new(),
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: PreparedPrompt,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Prompt tokens whose KV came from the prompt cache.
+    pub cached_tokens: u32,
+}
+
+/// One event of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenEvent {
+    /// Newly generated text (always whole UTF-8 characters, never part of a stop sequence).
+    Delta(String),
+    Finished { reason: FinishReason, usage: Usage },
+    Failed(EngineError),
+}
+
+/// What the engine reports about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    /// Context length one request may use (prompt + completion).
+    pub ctx_size: u32,
+    pub slots: u32,
+    pub has_chat_template: bool,
+    pub n_params: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EngineState {
+    Starting,
+    Ready,
+    /// The engine host died; it is being restarted.
+    Restarting { restarts: u64, last_error: String },
+}
+
+/// Live numbers for health and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub slots_busy: u32,
+    pub kv_used_tokens: u64,
+    pub kv_capacity_tokens: u64,
+    pub restarts: u64,
+}
+
+/// Errors an engine reports; the gateway maps each variant to a status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+pub enum EngineError {
+    #[error("this model has no usable chat template; use /v1/completions with a raw prompt")]
+    NoChatTemplate,
+    #[error("the chat template could not be applied: {0}")]
+    Template(String),
+    #[error("the engine is not ready: {0}")]
+    Unavailable(String),
+    #[error("the engine process stopped during the request: {0}")]
+    Crashed(String),
+    #[error("generation failed: {0}")]
+    Internal(String),
+}
+
+/// A request in flight. Dropping it cancels the request.
+pub struct TokenStream {
+    rx: mpsc::Receiver<TokenEvent>,
+    _cancel: Option<Box<dyn Send + Sync>>,
+}
+
+impl TokenStream {
+    /// `cancel` is any value whose Drop cancels the work (kept alive as long as the stream).
+    pub fn new(rx: mpsc::Receiver<TokenEvent>, cancel: Option<Box<dyn Send + Sync>>) -> Self {
+        Self { rx, _cancel: cancel }
+    }
+
+    pub async fn next(&mut self) -> Option<TokenEvent> {
+        self.rx.recv().await
+    }
+}
+
+impl futures::Stream for TokenStream {
+    type Item = TokenEvent;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<TokenEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// An inference engine serving one model.
+pub trait Engine: Send + Sync {
+    /// Static facts about the loaded model; `None` until the engine has started once.
+    fn info(&self) -> Option<ModelInfo>;
+    fn state(&self) -> EngineState;
+    fn stats(&self) -> EngineStats;
+    /// Template and tokenize a prompt (not queued behind generation).
+    fn prepare(&self, input: PromptInput) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>>;
+    /// Enqueue a generation; the caller holds an admission permit for one slot.
+    fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError>;
+}

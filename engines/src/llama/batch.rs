@@ -1,0 +1,338 @@
+//! Continuous batching: one llama.cpp context, one sequence per slot. Each
+//! step feeds every decoding sequence its last sampled token plus prompt
+//! chunks of newly admitted sequences, decodes once, and samples each
+//! sequence with its own sampler. A slot keeps the KV of its last
+//! conversation, so a follow-up turn that extends it decodes only the new part.
+
+use super::protocol::{FromHost, RequestId};
+use super::sampler;
+use crate::text::{StopFilter, StopOutcome, Utf8Holdback};
+use crate::{EngineError, FinishReason, SamplingParams, Usage};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+pub enum Command {
+    Generate { id: RequestId, tokens: Vec<i32>, params: SamplingParams },
+    Cancel { id: RequestId },
+    Shutdown,
+}
+
+/// Tokens decoded per step across all sequences.
+const BATCH_TOKENS: usize = 512;
+const STATS_EVERY: Duration = Duration::from_millis(200);
+
+struct Active {
+    id: RequestId,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens already in the KV cache (cached prefix included).
+    fed: usize,
+    cached_tokens: u32,
+    sampler: LlamaSampler,
+    holdback: Utf8Holdback,
+    stop: StopFilter,
+    generated: u32,
+    max_tokens: u32,
+    /// Sampled but not yet decoded.
+    next: Option<LlamaToken>,
+    /// Index in the current batch whose logits belong to this sequence.
+    logits_at: Option<i32>,
+}
+
+struct Slot {
+    seq: i32,
+    /// Exactly the tokens whose KV this sequence holds, by position.
+    kv: Vec<LlamaToken>,
+    active: Option<Active>,
+    last_used: u64,
+}
+
+pub struct BatchLoop<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    slots: Vec<Slot>,
+    ctx_size: usize,
+    events: SyncSender<FromHost>,
+    batch: LlamaBatch<'static>,
+    clock: u64,
+    last_stats: Instant,
+    alive: bool,
+}
+
+impl<'m> BatchLoop<'m> {
+    pub fn new(
+        model: &'m LlamaModel,
+        ctx: LlamaContext<'m>,
+        slots: u32,
+        ctx_size: u32,
+        events: SyncSender<FromHost>,
+    ) -> Self {
+        let slots = (0..slots)
+            .map(|i| Slot { seq: i32::try_from(i).unwrap_or(0), kv: Vec::new(), active: None, last_used: 0 })
+            .collect();
+        Self {
+            model,
+            ctx,
+            slots,
+            ctx_size: ctx_size as usize,
+            events,
+            batch: LlamaBatch::new(BATCH_TOKENS, 1),
+            clock: 0,
+            last_stats: Instant::now(),
+            alive: true,
+        }
+    }
+
+    pub fn run(mut self, commands: Receiver<Command>) {
+        while self.alive {
+            if !self.any_active() {
+                self.send_stats();
+                match commands.recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = commands.try_recv() {
+                self.handle(cmd);
+            }
+            if self.alive && self.any_active() {
+                self.step();
+            }
+            if self.last_stats.elapsed() >= STATS_EVERY {
+                self.send_stats();
+            }
+        }
+    }
+
+    fn any_active(&self) -> bool {
+        self.slots.iter().any(|s| s.active.is_some())
+    }
+
+    fn emit(&mut self, event: FromHost) {
+        if self.events.send(event).is_err() {
+            self.alive = false;
+        }
+    }
+
+    fn send_stats(&mut self) {
+        self.last_stats = Instant::now();
+        let slots_busy = self.slots.iter().filter(|s| s.active.is_some()).count() as u32;
+        let kv_used_tokens = self.slots.iter().map(|s| s.kv.len() as u64).sum();
+        let kv_capacity_tokens = (self.ctx_size * self.slots.len()) as u64;
+        self.emit(FromHost::Stats { slots_busy, kv_used_tokens, kv_capacity_tokens });
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Shutdown => self.alive = false,
+            Command::Cancel { id } => {
+                for slot in &mut self.slots {
+                    if slot.active.as_ref().is_some_and(|a| a.id == id) {
+                        slot.active = None;
+                    }
+                }
+            }
+            Command::Generate { id, tokens, params } => {
+                if let Err(error) = self.admit(id, tokens, &params) {
+                    self.emit(FromHost::Failed { id, error });
+                }
+            }
+        }
+    }
+
+    /// Puts a request in the free slot whose cached tokens share the longest prefix with it.
+    fn admit(&mut self, id: RequestId, tokens: Vec<i32>, params: &SamplingParams) -> Result<(), EngineError> {
+        let prompt: Vec<LlamaToken> = tokens.into_iter().map(LlamaToken).collect();
+        if prompt.is_empty() {
+            return Err(EngineError::Internal("the prompt is empty after tokenization".into()));
+        }
+        if prompt.len() >= self.ctx_size {
+            return Err(EngineError::Internal(format!(
+                "the prompt has {} tokens; the context holds {}",
+                prompt.len(),
+                self.ctx_size
+            )));
+        }
+        let best = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.is_none())
+            .max_by_key(|(_, s)| (common_prefix(&s.kv, &prompt), std::cmp::Reverse(s.last_used)))
+            .map(|(i, _)| i)
+            .ok_or_else(|| EngineError::Unavailable("no free slot (admission control should prevent this)".into()))?;
+        // At least one prompt token must be decoded to get logits for the first sample.
+        let reuse = common_prefix(&self.slots[best].kv, &prompt).min(prompt.len() - 1);
+        let seq = self.slots[best].seq;
+        let removed = self
+            .ctx
+            .clear_kv_cache_seq(u32::try_from(seq).ok(), u32::try_from(reuse).ok(), None)
+            .unwrap_or(false);
+        let reuse = if removed {
+            reuse
+        } else {
+            let _ = self.ctx.clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
+            0
+        };
+        let n_vocab = self.model.n_vocab();
+        let slot = &mut self.slots[best];
+        slot.kv.truncate(reuse);
+        slot.active = Some(Active {
+            id,
+            prompt,
+            fed: reuse,
+            cached_tokens: u32::try_from(reuse).unwrap_or(u32::MAX),
+            sampler: sampler::build(params, n_vocab),
+            holdback: Utf8Holdback::default(),
+            stop: StopFilter::new(params.stop.clone()),
+            generated: 0,
+            max_tokens: params.max_tokens,
+            next: None,
+            logits_at: None,
+        });
+        Ok(())
+    }
+
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut budget = BATCH_TOKENS;
+        // Decoding sequences first: one token each keeps every stream moving.
+        for slot in &mut self.slots {
+            let Some(active) = slot.active.as_mut() else { continue };
+            let Some(token) = active.next.take() else { continue };
+            let idx = self.batch.n_tokens();
+            if self.batch.add(token, slot.kv.len() as i32, &[slot.seq], true).is_err() {
+                active.next = Some(token);
+                continue;
+            }
+            active.logits_at = Some(idx);
+            slot.kv.push(token);
+            budget -= 1;
+        }
+        // Then prompt chunks of newly admitted sequences with what is left.
+        for slot in &mut self.slots {
+            if budget == 0 {
+                break;
+            }
+            let Some(active) = slot.active.as_mut() else { continue };
+            if active.fed >= active.prompt.len() {
+                continue;
+            }
+            let end = (active.fed + budget).min(active.prompt.len());
+            for i in active.fed..end {
+                let last = i + 1 == active.prompt.len();
+                let idx = self.batch.n_tokens();
+                if self.batch.add(active.prompt[i], slot.kv.len() as i32, &[slot.seq], last).is_err() {
+                    break;
+                }
+                if last {
+                    active.logits_at = Some(idx);
+                }
+                slot.kv.push(active.prompt[i]);
+                active.fed += 1;
+                budget -= 1;
+            }
+        }
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            self.fail_all(&format!("llama_decode failed: {e}"));
+            return;
+        }
+        self.clock += 1;
+        for i in 0..self.slots.len() {
+            let Some(active) = self.slots[i].active.as_mut() else { continue };
+            let Some(idx) = active.logits_at.take() else { continue };
+            let token = active.sampler.sample(&self.ctx, idx);
+            self.on_token(i, token);
+        }
+    }
+
+    fn on_token(&mut self, slot_idx: usize, token: LlamaToken) {
+        let vocab = self.model.vocab();
+        if vocab.is_eog(token) {
+            self.finish(slot_idx, FinishReason::Stop);
+            return;
+        }
+        let piece = vocab.token_to_piece(token, false, None);
+        let ctx_size = self.ctx_size;
+        let slot = &mut self.slots[slot_idx];
+        let kv_len = slot.kv.len();
+        let Some(active) = slot.active.as_mut() else { return };
+        active.generated += 1;
+        let text = active.holdback.push(&piece);
+        let (out, stopped) = match active.stop.push(&text) {
+            StopOutcome::Emit(s) => (s, false),
+            StopOutcome::Stopped(s) => (s, true),
+        };
+        let id = active.id;
+        let done = active.generated >= active.max_tokens || kv_len + 1 >= ctx_size;
+        if !stopped && !done {
+            active.next = Some(token);
+        }
+        if !out.is_empty() {
+            self.emit(FromHost::Delta { id, text: out });
+        }
+        if stopped {
+            self.finish_with(slot_idx, FinishReason::Stop, false);
+        } else if done {
+            self.finish(slot_idx, FinishReason::Length);
+        }
+    }
+
+    fn finish(&mut self, slot_idx: usize, reason: FinishReason) {
+        self.finish_with(slot_idx, reason, true);
+    }
+
+    /// Ends a request; `flush` releases held-back text (not after a stop matched).
+    fn finish_with(&mut self, slot_idx: usize, mut reason: FinishReason, flush: bool) {
+        self.clock += 1;
+        let clock = self.clock;
+        let slot = &mut self.slots[slot_idx];
+        slot.last_used = clock;
+        let Some(mut active) = slot.active.take() else { return };
+        if flush {
+            let tail = active.holdback.finish();
+            let out = match active.stop.push(&tail) {
+                StopOutcome::Emit(s) => s + &active.stop.finish(),
+                StopOutcome::Stopped(s) => {
+                    reason = FinishReason::Stop;
+                    s
+                }
+            };
+            if !out.is_empty() {
+                self.emit(FromHost::Delta { id: active.id, text: out });
+            }
+        }
+        let usage = Usage {
+            prompt_tokens: u32::try_from(active.prompt.len()).unwrap_or(u32::MAX),
+            completion_tokens: active.generated,
+            cached_tokens: active.cached_tokens,
+        };
+        self.emit(FromHost::Finished { id: active.id, reason, usage });
+    }
+
+    fn fail_all(&mut self, message: &str) {
+        tracing::error!("{message}");
+        self.ctx.clear_kv_cache();
+        let mut failed = Vec::new();
+        for slot in &mut self.slots {
+            slot.kv.clear();
+            if let Some(active) = slot.active.take() {
+                failed.push(active.id);
+            }
+        }
+        for id in failed {
+            self.emit(FromHost::Failed { id, error: EngineError::Internal(message.to_string()) });
+        }
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}

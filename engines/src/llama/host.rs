@@ -1,0 +1,172 @@
+//! The engine host: a child process that owns one llama.cpp model and context.
+//! Threads: a reader (commands in; `prepare` is answered right there, so
+//! tokenization never waits behind generation), the batch loop (owns the
+//! context), and a writer (events out). When the gateway goes away the socket
+//! closes and the host exits.
+
+use super::batch::{BatchLoop, Command};
+use super::protocol::{FromHost, ToHost};
+use crate::{ChatMessage, EngineError, ModelInfo, PreparedPrompt, PromptInput};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::num::NonZeroU32;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct HostArgs {
+    /// Unix socket the gateway listens on.
+    #[arg(long)]
+    pub socket: PathBuf,
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    pub threads: u32,
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// Context per slot, in tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub ctx_size: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    #[error("cannot load model {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("cannot create context: {0}")]
+    Context(String),
+    #[error("cannot reach the gateway: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Bound on queued events; a full queue makes the batch loop wait for the socket.
+const EVENT_QUEUE: usize = 4096;
+const COMMAND_QUEUE: usize = 1024;
+
+pub fn run(args: HostArgs) -> Result<(), HostError> {
+    let mut backend = LlamaBackend::init().map_err(|e| HostError::Backend(e.to_string()))?;
+    if std::env::var_os("HERD_LLAMA_LOG").is_none() {
+        backend.void_logs();
+    }
+    let model = LlamaModel::load_from_file(&backend, &args.model, &LlamaModelParams::default())
+        .map_err(|e| HostError::Load { path: args.model.clone(), message: e.to_string() })?;
+    let template = usable_template(&model);
+    let total_ctx = args.ctx_size.saturating_mul(args.slots);
+    let threads = i32::try_from(args.threads).unwrap_or(1);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(total_ctx))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_seq_max(args.slots)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let ctx = model.new_context(&backend, params).map_err(|e| HostError::Context(e.to_string()))?;
+
+    let stream = UnixStream::connect(&args.socket)?;
+    let reader = BufReader::new(stream.try_clone()?);
+    let (event_tx, event_rx) = sync_channel::<FromHost>(EVENT_QUEUE);
+    let (cmd_tx, cmd_rx) = sync_channel::<Command>(COMMAND_QUEUE);
+    let info = ModelInfo {
+        ctx_size: args.ctx_size,
+        slots: args.slots,
+        has_chat_template: template.is_some(),
+        n_params: model.n_params(),
+    };
+    let _ = event_tx.send(FromHost::Ready { info });
+
+    std::thread::scope(|scope| {
+        scope.spawn(|| write_events(stream, event_rx));
+        let prep_events = event_tx.clone();
+        let model_ref = &model;
+        let template_ref = template.as_ref();
+        scope.spawn(move || read_commands(reader, model_ref, template_ref, &cmd_tx, &prep_events));
+        BatchLoop::new(&model, ctx, args.slots, args.ctx_size, event_tx).run(cmd_rx);
+    });
+    Ok(())
+}
+
+/// The model's template if llama.cpp can apply it; otherwise chat is refused
+/// (with a clear error) while raw completions keep working.
+fn usable_template(model: &LlamaModel) -> Option<LlamaChatTemplate> {
+    let template = model.chat_template(None).ok()?;
+    let probe = LlamaChatMessage::new("user".into(), "hi".into()).ok()?;
+    model.apply_chat_template(&template, &[probe], true).ok().map(|_| template)
+}
+
+fn read_commands(
+    reader: BufReader<UnixStream>,
+    model: &LlamaModel,
+    template: Option<&LlamaChatTemplate>,
+    cmds: &SyncSender<Command>,
+    events: &SyncSender<FromHost>,
+) {
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let msg = match serde_json::from_str::<ToHost>(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("engine host: bad command from gateway: {e}");
+                continue;
+            }
+        };
+        let sent = match msg {
+            ToHost::Prepare { id, input } => {
+                let result = prepare(model, template, &input);
+                events.send(FromHost::Prepared { id, result }).is_ok()
+            }
+            ToHost::Generate { id, tokens, params } => cmds.send(Command::Generate { id, tokens, params }).is_ok(),
+            ToHost::Cancel { id } => cmds.send(Command::Cancel { id }).is_ok(),
+        };
+        if !sent {
+            break;
+        }
+    }
+    // The gateway closed the socket (or died): nothing left to serve.
+    let _ = cmds.send(Command::Shutdown);
+}
+
+fn write_events(stream: UnixStream, events: Receiver<FromHost>) {
+    let mut out = BufWriter::new(stream);
+    while let Ok(first) = events.recv() {
+        let mut next = Some(first);
+        // Write everything already queued, then flush once.
+        while let Some(ev) = next {
+            if serde_json::to_writer(&mut out, &ev).is_err() || out.write_all(b"\n").is_err() {
+                std::process::exit(0);
+            }
+            next = events.try_recv().ok();
+        }
+        if out.flush().is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+pub(crate) fn prepare(
+    model: &LlamaModel,
+    template: Option<&LlamaChatTemplate>,
+    input: &PromptInput,
+) -> Result<PreparedPrompt, EngineError> {
+    let text = match input {
+        PromptInput::Text(text) => text.clone(),
+        PromptInput::Chat(messages) => {
+            let template = template.ok_or(EngineError::NoChatTemplate)?;
+            let chat = messages
+                .iter()
+                .map(|ChatMessage { role, content }| LlamaChatMessage::new(role.clone(), content.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| EngineError::Template(e.to_string()))?;
+            model
+                .apply_chat_template(template, &chat, true)
+                .map_err(|e| EngineError::Template(e.to_string()))?
+        }
+    };
+    let tokens = model.vocab().tokenize(text.as_bytes(), true, true);
+    Ok(PreparedPrompt { tokens: tokens.into_iter().map(|t| t.0).collect() })
+}

@@ -1,0 +1,12 @@
+//! The llama.cpp engine. The model runs in a child process (the engine host,
+//! `herd engine-host`) because llama.cpp aborts the whole process on several
+//! errors (RPC peer loss among them); the gateway side ([`LlamaEngine`])
+//! spawns, supervises and restarts it and multiplexes requests over one socket.
+
+mod batch;
+pub mod host;
+pub mod protocol;
+mod sampler;
+mod supervisor;
+
+pub use supervisor::{LlamaEngine, LlamaEngineConfig};

@@ -1,0 +1,330 @@
+//! Gateway side of the llama engine: an actor that owns the engine host child
+//! process, multiplexes requests over its socket, and restarts it with
+//! backoff when it dies. In-flight requests of a dead child end with a clean
+//! [`EngineError::Crashed`]; requests while it is down get `Unavailable`.
+
+use super::protocol::{FromHost, RequestId, ToHost};
+use crate::{
+    Engine, EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo, PreparedPrompt, PromptInput,
+    TokenEvent, TokenStream,
+};
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+mod child;
+
+use child::{ChildConn, ChildEvent};
+
+#[derive(Debug, Clone)]
+pub struct LlamaEngineConfig {
+    pub model: PathBuf,
+    pub threads: u32,
+    pub slots: u32,
+    pub ctx_size: u32,
+    /// The `herd` executable that runs `herd engine-host`.
+    pub exe: PathBuf,
+    /// How long a starting host may take to load the model.
+    pub startup_timeout: Duration,
+    /// Longest a prepare (template + tokenize) may take.
+    pub prepare_timeout: Duration,
+}
+
+/// Events buffered per request before the client is considered too slow.
+const EVENTS_PER_REQUEST: usize = 1024;
+const COMMAND_QUEUE: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A host that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+enum ActorCmd {
+    Prepare { id: RequestId, input: PromptInput, reply: oneshot::Sender<Result<PreparedPrompt, EngineError>> },
+    Generate { id: RequestId, request: GenerateRequest, events: mpsc::Sender<TokenEvent> },
+    Cancel { id: RequestId },
+}
+
+struct Shared {
+    info: Mutex<Option<ModelInfo>>,
+    stats: Mutex<EngineStats>,
+    state: watch::Receiver<EngineState>,
+}
+
+/// Handle to a supervised llama.cpp engine host. Cheap to clone.
+#[derive(Clone)]
+pub struct LlamaEngine {
+    cmds: mpsc::Sender<ActorCmd>,
+    shared: Arc<Shared>,
+    next_id: Arc<AtomicU64>,
+    prepare_timeout: Duration,
+}
+
+impl LlamaEngine {
+    /// Starts the supervisor; the host is spawned in the background.
+    pub fn start(config: LlamaEngineConfig) -> Self {
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (state_tx, state_rx) = watch::channel(EngineState::Starting);
+        let shared = Arc::new(Shared {
+            info: Mutex::new(None),
+            stats: Mutex::new(EngineStats::default()),
+            state: state_rx,
+        });
+        let prepare_timeout = config.prepare_timeout;
+        let actor = Supervisor {
+            config,
+            shared: shared.clone(),
+            state: state_tx,
+            pending: HashMap::new(),
+            child: None,
+            restarts: 0,
+        };
+        tokio::spawn(actor.run(cmd_rx));
+        Self { cmds: cmd_tx, shared, next_id: Arc::new(AtomicU64::new(1)), prepare_timeout }
+    }
+
+    /// Waits until the host is ready (or the timeout passes).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut state = self.shared.state.clone();
+        tokio::time::timeout(timeout, state.wait_for(|s| *s == EngineState::Ready)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    fn unavailable(&self) -> EngineError {
+        match self.state() {
+            EngineState::Restarting { last_error, .. } => {
+                EngineError::Unavailable(format!("the engine is restarting after: {last_error}"))
+            }
+            _ => EngineError::Unavailable("the engine is starting".into()),
+        }
+    }
+}
+
+/// Cancels its request when the stream that owns it is dropped.
+struct CancelOnDrop {
+    id: RequestId,
+    cmds: mpsc::Sender<ActorCmd>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        // Best effort: a full queue means the actor will notice the closed channel on the next token.
+        let _ = self.cmds.try_send(ActorCmd::Cancel { id: self.id });
+    }
+}
+
+impl Engine for LlamaEngine {
+    fn info(&self) -> Option<ModelInfo> {
+        self.shared.info.lock().ok().and_then(|i| i.clone())
+    }
+
+    fn state(&self) -> EngineState {
+        self.shared.state.borrow().clone()
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.shared.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn prepare(&self, input: PromptInput) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cmds = self.cmds.clone();
+        let timeout = self.prepare_timeout;
+        let unavailable = self.unavailable();
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            cmds.try_send(ActorCmd::Prepare { id, input, reply }).map_err(|_| unavailable.clone())?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(unavailable),
+                Err(_) => Err(EngineError::Unavailable("the engine did not answer in time".into())),
+            }
+        })
+    }
+
+    fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events, rx) = mpsc::channel(EVENTS_PER_REQUEST);
+        self.cmds
+            .try_send(ActorCmd::Generate { id, request, events })
+            .map_err(|_| self.unavailable())?;
+        let guard = CancelOnDrop { id, cmds: self.cmds.clone() };
+        Ok(TokenStream::new(rx, Some(Box::new(guard))))
+    }
+}
+
+enum Pending {
+    Prepare(oneshot::Sender<Result<PreparedPrompt, EngineError>>),
+    Generate(mpsc::Sender<TokenEvent>),
+}
+
+struct Supervisor {
+    config: LlamaEngineConfig,
+    shared: Arc<Shared>,
+    state: watch::Sender<EngineState>,
+    pending: HashMap<RequestId, Pending>,
+    child: Option<ChildConn>,
+    restarts: u64,
+}
+
+impl Supervisor {
+    async fn run(mut self, mut cmds: mpsc::Receiver<ActorCmd>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut restart_at = Some(Instant::now());
+        let (spawned_tx, mut spawned_rx) = mpsc::channel::<Result<(ChildConn, ModelInfo), String>>(1);
+        let mut ready_since = Instant::now();
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => return, // every handle is gone: the child is killed on drop
+                },
+                _ = tokio::time::sleep_until(restart_at.unwrap_or_else(Instant::now)), if restart_at.is_some() => {
+                    restart_at = None;
+                    let config = self.config.clone();
+                    let tx = spawned_tx.clone();
+                    tokio::spawn(async move { let _ = tx.send(ChildConn::spawn(&config).await).await; });
+                }
+                spawned = spawned_rx.recv() => match spawned {
+                    Some(Ok((conn, info))) => {
+                        tracing::info!(model = %self.config.model.display(), "engine host ready");
+                        if let Ok(mut slot) = self.shared.info.lock() { *slot = Some(info); }
+                        self.child = Some(conn);
+                        ready_since = Instant::now();
+                        self.state.send_replace(EngineState::Ready);
+                    }
+                    Some(Err(message)) => {
+                        restart_at = Some(self.died(message, &mut backoff));
+                    }
+                    None => return,
+                },
+                event = recv_child(&mut self.child) => match event {
+                    ChildEvent::Message(msg) => self.dispatch(msg),
+                    ChildEvent::Exited(message) => {
+                        self.child = None;
+                        if ready_since.elapsed() >= STABLE_AFTER { backoff = BACKOFF_MIN; }
+                        restart_at = Some(self.died(message, &mut backoff));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Fails everything in flight and schedules the restart.
+    fn died(&mut self, message: String, backoff: &mut Duration) -> Instant {
+        tracing::error!(model = %self.config.model.display(), "engine host failed: {message}; restarting in {backoff:?}");
+        for (_, pending) in self.pending.drain() {
+            match pending {
+                Pending::Prepare(reply) => {
+                    let _ = reply.send(Err(EngineError::Crashed(message.clone())));
+                }
+                Pending::Generate(events) => {
+                    let _ = events.try_send(TokenEvent::Failed(EngineError::Crashed(message.clone())));
+                }
+            }
+        }
+        self.restarts += 1;
+        if let Ok(mut stats) = self.shared.stats.lock() {
+            *stats = EngineStats { restarts: self.restarts, ..EngineStats::default() };
+        }
+        self.state.send_replace(EngineState::Restarting { restarts: self.restarts, last_error: message });
+        let at = Instant::now() + *backoff;
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        at
+    }
+
+    fn handle(&mut self, cmd: ActorCmd) {
+        let Some(child) = self.child.as_ref() else {
+            let error = EngineError::Unavailable(match &*self.state.borrow() {
+                EngineState::Restarting { last_error, .. } => format!("the engine is restarting after: {last_error}"),
+                _ => "the engine is starting".into(),
+            });
+            match cmd {
+                ActorCmd::Prepare { reply, .. } => {
+                    let _ = reply.send(Err(error));
+                }
+                ActorCmd::Generate { events, .. } => {
+                    let _ = events.try_send(TokenEvent::Failed(error));
+                }
+                ActorCmd::Cancel { .. } => {}
+            }
+            return;
+        };
+        let (msg, pending) = match cmd {
+            ActorCmd::Prepare { id, input, reply } => (ToHost::Prepare { id, input }, Some((id, Pending::Prepare(reply)))),
+            ActorCmd::Generate { id, request, events } => (
+                ToHost::Generate { id, tokens: request.prompt.tokens, params: request.params },
+                Some((id, Pending::Generate(events))),
+            ),
+            ActorCmd::Cancel { id } => {
+                if self.pending.remove(&id).is_none() {
+                    return;
+                }
+                (ToHost::Cancel { id }, None)
+            }
+        };
+        if !child.send(msg) {
+            if let Some((_, p)) = pending {
+                fail_now(p, EngineError::Unavailable("the engine's command queue is full".into()));
+            }
+            return;
+        }
+        if let Some((id, p)) = pending {
+            self.pending.insert(id, p);
+        }
+    }
+
+    fn dispatch(&mut self, msg: FromHost) {
+        match msg {
+            FromHost::Ready { .. } => {}
+            FromHost::Stats { slots_busy, kv_used_tokens, kv_capacity_tokens } => {
+                if let Ok(mut stats) = self.shared.stats.lock() {
+                    *stats = EngineStats { slots_busy, kv_used_tokens, kv_capacity_tokens, restarts: self.restarts };
+                }
+            }
+            FromHost::Prepared { id, result } => {
+                if let Some(Pending::Prepare(reply)) = self.pending.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            FromHost::Delta { id, text } => self.forward(id, TokenEvent::Delta(text), false),
+            FromHost::Finished { id, reason, usage } => self.forward(id, TokenEvent::Finished { reason, usage }, true),
+            FromHost::Failed { id, error } => self.forward(id, TokenEvent::Failed(error), true),
+        }
+    }
+
+    /// Hands an event to its request; a closed or hopelessly full stream cancels the request.
+    fn forward(&mut self, id: RequestId, event: TokenEvent, last: bool) {
+        let Some(Pending::Generate(events)) = self.pending.get(&id) else { return };
+        let delivered = events.try_send(event).is_ok();
+        if last || !delivered {
+            self.pending.remove(&id);
+        }
+        if !delivered && !last {
+            if let Some(child) = self.child.as_ref() {
+                child.send(ToHost::Cancel { id });
+            }
+        }
+    }
+}
+
+fn fail_now(pending: Pending, error: EngineError) {
+    match pending {
+        Pending::Prepare(reply) => {
+            let _ = reply.send(Err(error));
+        }
+        Pending::Generate(events) => {
+            let _ = events.try_send(TokenEvent::Failed(error));
+        }
+    }
+}
+
+async fn recv_child(child: &mut Option<ChildConn>) -> ChildEvent {
+    match child {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}

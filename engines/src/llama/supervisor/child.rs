@@ -1,0 +1,159 @@
+//! One engine host process and its socket: spawn, handshake, framed I/O.
+
+use super::LlamaEngineConfig;
+use crate::llama::protocol::{FromHost, ToHost};
+use crate::ModelInfo;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Commands queued for the host's socket.
+const WRITE_QUEUE: usize = 1024;
+/// Events read from the host, waiting for the supervisor.
+const READ_QUEUE: usize = 4096;
+
+pub enum ChildEvent {
+    Message(FromHost),
+    Exited(String),
+}
+
+pub struct ChildConn {
+    writes: mpsc::Sender<ToHost>,
+    reads: mpsc::Receiver<ChildEvent>,
+    // Owns the process (killed on drop) and the socket directory.
+    _child: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildConn {
+    /// Spawns `herd engine-host`, waits for it to connect and report ready.
+    pub async fn spawn(config: &LlamaEngineConfig) -> Result<(Self, ModelInfo), String> {
+        let dir = tempfile::Builder::new()
+            .prefix("herd-engine-")
+            .tempdir()
+            .map_err(|e| format!("cannot create socket dir: {e}"))?;
+        let socket = dir.path().join("host.sock");
+        let listener = UnixListener::bind(&socket).map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
+        let mut child = Command::new(&config.exe)
+            .arg("engine-host")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--model")
+            .arg(&config.model)
+            .args(["--threads", &config.threads.to_string()])
+            .args(["--slots", &config.slots.to_string()])
+            .args(["--ctx-size", &config.ctx_size.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", config.exe.display()))?;
+        let pid = child.id().unwrap_or(0);
+
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout(config.startup_timeout, listener.accept()) => accepted,
+            status = child.wait() => return Err(describe_exit(status)),
+        };
+        let stream = match accepted {
+            Ok(Ok((stream, _))) => stream,
+            Ok(Err(e)) => return Err(format!("engine host did not connect: {e}")),
+            Err(_) => return Err(format!("engine host did not start within {:?}", config.startup_timeout)),
+        };
+        let (read_half, write_half) = stream.into_split();
+        let mut lines = BufReader::new(read_half).lines();
+        let info = match lines.next_line().await {
+            Ok(Some(line)) => match serde_json::from_str::<FromHost>(&line) {
+                Ok(FromHost::Ready { info }) => info,
+                _ => return Err(format!("engine host sent an unexpected greeting: {line}")),
+            },
+            _ => return Err(describe_exit(child.wait().await)),
+        };
+        tracing::info!(pid, "engine host connected");
+
+        let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let (read_tx, read_rx) = mpsc::channel(READ_QUEUE);
+        tokio::spawn(write_loop(BufWriter::new(write_half), write_rx));
+        let watcher = tokio::spawn(watch(child, lines, read_tx));
+        Ok((Self { writes: write_tx, reads: read_rx, _child: watcher, _dir: dir }, info))
+    }
+
+    /// Queues a command; false when the queue is full or the host is gone.
+    pub fn send(&self, msg: ToHost) -> bool {
+        self.writes.try_send(msg).is_ok()
+    }
+
+    pub async fn recv(&mut self) -> ChildEvent {
+        self.reads.recv().await.unwrap_or_else(|| ChildEvent::Exited("engine host connection lost".into()))
+    }
+}
+
+impl Drop for ChildConn {
+    fn drop(&mut self) {
+        // Aborting the watcher drops the Child, and kill_on_drop ends the process.
+        self._child.abort();
+    }
+}
+
+async fn write_loop(
+    mut out: BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<ToHost>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            let Ok(mut line) = serde_json::to_vec(&msg) else { return };
+            line.push(b'\n');
+            if out.write_all(&line).await.is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Forwards the host's events until its socket closes, then reports how it exited.
+async fn watch(
+    mut child: Child,
+    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    events: mpsc::Sender<ChildEvent>,
+) {
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => match serde_json::from_str::<FromHost>(&line) {
+                Ok(msg) => {
+                    if events.send(ChildEvent::Message(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!("engine host sent a malformed event: {e}"),
+            },
+            _ => break,
+        }
+    }
+    // The socket closed: the process is exiting (or wedged; then it is killed).
+    let status = match tokio::time::timeout(std::time::Duration::from_secs(2), child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            let _ = child.kill().await;
+            child.wait().await
+        }
+    };
+    let _ = events.send(ChildEvent::Exited(describe_exit(status))).await;
+}
+
+fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("engine host exited with status {code}"),
+            (None, Some(sig)) => format!("engine host was killed by signal {sig}"),
+            _ => "engine host exited".into(),
+        },
+        Err(e) => format!("engine host could not be waited on: {e}"),
+    }
+}

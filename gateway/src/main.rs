@@ -1,0 +1,50 @@
+//! The `herd` binary: one executable for every role (gateway, node agent,
+//! engine host child, status client, load generator).
+
+mod bench;
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "herd", version, about = "One private, OpenAI-compatible AI server from a handful of machines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the OpenAI API (gateway + node agent).
+    Serve(cli::serve::ServeArgs),
+    /// Run the node agent only: join a cluster and host shards for it.
+    Node(cli::node::NodeArgs),
+    /// Print the cluster's membership as a table.
+    Status(cli::status::StatusArgs),
+    /// Load-generate against any OpenAI-compatible base URL.
+    Bench(bench::BenchArgs),
+    /// Internal: the llama.cpp engine host child process (spawned by `serve`).
+    #[command(hide = true)]
+    EngineHost(herd_engines::llama::host::HostArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing();
+    let result = match cli.command {
+        // The engine host is a plain thread program: no tokio runtime in the child.
+        Command::EngineHost(args) => herd_engines::llama::host::run(args).map_err(anyhow::Error::from),
+        Command::Serve(args) => cli::block_on(cli::serve::run(args)),
+        Command::Node(args) => cli::block_on(cli::node::run(args)),
+        Command::Status(args) => cli::block_on(cli::status::run(args)),
+        Command::Bench(args) => cli::block_on(bench::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
