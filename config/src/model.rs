@@ -49,6 +49,7 @@ impl ModelConfig {
         let path = self
             .path
             .ok_or_else(|| ConfigError::invalid(field("path"), "is required (the GGUF file to serve)"))?;
+        let path = expand_home(path);
         let id = match self.id {
             Some(id) => id,
             None => model_id_from_path(&path),
@@ -103,4 +104,12 @@ pub fn model_id_from_path(path: &Path) -> String {
         id = "model".to_string();
     }
     id
+}
+
+/// `~/x` → `$HOME/x`, so example configs can point into the model cache.
+fn expand_home(path: PathBuf) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path,
+    }
 }

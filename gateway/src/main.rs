@@ -1,9 +1,7 @@
 //! The `herd` binary: one executable for every role (gateway, node agent,
 //! engine host child, status client, load generator).
 
-mod bench;
-mod cli;
-
+use herd_gateway::{bench, cli};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

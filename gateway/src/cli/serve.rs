@@ -1,0 +1,177 @@
+//! `herd serve`: config (file, then `HERD_*` variables and flags on top) →
+//! engines → router → HTTP, with graceful shutdown.
+
+use crate::auth::ApiKeys;
+use crate::http::{app, AppState, ExtraRoutes};
+use crate::router::{Deployment, Router};
+use crate::scheduler::Admission;
+use anyhow::Context;
+use clap::Args;
+use herd_config::{Config, ModelConfig, RawConfig};
+use herd_engines::llama::{LlamaEngine, LlamaEngineConfig};
+use herd_engines::Engine;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML config file (see config/examples/).
+    #[arg(long, env = "HERD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// GGUF model to serve (replaces the config file's first model path).
+    #[arg(long, env = "HERD_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Model id clients use (default: derived from the file name).
+    #[arg(long, env = "HERD_MODEL_ID")]
+    pub model_id: Option<String>,
+    /// Address to listen on, e.g. 0.0.0.0:8080 (port 0 picks a free port).
+    #[arg(long, env = "HERD_LISTEN")]
+    pub listen: Option<String>,
+    /// CPU threads per engine.
+    #[arg(long, env = "HERD_THREADS")]
+    pub threads: Option<u32>,
+    /// Parallel sequences per model (concurrent requests).
+    #[arg(long, env = "HERD_SLOTS")]
+    pub slots: Option<u32>,
+    /// Context per request, in tokens.
+    #[arg(long, env = "HERD_CTX_SIZE")]
+    pub ctx_size: Option<u32>,
+    /// Requests that may wait for a slot before 429.
+    #[arg(long, env = "HERD_MAX_QUEUE")]
+    pub max_queue: Option<u32>,
+    /// Longest wait for a slot, in milliseconds, before 429.
+    #[arg(long, env = "HERD_MAX_QUEUE_WAIT_MS")]
+    pub max_queue_wait_ms: Option<u64>,
+    /// File of API keys (`name:key` per line); when set, every API call needs one.
+    #[arg(long, env = "HERD_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "HERD_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    #[command(flatten)]
+    pub cluster: super::cluster_args::ClusterArgs,
+}
+
+impl ServeArgs {
+    /// The file, with flags (and `HERD_*` variables, which clap folds into them) on top.
+    pub fn into_config(&self) -> anyhow::Result<Config> {
+        let mut raw = match &self.config {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        if let Some(v) = &self.listen {
+            raw.listen = Some(v.clone());
+        }
+        if let Some(v) = &self.api_key_file {
+            raw.api_key_file = Some(v.clone());
+        }
+        if let Some(v) = self.max_body_bytes {
+            raw.max_body_bytes = Some(v);
+        }
+        if let Some(path) = &self.model {
+            let first = raw.models.drain(..).next().unwrap_or_default();
+            raw.models = vec![ModelConfig { path: Some(path.clone()), ..first }];
+        }
+        for m in &mut raw.models {
+            m.id = self.model_id.clone().or(m.id.take());
+            m.threads = self.threads.or(m.threads);
+            m.slots = self.slots.or(m.slots);
+            m.ctx_size = self.ctx_size.or(m.ctx_size);
+            m.max_queue = self.max_queue.or(m.max_queue);
+            m.max_queue_wait_ms = self.max_queue_wait_ms.or(m.max_queue_wait_ms);
+        }
+        let config = raw.validate()?;
+        if config.models.is_empty() {
+            anyhow::bail!("no model to serve: pass --model PATH.gguf or add a [[models]] entry to the config file");
+        }
+        Ok(config)
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let keys = match &config.api_key_file {
+        Some(path) => ApiKeys::load(path)?,
+        None => ApiKeys::default(),
+    };
+    let exe = std::env::current_exe().context("cannot find the herd executable to start engine hosts")?;
+    let mut deployments = Vec::new();
+    for m in &config.models {
+        if !m.path.is_file() {
+            anyhow::bail!("model file {} does not exist (models[].path / --model)", m.path.display());
+        }
+        let engine = LlamaEngine::start(LlamaEngineConfig {
+            model: m.path.clone(),
+            threads: m.threads,
+            slots: m.slots,
+            ctx_size: m.ctx_size,
+            exe: exe.clone(),
+            startup_timeout: Duration::from_secs(600),
+            prepare_timeout: Duration::from_secs(30),
+        });
+        tracing::info!(model = %m.id, path = %m.path.display(), slots = m.slots, ctx = m.ctx_size, "starting model");
+        deployments.push(Deployment {
+            id: m.id.clone(),
+            engine: Arc::new(engine) as Arc<dyn Engine>,
+            admission: Admission::new(m.slots as usize, m.max_queue as usize, m.max_queue_wait),
+            max_tokens_limit: m.max_tokens_limit,
+            created: crate::openai::response::unix_now(),
+        });
+    }
+    let state = AppState {
+        router: Arc::new(Router::new(deployments)),
+        keys: Arc::new(keys),
+        max_body_bytes: config.max_body_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let extra = ExtraRoutes::default();
+    let app = app(state, extra);
+    tracing::info!("herd listening on http://{addr}");
+    serve_until_signal(listener, app, config.shutdown_grace).await
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight
+/// streams finish, for at most `grace`.
+pub async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    tokio::select! {
+        result = &mut server => return Ok(result??),
+        _ = shutdown_signal() => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests for up to {grace:?}");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(result) => Ok(result??),
+        Err(_) => {
+            tracing::warn!("shutdown deadline passed; closing the remaining streams");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,38 @@
+//! `GET /health`: 200 only when every model's engine is ready; otherwise 503
+//! with what is wrong, so load balancers and tests see the truth.
+
+use super::AppState;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herd_engines::EngineState;
+use serde_json::json;
+
+pub async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let mut all_ready = true;
+    let models: Vec<_> = state
+        .router
+        .all()
+        .map(|d| {
+            let stats = d.engine.stats();
+            let (status, detail) = match d.engine.state() {
+                EngineState::Ready => ("ready", None),
+                EngineState::Starting => ("starting", None),
+                EngineState::Restarting { last_error, .. } => ("restarting", Some(last_error)),
+            };
+            all_ready &= status == "ready";
+            json!({
+                "id": d.id,
+                "status": status,
+                "error": detail,
+                "restarts": stats.restarts,
+                "slots_busy": stats.slots_busy,
+                "free_slots": d.admission.free_slots(),
+                "waiting": d.admission.waiting(),
+            })
+        })
+        .collect();
+    let status = if all_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({ "status": if all_ready { "ok" } else { "unavailable" }, "models": models });
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,61 @@
+//! The HTTP surface, built in one function so the middleware order is visible.
+
+mod health;
+mod openai_api;
+mod respond;
+
+use crate::auth::{require_key, ApiKeys};
+use crate::openai::json::BodyLimit;
+use crate::openai::ApiError;
+use crate::router::Router as ModelRouter;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::routing::{get, post};
+use axum::{middleware, Extension, Router};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub router: Arc<ModelRouter>,
+    pub keys: Arc<ApiKeys>,
+    pub max_body_bytes: usize,
+}
+
+/// Extra routes other parts of herd contribute.
+#[derive(Default)]
+pub struct ExtraRoutes {
+    /// Behind API-key auth, like the OpenAI endpoints.
+    pub protected: Router,
+    /// Outside API-key auth (they authenticate themselves, or are public by design).
+    pub open: Router,
+}
+
+pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
+    let max_body = state.max_body_bytes;
+    // Inner to outer: auth runs only on matched API routes (so unknown paths
+    // are a plain 404), after the body limit and before any handler work.
+    let api = Router::new()
+        .route("/v1/chat/completions", post(openai_api::chat_completions))
+        .route("/v1/completions", post(openai_api::completions))
+        .route("/v1/models", get(openai_api::list_models))
+        .route("/v1/models/{id}", get(openai_api::get_model))
+        .with_state(state.clone())
+        .merge(extra.protected)
+        .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_key));
+    Router::new()
+        .route("/health", get(health::health))
+        .with_state(state)
+        .merge(api)
+        .merge(extra.open)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(Extension(BodyLimit(max_body)))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

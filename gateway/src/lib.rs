@@ -1,0 +1,11 @@
+//! herd's gateway: `http → router → scheduler → Engine`. See docs/architecture.md.
+
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod generate;
+pub mod http;
+pub mod openai;
+pub mod router;
+pub mod scheduler;
+pub mod validate;

@@ -1,0 +1,119 @@
+//! The gateway's one error type. Every error leaves in OpenAI's shape
+//! `{"error": {"message", "type", "param", "code"}}`, and its status comes
+//! from one exhaustive match.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herd_engines::EngineError;
+use serde::Serialize;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{message}")]
+    InvalidRequest { message: String, param: Option<&'static str> },
+    #[error("the model `{0}` does not exist")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    ContextLengthExceeded(String),
+    #[error("incorrect or missing API key; pass it as `Authorization: Bearer KEY`")]
+    Unauthorized,
+    #[error("the server is busy ({0}); retry after {1} s")]
+    Overloaded(&'static str, u64),
+    #[error("{0}")]
+    Engine(EngineError),
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+/// The `error` object OpenAI clients parse.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<&'static str>,
+    pub code: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+impl ApiError {
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest { message: message.into(), param: Some(param) }
+    }
+
+    /// Status, OpenAI error type, code, and Retry-After seconds.
+    pub fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>, Option<u64>) {
+        const INVALID: &str = "invalid_request_error";
+        match self {
+            Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, INVALID, Some("invalid_json"), None),
+            Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, INVALID, Some("request_too_large"), None),
+            Self::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, INVALID, Some("invalid_value"), None),
+            Self::ModelNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("model_not_found"), None),
+            Self::ContextLengthExceeded(_) => (StatusCode::BAD_REQUEST, INVALID, Some("context_length_exceeded"), None),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, INVALID, Some("invalid_api_key"), None),
+            Self::Overloaded(_, secs) => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded"), Some(*secs))
+            }
+            Self::Engine(e) => match e {
+                EngineError::NoChatTemplate => (StatusCode::BAD_REQUEST, INVALID, Some("chat_template_missing"), None),
+                EngineError::Template(_) => (StatusCode::BAD_REQUEST, INVALID, Some("chat_template_error"), None),
+                EngineError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("engine_unavailable"), Some(2))
+                }
+                EngineError::Crashed(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("engine_crashed"), Some(2)),
+                EngineError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", Some("engine_error"), None),
+            },
+            Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("unknown_url"), None),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, INVALID, Some("method_not_allowed"), None),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// A bounded label for metrics and logs (the variant, never message text).
+    pub fn kind(&self) -> &'static str {
+        self.parts().2.unwrap_or("error")
+    }
+
+    pub fn envelope(&self) -> ErrorEnvelope {
+        let (_, kind, code, _) = self.parts();
+        let param = match self {
+            Self::InvalidRequest { param, .. } => *param,
+            Self::ModelNotFound(_) => Some("model"),
+            Self::ContextLengthExceeded(_) => Some("messages"),
+            _ => None,
+        };
+        ErrorEnvelope { error: ErrorBody { message: self.to_string(), kind, param, code } }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        Self::Engine(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _, _, retry_after) = self.parts();
+        let mut response = (status, axum::Json(self.envelope())).into_response();
+        if let Some(secs) = retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}

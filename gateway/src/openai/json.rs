@@ -1,0 +1,39 @@
+//! A JSON extractor whose every rejection (too large, unreadable, malformed,
+//! wrong types) is an OpenAI-shaped error instead of axum's plain text.
+
+use super::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+/// Set by the app from config so the 413 message can name the limit.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+pub struct OpenAiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OpenAiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge { limit }
+            } else {
+                ApiError::InvalidJson(format!("could not read the request body: {rejection}"))
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::InvalidJson("the request body is empty; send a JSON object".into()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OpenAiJson)
+            .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON for this endpoint: {e}")))
+    }
+}

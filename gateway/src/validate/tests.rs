@@ -1,0 +1,80 @@
+use super::*;
+use crate::openai::request::ChatCompletionRequest;
+
+fn chat_json(v: serde_json::Value) -> Result<ValidRequest, ApiError> {
+    let req: ChatCompletionRequest = serde_json::from_value(v).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    chat(req)
+}
+
+fn err_of(v: serde_json::Value) -> (String, Option<&'static str>) {
+    match chat_json(v) {
+        Ok(_) => (String::from("accepted"), None),
+        Err(e) => (e.to_string(), e.envelope().error.param),
+    }
+}
+
+#[test]
+fn accepts_and_ignores_extra_fields() {
+    let r = chat_json(serde_json::json!({
+        "model": "m", "messages": [{"role": "user", "content": "hi", "name": "bob"}],
+        "logit_bias": {"50256": -100}, "user": "u1", "tools": [], "response_format": {"type": "text"},
+        "stream": true, "stream_options": {"include_usage": true}, "seed": -5
+    }));
+    let r = r.map_err(|e| e.to_string());
+    assert!(r.is_ok(), "{r:?}");
+    if let Ok(r) = r {
+        assert!(r.stream && r.include_usage);
+        assert!(r.sampling.seed.is_some());
+    }
+}
+
+#[test]
+fn content_parts_are_joined() {
+    let r = chat_json(serde_json::json!({"model": "m", "messages": [
+        {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}));
+    match r {
+        Ok(r) => assert_eq!(r.input, PromptInput::Chat(vec![ChatMessage { role: "system".into(), content: "ab".into() }])),
+        Err(e) => unreachable!("{e}"),
+    }
+}
+
+#[test]
+fn errors_name_field_and_value() {
+    let base = |k: &str, v: serde_json::Value| {
+        let mut o = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        o[k] = v;
+        o
+    };
+    let (msg, param) = err_of(base("temperature", serde_json::json!(3.5)));
+    assert_eq!((msg.as_str(), param), ("`temperature` must be between 0 and 2, got 3.5", Some("temperature")));
+    let (msg, param) = err_of(base("n", serde_json::json!(2)));
+    assert_eq!((msg.as_str(), param), ("`n` must be 1 (one choice per request), got 2", Some("n")));
+    let (msg, _) = err_of(base("max_tokens", serde_json::json!(0)));
+    assert_eq!(msg, "`max_tokens` must be at least 1, got 0");
+    let (msg, _) = err_of(base("max_completion_tokens", serde_json::json!(-3)));
+    assert_eq!(msg, "`max_completion_tokens` must be at least 1, got -3");
+    let (msg, _) = err_of(base("stop", serde_json::json!(["a", "b", "c", "d", "e"])));
+    assert!(msg.contains("at most 4"), "{msg}");
+    let (msg, _) = err_of(serde_json::json!({"model": "m", "messages": []}));
+    assert!(msg.contains("at least one message"), "{msg}");
+    let (msg, _) = err_of(serde_json::json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}));
+    assert!(msg.contains("wizard"), "{msg}");
+}
+
+#[test]
+fn max_completion_tokens_wins_over_max_tokens() {
+    let r = chat_json(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5, "max_completion_tokens": 9}));
+    assert_eq!(r.ok().and_then(|r| r.max_tokens), Some(9));
+}
+
+#[test]
+fn completion_prompt_forms() {
+    let parse = |v: serde_json::Value| -> Result<ValidRequest, ApiError> {
+        completion(serde_json::from_value(v).map_err(|e| ApiError::InvalidJson(e.to_string()))?)
+    };
+    assert!(parse(serde_json::json!({"model": "m", "prompt": ["one"]})).is_ok());
+    assert!(parse(serde_json::json!({"model": "m", "prompt": ["a", "b"]})).is_err());
+    assert!(parse(serde_json::json!({"model": "m", "prompt": ""})).is_err());
+    assert!(parse(serde_json::json!({"model": "m", "prompt": [1, 2]})).is_err());
+}
