@@ -1,0 +1,129 @@
+//! Test harness: a real `herd serve` process with the real default model on a
+//! free port, killed when dropped. Its log is printed if a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// The default model: `HERD_TEST_MODEL`, or the cache the README's setup fills.
+pub fn model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/herd/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+pub const MODEL_ID: &str = "smollm2-135m-instruct";
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `herd serve --model <default> --listen 127.0.0.1:0 --threads 1 <extra>` and waits until healthy.
+    pub fn start(extra: &[&str]) -> Result<Self, String> {
+        Self::start_with(extra, &[])
+    }
+
+    pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let model = model_path();
+        if !model.is_file() {
+            return Err(format!("test model missing at {} (run the README setup)", model.display()));
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
+        cmd.arg("serve").arg("--model").arg(&model).args(["--listen", "127.0.0.1:0", "--threads", "1"]);
+        cmd.args(extra).env("OMP_WAIT_POLICY", "PASSIVE").env("HERD_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("herd listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                return Err(format!("herd did not start: {:?}", log.lock().map(|l| l.join("\n"))));
+            }
+        };
+        let server = Self { child, url, log };
+        server.wait_healthy(Duration::from_secs(60))?;
+        Ok(server)
+    }
+
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(r) = ureq_get(&format!("{}/health", self.url)) {
+                if r.0 == 200 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("herd never became healthy; log:\n{}", self.log_text()))
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    pub fn v1(&self) -> String {
+        format!("{}/v1", self.url)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- herd log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// A tiny blocking GET for readiness polling (no runtime needed).
+pub fn ureq_get(url: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("only http")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("bad response")?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Parses an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+}
