@@ -20,7 +20,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("`{field}` {problem}")]
@@ -29,7 +32,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self::Invalid { field: field.into(), problem: problem.into() }
+        Self::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -53,9 +59,14 @@ pub struct RawConfig {
 
 impl RawConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     /// Parses TOML; the error text names the offending field and line.
@@ -67,11 +78,17 @@ impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError::invalid("listen", format!("must be an address like 127.0.0.1:8080, got {listen_text:?}"))
+            ConfigError::invalid(
+                "listen",
+                format!("must be an address like 127.0.0.1:8080, got {listen_text:?}"),
+            )
         })?;
         let max_body_bytes = self.max_body_bytes.unwrap_or(4 * 1024 * 1024);
         if max_body_bytes < 1024 {
-            return Err(ConfigError::invalid("max_body_bytes", format!("must be at least 1024, got {max_body_bytes}")));
+            return Err(ConfigError::invalid(
+                "max_body_bytes",
+                format!("must be at least 1024, got {max_body_bytes}"),
+            ));
         }
         let mut models = Vec::with_capacity(self.models.len());
         for (i, m) in self.models.into_iter().enumerate() {
@@ -79,7 +96,10 @@ impl RawConfig {
         }
         for (i, m) in models.iter().enumerate() {
             if models[..i].iter().any(|o| o.id == m.id) {
-                return Err(ConfigError::invalid(format!("models[{i}].id"), format!("{:?} is used by two models", m.id)));
+                return Err(ConfigError::invalid(
+                    format!("models[{i}].id"),
+                    format!("{:?} is used by two models", m.id),
+                ));
             }
         }
         Ok(Config {

@@ -46,32 +46,54 @@ fn default_threads() -> u32 {
 impl ModelConfig {
     pub(crate) fn validate(self, index: usize) -> Result<ValidModel, ConfigError> {
         let field = |name: &str| format!("models[{index}].{name}");
-        let path = self
-            .path
-            .ok_or_else(|| ConfigError::invalid(field("path"), "is required (the GGUF file to serve)"))?;
+        let path = self.path.ok_or_else(|| {
+            ConfigError::invalid(field("path"), "is required (the GGUF file to serve)")
+        })?;
         let path = expand_home(path);
         let id = match self.id {
             Some(id) => id,
             None => model_id_from_path(&path),
         };
-        if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(ConfigError::invalid(field("id"), format!("must be 1-128 characters without spaces, got {id:?}")));
+        if id.is_empty()
+            || id.len() > 128
+            || id.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(ConfigError::invalid(
+                field("id"),
+                format!("must be 1-128 characters without spaces, got {id:?}"),
+            ));
         }
         let in_range = |name: &str, v: u32, lo: u32, hi: u32| -> Result<u32, ConfigError> {
             if (lo..=hi).contains(&v) {
                 Ok(v)
             } else {
-                Err(ConfigError::invalid(field(name), format!("must be between {lo} and {hi}, got {v}")))
+                Err(ConfigError::invalid(
+                    field(name),
+                    format!("must be between {lo} and {hi}, got {v}"),
+                ))
             }
         };
-        let threads = in_range("threads", self.threads.unwrap_or_else(default_threads), 1, 512)?;
+        let threads = in_range(
+            "threads",
+            self.threads.unwrap_or_else(default_threads),
+            1,
+            512,
+        )?;
         let slots = in_range("slots", self.slots.unwrap_or(4), 1, 256)?;
         let ctx_size = in_range("ctx_size", self.ctx_size.unwrap_or(4096), 64, 1 << 20)?;
         let max_queue = in_range("max_queue", self.max_queue.unwrap_or(64), 0, 1_000_000)?;
-        let max_tokens_limit = in_range("max_tokens_limit", self.max_tokens_limit.unwrap_or(ctx_size), 1, ctx_size)?;
+        let max_tokens_limit = in_range(
+            "max_tokens_limit",
+            self.max_tokens_limit.unwrap_or(ctx_size),
+            1,
+            ctx_size,
+        )?;
         let wait_ms = self.max_queue_wait_ms.unwrap_or(30_000);
         if wait_ms > 3_600_000 {
-            return Err(ConfigError::invalid(field("max_queue_wait_ms"), format!("must be at most 3600000 (one hour), got {wait_ms}")));
+            return Err(ConfigError::invalid(
+                field("max_queue_wait_ms"),
+                format!("must be at most 3600000 (one hour), got {wait_ms}"),
+            ));
         }
         Ok(ValidModel {
             id,
@@ -89,7 +111,11 @@ impl ModelConfig {
 /// `SmolLM2-135M-Instruct.Q4_1.gguf` → `smollm2-135m-instruct`: the file stem,
 /// lower-cased, with a trailing quantization tag (`.Q4_1`, `-q4_k_m`, `.f16`) removed.
 pub fn model_id_from_path(path: &Path) -> String {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_lowercase();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_lowercase();
     let is_quant = |tag: &str| {
         let t = tag.trim_start_matches(['.', '-', '_']);
         (t.starts_with('q') || t.starts_with("iq")) && t.chars().any(|c| c.is_ascii_digit())
@@ -99,7 +125,10 @@ pub fn model_id_from_path(path: &Path) -> String {
         .rfind(['.', '-'])
         .filter(|&i| i > 0 && is_quant(&stem[i..]))
         .unwrap_or(stem.len());
-    let mut id: String = stem[..cut].chars().map(|c| if c.is_whitespace() { '-' } else { c }).collect();
+    let mut id: String = stem[..cut]
+        .chars()
+        .map(|c| if c.is_whitespace() { '-' } else { c })
+        .collect();
     if id.is_empty() {
         id = "model".to_string();
     }

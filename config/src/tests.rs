@@ -3,7 +3,10 @@ use super::*;
 #[test]
 fn model_ids_are_readable() {
     let id = |p: &str| model_id_from_path(Path::new(p));
-    assert_eq!(id("/m/SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-135m-instruct");
+    assert_eq!(
+        id("/m/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "smollm2-135m-instruct"
+    );
     assert_eq!(id("gemma-3-270m-q4_k_m.gguf"), "gemma-3-270m");
     assert_eq!(id("llama-3-8b.f16.gguf"), "llama-3-8b");
     assert_eq!(id("plain.gguf"), "plain");
@@ -11,25 +14,39 @@ fn model_ids_are_readable() {
 
 #[test]
 fn unknown_fields_are_named() {
-    let err = RawConfig::from_toml("listen = \"127.0.0.1:1\"\nlisen = 3\n").err().unwrap_or_default();
+    let err = RawConfig::from_toml("listen = \"127.0.0.1:1\"\nlisen = 3\n")
+        .err()
+        .unwrap_or_default();
     assert!(err.contains("lisen"), "{err}");
-    let err = RawConfig::from_toml("[[models]]\npath = \"a.gguf\"\nslot = 2\n").err().unwrap_or_default();
+    let err = RawConfig::from_toml("[[models]]\npath = \"a.gguf\"\nslot = 2\n")
+        .err()
+        .unwrap_or_default();
     assert!(err.contains("slot"), "{err}");
 }
 
 #[test]
 fn validation_names_field_and_value() {
-    let raw = RawConfig::from_toml("[[models]]\npath = \"a.gguf\"\nslots = 0\n").unwrap_or_default();
-    let err = raw.validate().err().map(|e| e.to_string()).unwrap_or_default();
+    let raw =
+        RawConfig::from_toml("[[models]]\npath = \"a.gguf\"\nslots = 0\n").unwrap_or_default();
+    let err = raw
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert_eq!(err, "`models[0].slots` must be between 1 and 256, got 0");
     let raw = RawConfig::from_toml("listen = \"nowhere\"").unwrap_or_default();
-    let err = raw.validate().err().map(|e| e.to_string()).unwrap_or_default();
+    let err = raw
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("listen") && err.contains("nowhere"), "{err}");
 }
 
 #[test]
 fn defaults_fill_a_minimal_model() {
-    let raw = RawConfig::from_toml("[[models]]\npath = \"/x/SmolLM2-135M-Instruct.Q4_1.gguf\"\n").unwrap_or_default();
+    let raw = RawConfig::from_toml("[[models]]\npath = \"/x/SmolLM2-135M-Instruct.Q4_1.gguf\"\n")
+        .unwrap_or_default();
     let cfg = raw.validate().map_err(|e| e.to_string());
     let cfg = match cfg {
         Ok(c) => c,
@@ -51,7 +68,9 @@ fn example_configs_parse_and_validate() {
         }
         let raw = RawConfig::from_file(&path);
         assert!(raw.is_ok(), "{}: {:?}", path.display(), raw.err());
-        let valid = raw.map_err(|e| e.to_string()).and_then(|r| r.validate().map_err(|e| e.to_string()));
+        let valid = raw
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.validate().map_err(|e| e.to_string()));
         assert!(valid.is_ok(), "{}: {:?}", path.display(), valid.err());
         seen += 1;
     }

@@ -91,7 +91,10 @@ pub struct Usage {
 pub enum TokenEvent {
     /// Newly generated text (always whole UTF-8 characters, never part of a stop sequence).
     Delta(String),
-    Finished { reason: FinishReason, usage: Usage },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
     Failed(EngineError),
 }
 
@@ -110,7 +113,10 @@ pub enum EngineState {
     Starting,
     Ready,
     /// The engine host died; it is being restarted.
-    Restarting { restarts: u64, last_error: String },
+    Restarting {
+        restarts: u64,
+        last_error: String,
+    },
 }
 
 /// Live numbers for health and metrics.
@@ -146,7 +152,10 @@ pub struct TokenStream {
 impl TokenStream {
     /// `cancel` is any value whose Drop cancels the work (kept alive as long as the stream).
     pub fn new(rx: mpsc::Receiver<TokenEvent>, cancel: Option<Box<dyn Send + Sync>>) -> Self {
-        Self { rx, _cancel: cancel }
+        Self {
+            rx,
+            _cancel: cancel,
+        }
     }
 
     pub async fn next(&mut self) -> Option<TokenEvent> {
@@ -171,7 +180,10 @@ pub trait Engine: Send + Sync {
     fn state(&self) -> EngineState;
     fn stats(&self) -> EngineStats;
     /// Template and tokenize a prompt (not queued behind generation).
-    fn prepare(&self, input: PromptInput) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>>;
+    fn prepare(
+        &self,
+        input: PromptInput,
+    ) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>>;
     /// Enqueue a generation; the caller holds an admission permit for one slot.
     fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError>;
 }

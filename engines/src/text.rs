@@ -65,7 +65,10 @@ pub struct StopFilter {
 impl StopFilter {
     pub fn new(stops: Vec<String>) -> Self {
         let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
-        Self { stops, held: String::new() }
+        Self {
+            stops,
+            held: String::new(),
+        }
     }
 
     pub fn push(&mut self, text: &str) -> StopOutcome {
@@ -73,13 +76,22 @@ impl StopFilter {
             return StopOutcome::Emit(text.to_string());
         }
         self.held.push_str(text);
-        let first_match = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        let first_match = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
         if let Some(at) = first_match {
             let before = self.held[..at].to_string();
             self.held.clear();
             return StopOutcome::Stopped(before);
         }
-        let keep = self.stops.iter().map(|s| partial_suffix(&self.held, s)).max().unwrap_or(0);
+        let keep = self
+            .stops
+            .iter()
+            .map(|s| partial_suffix(&self.held, s))
+            .max()
+            .unwrap_or(0);
         let cut = self.held.len() - keep;
         let out = self.held[..cut].to_string();
         self.held.drain(..cut);
@@ -97,7 +109,11 @@ fn partial_suffix(text: &str, stop: &str) -> usize {
     let max = stop.len().saturating_sub(1).min(text.len());
     (1..=max)
         .rev()
-        .find(|&k| stop.is_char_boundary(k) && text.is_char_boundary(text.len() - k) && text.ends_with(&stop[..k]))
+        .find(|&k| {
+            stop.is_char_boundary(k)
+                && text.is_char_boundary(text.len() - k)
+                && text.ends_with(&stop[..k])
+        })
         .unwrap_or(0)
 }
 

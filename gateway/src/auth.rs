@@ -39,7 +39,10 @@ impl ApiKeys {
                 Some((name, key)) if !name.trim().is_empty() && !key.trim().is_empty() => {
                     (Arc::from(name.trim()), key.trim().as_bytes().to_vec())
                 }
-                _ => (Arc::from(format!("key-{}", i + 1).as_str()), line.as_bytes().to_vec()),
+                _ => (
+                    Arc::from(format!("key-{}", i + 1).as_str()),
+                    line.as_bytes().to_vec(),
+                ),
             })
             .collect();
         Self { keys }
@@ -72,7 +75,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn require_key(State(keys): State<Arc<ApiKeys>>, mut req: Request, next: Next) -> Response {
+pub async fn require_key(
+    State(keys): State<Arc<ApiKeys>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if !keys.is_enabled() {
         req.extensions_mut().insert(KeyName(Arc::from("anonymous")));
         return next.run(req).await;
@@ -81,7 +88,10 @@ pub async fn require_key(State(keys): State<Arc<ApiKeys>>, mut req: Request, nex
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match presented.and_then(|k| keys.check(k.as_bytes())) {
         Some(name) => {
@@ -99,8 +109,14 @@ mod tests {
     #[test]
     fn named_and_bare_keys() {
         let keys = ApiKeys::parse("# team keys\nalice:sk-a\n\nsk-bare\n");
-        assert_eq!(keys.check(b"sk-a").map(|k| k.0.to_string()), Some("alice".into()));
-        assert_eq!(keys.check(b"sk-bare").map(|k| k.0.to_string()), Some("key-2".into()));
+        assert_eq!(
+            keys.check(b"sk-a").map(|k| k.0.to_string()),
+            Some("alice".into())
+        );
+        assert_eq!(
+            keys.check(b"sk-bare").map(|k| k.0.to_string()),
+            Some("key-2".into())
+        );
         assert!(keys.check(b"sk-").is_none());
         assert!(keys.check(b"").is_none());
         assert!(ApiKeys::parse("\n# none\n").keys.is_empty());

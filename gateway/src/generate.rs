@@ -23,16 +23,26 @@ pub struct Generation {
 pub async fn start(router: &Router, req: ValidRequest) -> Result<Generation, ApiError> {
     let deployment = router.route(&req.model)?;
     let engine = &deployment.engine;
-    let info = engine
-        .info()
-        .ok_or_else(|| ApiError::Engine(EngineError::Unavailable("the model is still loading".into())))?;
+    let info = engine.info().ok_or_else(|| {
+        ApiError::Engine(EngineError::Unavailable(
+            "the model is still loading".into(),
+        ))
+    })?;
     let prepared = engine.prepare(req.input).await?;
     let n_prompt = u32::try_from(prepared.tokens.len()).unwrap_or(u32::MAX);
-    let max_tokens = completion_budget(n_prompt, req.max_tokens, info.ctx_size, deployment.max_tokens_limit)?;
+    let max_tokens = completion_budget(
+        n_prompt,
+        req.max_tokens,
+        info.ctx_size,
+        deployment.max_tokens_limit,
+    )?;
     let permit = deployment.admission.admit().await?;
     let mut sampling = req.sampling;
     sampling.max_tokens = max_tokens;
-    let tokens = engine.generate(GenerateRequest { prompt: prepared, params: sampling })?;
+    let tokens = engine.generate(GenerateRequest {
+        prompt: prepared,
+        params: sampling,
+    })?;
     Ok(Generation {
         tokens,
         deployment,
@@ -45,7 +55,12 @@ pub async fn start(router: &Router, req: ValidRequest) -> Result<Generation, Api
 }
 
 /// How many tokens may be generated: what was asked, if it fits; else what fits.
-fn completion_budget(n_prompt: u32, asked: Option<u32>, ctx: u32, limit: u32) -> Result<u32, ApiError> {
+fn completion_budget(
+    n_prompt: u32,
+    asked: Option<u32>,
+    ctx: u32,
+    limit: u32,
+) -> Result<u32, ApiError> {
     if n_prompt >= ctx {
         return Err(ApiError::ContextLengthExceeded(format!(
             "this model's maximum context length is {ctx} tokens, but the prompt has {n_prompt} tokens; shorten the messages"
@@ -76,8 +91,17 @@ mod tests {
         assert_eq!(completion_budget(90, None, 100, 50).ok(), Some(10));
         assert_eq!(completion_budget(10, Some(20), 100, 50).ok(), Some(20));
         let code = |r: Result<u32, crate::openai::ApiError>| r.err().map(|e| e.kind());
-        assert_eq!(code(completion_budget(100, None, 100, 50)), Some("context_length_exceeded"));
-        assert_eq!(code(completion_budget(90, Some(20), 100, 100)), Some("context_length_exceeded"));
-        assert_eq!(code(completion_budget(10, Some(60), 100, 50)), Some("invalid_value"));
+        assert_eq!(
+            code(completion_budget(100, None, 100, 50)),
+            Some("context_length_exceeded")
+        );
+        assert_eq!(
+            code(completion_budget(90, Some(20), 100, 100)),
+            Some("context_length_exceeded")
+        );
+        assert_eq!(
+            code(completion_budget(10, Some(60), 100, 50)),
+            Some("invalid_value")
+        );
     }
 }

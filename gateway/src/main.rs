@@ -1,12 +1,16 @@
 //! The `herd` binary: one executable for every role (gateway, node agent,
 //! engine host child, status client, load generator).
 
-use herd_gateway::{bench, cli};
 use clap::{Parser, Subcommand};
+use herd_gateway::{bench, cli};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "herd", version, about = "One private, OpenAI-compatible AI server from a handful of machines")]
+#[command(
+    name = "herd",
+    version,
+    about = "One private, OpenAI-compatible AI server from a handful of machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,9 @@ fn main() -> ExitCode {
     cli::init_tracing();
     let result = match cli.command {
         // The engine host is a plain thread program: no tokio runtime in the child.
-        Command::EngineHost(args) => herd_engines::llama::host::run(args).map_err(anyhow::Error::from),
+        Command::EngineHost(args) => {
+            herd_engines::llama::host::run(args).map_err(anyhow::Error::from)
+        }
         Command::Serve(args) => cli::block_on(cli::serve::run(args)),
         Command::Node(args) => cli::block_on(cli::node::run(args)),
         Command::Status(args) => cli::block_on(cli::status::run(args)),

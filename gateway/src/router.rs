@@ -22,11 +22,19 @@ pub struct Router {
 
 impl Router {
     pub fn new(deployments: Vec<Deployment>) -> Self {
-        Self { deployments: deployments.into_iter().map(|d| (d.id.clone(), Arc::new(d))).collect() }
+        Self {
+            deployments: deployments
+                .into_iter()
+                .map(|d| (d.id.clone(), Arc::new(d)))
+                .collect(),
+        }
     }
 
     pub fn route(&self, model: &str) -> Result<Arc<Deployment>, ApiError> {
-        self.deployments.get(model).cloned().ok_or_else(|| ApiError::ModelNotFound(model.to_string()))
+        self.deployments
+            .get(model)
+            .cloned()
+            .ok_or_else(|| ApiError::ModelNotFound(model.to_string()))
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<Deployment>> {

@@ -34,7 +34,12 @@ impl Drop for Waiting<'_> {
 
 impl Admission {
     pub fn new(slots: usize, max_queue: usize, max_wait: Duration) -> Self {
-        Self { slots: Arc::new(Semaphore::new(slots)), waiting: AtomicUsize::new(0), max_queue, max_wait }
+        Self {
+            slots: Arc::new(Semaphore::new(slots)),
+            waiting: AtomicUsize::new(0),
+            max_queue,
+            max_wait,
+        }
     }
 
     pub async fn admit(&self) -> Result<Permit, ApiError> {
@@ -44,12 +49,18 @@ impl Admission {
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(&self.waiting);
         if queued >= self.max_queue {
-            return Err(ApiError::Overloaded("the wait queue is full", self.retry_after()));
+            return Err(ApiError::Overloaded(
+                "the wait queue is full",
+                self.retry_after(),
+            ));
         }
         match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(Permit { _permit: p }),
             Ok(Err(_)) => Err(ApiError::Overloaded("the model is shutting down", 5)),
-            Err(_) => Err(ApiError::Overloaded("no slot became free in time", self.retry_after())),
+            Err(_) => Err(ApiError::Overloaded(
+                "no slot became free in time",
+                self.retry_after(),
+            )),
         }
     }
 

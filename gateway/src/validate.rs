@@ -1,7 +1,9 @@
 //! The edge: OpenAI request bodies become [`ValidRequest`]s, or a 400 that
 //! names the field and the value.
 
-use crate::openai::request::{ChatCompletionRequest, CommonParams, CompletionRequest, Content, Message, Prompt, Stop};
+use crate::openai::request::{
+    ChatCompletionRequest, CommonParams, CompletionRequest, Content, Message, Prompt, Stop,
+};
 use crate::openai::ApiError;
 use herd_engines::{ChatMessage, PromptInput, SamplingParams};
 
@@ -29,13 +31,29 @@ pub struct ValidRequest {
 
 pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
     if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must contain at least one message"));
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
     }
     if req.messages.len() > MAX_MESSAGES {
-        return Err(ApiError::invalid("messages", format!("`messages` may hold at most {MAX_MESSAGES} messages")));
+        return Err(ApiError::invalid(
+            "messages",
+            format!("`messages` may hold at most {MAX_MESSAGES} messages"),
+        ));
     }
-    let messages = req.messages.into_iter().enumerate().map(|(i, m)| message(i, m)).collect::<Result<_, _>>()?;
-    common(Endpoint::Chat, req.model, PromptInput::Chat(messages), req.common)
+    let messages = req
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| message(i, m))
+        .collect::<Result<_, _>>()?;
+    common(
+        Endpoint::Chat,
+        req.model,
+        PromptInput::Chat(messages),
+        req.common,
+    )
 }
 
 pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
@@ -43,14 +61,27 @@ pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
         Prompt::Text(t) => t,
         Prompt::Texts(mut ts) if ts.len() == 1 => ts.remove(0),
         Prompt::Texts(_) | Prompt::TokenLists(_) => {
-            return Err(ApiError::invalid("prompt", "`prompt` must be a single string (batched prompts are not supported)"))
+            return Err(ApiError::invalid(
+                "prompt",
+                "`prompt` must be a single string (batched prompts are not supported)",
+            ))
         }
-        Prompt::Tokens(_) => return Err(ApiError::invalid("prompt", "`prompt` as token ids is not supported; send text")),
+        Prompt::Tokens(_) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "`prompt` as token ids is not supported; send text",
+            ))
+        }
     };
     if text.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
     }
-    common(Endpoint::Completions, req.model, PromptInput::Text(text), req.common)
+    common(
+        Endpoint::Completions,
+        req.model,
+        PromptInput::Text(text),
+        req.common,
+    )
 }
 
 fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
@@ -86,33 +117,62 @@ fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
         }
     };
     if content.contains('\0') {
-        return Err(ApiError::invalid("messages", format!("`messages[{index}].content` contains a NUL character")));
+        return Err(ApiError::invalid(
+            "messages",
+            format!("`messages[{index}].content` contains a NUL character"),
+        ));
     }
-    Ok(ChatMessage { role: role.to_string(), content })
+    Ok(ChatMessage {
+        role: role.to_string(),
+        content,
+    })
 }
 
-fn range(param: &'static str, value: Option<f64>, lo: f64, hi: f64, default: f64) -> Result<f32, ApiError> {
+fn range(
+    param: &'static str,
+    value: Option<f64>,
+    lo: f64,
+    hi: f64,
+    default: f64,
+) -> Result<f32, ApiError> {
     let v = value.unwrap_or(default);
     if !(lo..=hi).contains(&v) {
-        return Err(ApiError::invalid(param, format!("`{param}` must be between {lo} and {hi}, got {v}")));
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be between {lo} and {hi}, got {v}"),
+        ));
     }
     Ok(v as f32)
 }
 
-fn common(endpoint: Endpoint, model: String, input: PromptInput, p: CommonParams) -> Result<ValidRequest, ApiError> {
+fn common(
+    endpoint: Endpoint,
+    model: String,
+    input: PromptInput,
+    p: CommonParams,
+) -> Result<ValidRequest, ApiError> {
     if model.is_empty() {
-        return Err(ApiError::invalid("model", "`model` must name a model; GET /v1/models lists them"));
+        return Err(ApiError::invalid(
+            "model",
+            "`model` must name a model; GET /v1/models lists them",
+        ));
     }
     let temperature = range("temperature", p.temperature, 0.0, 2.0, 1.0)?;
     let top_p = range("top_p", p.top_p, 0.0, 1.0, 1.0)?;
     if top_p == 0.0 {
-        return Err(ApiError::invalid("top_p", "`top_p` must be greater than 0, got 0"));
+        return Err(ApiError::invalid(
+            "top_p",
+            "`top_p` must be greater than 0, got 0",
+        ));
     }
     let presence_penalty = range("presence_penalty", p.presence_penalty, -2.0, 2.0, 0.0)?;
     let frequency_penalty = range("frequency_penalty", p.frequency_penalty, -2.0, 2.0, 0.0)?;
     if let Some(n) = p.n {
         if n != 1 {
-            return Err(ApiError::invalid("n", format!("`n` must be 1 (one choice per request), got {n}")));
+            return Err(ApiError::invalid(
+                "n",
+                format!("`n` must be 1 (one choice per request), got {n}"),
+            ));
         }
     }
     let (param, requested) = match (p.max_completion_tokens, p.max_tokens) {
@@ -122,7 +182,12 @@ fn common(endpoint: Endpoint, model: String, input: PromptInput, p: CommonParams
     let max_tokens = match requested {
         None => None,
         Some(v) if v >= 1 && v <= i64::from(u32::MAX) => Some(v as u32),
-        Some(v) => return Err(ApiError::invalid(param, format!("`{param}` must be at least 1, got {v}"))),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                param,
+                format!("`{param}` must be at least 1, got {v}"),
+            ))
+        }
     };
     let stop = match p.stop {
         None => Vec::new(),
@@ -130,12 +195,21 @@ fn common(endpoint: Endpoint, model: String, input: PromptInput, p: CommonParams
         Some(Stop::Many(v)) => v,
     };
     if stop.len() > MAX_STOP_SEQUENCES {
-        return Err(ApiError::invalid("stop", format!("`stop` may hold at most {MAX_STOP_SEQUENCES} sequences, got {}", stop.len())));
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "`stop` may hold at most {MAX_STOP_SEQUENCES} sequences, got {}",
+                stop.len()
+            ),
+        ));
     }
     // OpenAI seeds are 64-bit; llama.cpp's are 32-bit: fold, so every distinct seed stays deterministic.
     let seed = p.seed.map(|s| (s as u64 ^ ((s as u64) >> 32)) as u32);
     let stream = p.stream.unwrap_or(false);
-    let include_usage = stream && p.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let include_usage = stream
+        && p.stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
     Ok(ValidRequest {
         endpoint,
         model,

@@ -5,8 +5,9 @@ mod common;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::types::{
-    ChatCompletionRequestMessage, ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions,
-    CreateChatCompletionRequestArgs, CreateCompletionRequestArgs, FinishReason,
+    ChatCompletionRequestMessage, ChatCompletionRequestUserMessageArgs,
+    ChatCompletionStreamOptions, CreateChatCompletionRequestArgs, CreateCompletionRequestArgs,
+    FinishReason,
 };
 use async_openai::Client;
 use common::{Server, TestResult, MODEL_ID};
@@ -14,21 +15,37 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(OpenAIConfig::new().with_api_base(server.v1()).with_api_key("unused"))
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(server.v1())
+            .with_api_key("unused"),
+    )
 }
 
 fn user(text: &str) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
-    Ok(ChatCompletionRequestUserMessageArgs::default().content(text).build()?.into())
+    Ok(ChatCompletionRequestUserMessageArgs::default()
+        .content(text)
+        .build()?
+        .into())
 }
 
 async fn post(server: &Server, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
-    let r = reqwest::Client::new().post(format!("{}{path}", server.url)).json(&body).send().await?;
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", server.url))
+        .json(&body)
+        .send()
+        .await?;
     let status = r.status().as_u16();
     Ok((status, r.json().await?))
 }
 
 /// Greedy text for a prompt through the raw API.
-async fn greedy(server: &Server, prompt: &str, max_tokens: u32, extra: Value) -> Result<Value, reqwest::Error> {
+async fn greedy(
+    server: &Server,
+    prompt: &str,
+    max_tokens: u32,
+    extra: Value,
+) -> Result<Value, reqwest::Error> {
     let mut body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens, "temperature": 0});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
@@ -54,11 +71,19 @@ async fn chat_non_stream_and_stream_agree_with_usage() -> TestResult {
     assert!(resp.id.starts_with("chatcmpl-"));
     let usage = resp.usage.ok_or("usage missing")?;
     assert!(usage.prompt_tokens > 5, "{usage:?}");
-    assert!(usage.completion_tokens >= 1 && usage.completion_tokens <= 12, "{usage:?}");
-    assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+    assert!(
+        usage.completion_tokens >= 1 && usage.completion_tokens <= 12,
+        "{usage:?}"
+    );
+    assert_eq!(
+        usage.total_tokens,
+        usage.prompt_tokens + usage.completion_tokens
+    );
 
     let mut stream_req = req.clone();
-    stream_req.stream_options = Some(ChatCompletionStreamOptions { include_usage: true });
+    stream_req.stream_options = Some(ChatCompletionStreamOptions {
+        include_usage: true,
+    });
     let mut stream = c.chat().create_stream(stream_req).await?;
     let (mut streamed, mut finish, mut stream_usage) = (String::new(), None, None);
     while let Some(chunk) = stream.next().await {
@@ -69,10 +94,16 @@ async fn chat_non_stream_and_stream_agree_with_usage() -> TestResult {
         }
         stream_usage = stream_usage.or(chunk.usage);
     }
-    assert_eq!(streamed, text, "greedy stream and non-stream must produce the same text");
+    assert_eq!(
+        streamed, text,
+        "greedy stream and non-stream must produce the same text"
+    );
     assert!(finish.is_some());
     let su = stream_usage.ok_or("include_usage must add a usage chunk")?;
-    assert_eq!((su.prompt_tokens, su.completion_tokens), (usage.prompt_tokens, usage.completion_tokens));
+    assert_eq!(
+        (su.prompt_tokens, su.completion_tokens),
+        (usage.prompt_tokens, usage.completion_tokens)
+    );
     Ok(())
 }
 
@@ -110,7 +141,13 @@ async fn completions_stream_and_not() -> TestResult {
     let mut stream = c.completions().create_stream(req).await?;
     let mut streamed = String::new();
     while let Some(chunk) = stream.next().await {
-        streamed.push_str(&chunk?.choices.first().map(|c| c.text.clone()).unwrap_or_default());
+        streamed.push_str(
+            &chunk?
+                .choices
+                .first()
+                .map(|c| c.text.clone())
+                .unwrap_or_default(),
+        );
     }
     assert_eq!(streamed, text);
     Ok(())
@@ -121,16 +158,26 @@ async fn stop_sequences_are_never_emitted() -> TestResult {
     let server = Server::start(&[])?;
     let prompt = "Count from one to twenty in words, separated by commas.";
     let full = greedy(&server, prompt, 40, json!({})).await?;
-    let full_text = full["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
+    let full_text = full["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     // A stop string from the middle of the greedy output, likely spanning a token boundary.
     let chars: Vec<char> = full_text.chars().collect();
-    assert!(chars.len() > 12, "output too short to test stops: {full_text:?}");
+    assert!(
+        chars.len() > 12,
+        "output too short to test stops: {full_text:?}"
+    );
     let stop: String = chars[8..11].iter().collect();
     let expected_prefix = &full_text[..full_text.find(&stop).ok_or("stop not in text")?];
     for stream in [false, true] {
         let body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": 40, "temperature": 0, "stop": [stop.clone(), "never-appears"], "stream": stream});
-        let r = reqwest::Client::new().post(format!("{}/v1/chat/completions", server.url)).json(&body).send().await?;
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", server.url))
+            .json(&body)
+            .send()
+            .await?;
         let (text, finish) = if stream {
             let body = r.text().await?;
             let mut text = String::new();
@@ -148,8 +195,17 @@ async fn stop_sequences_are_never_emitted() -> TestResult {
             (text, finish)
         } else {
             let v: Value = r.json().await?;
-            let text = v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
-            (text, v["choices"][0]["finish_reason"].as_str().unwrap_or_default().to_string())
+            let text = v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (
+                text,
+                v["choices"][0]["finish_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
         };
         assert_eq!(text, expected_prefix, "stream={stream} stop={stop:?}");
         assert!(!text.contains(&stop));
@@ -164,8 +220,19 @@ async fn same_seed_same_text() -> TestResult {
     let sample = |seed: i64| {
         let server = &server;
         async move {
-            let v = greedy(server, "Invent a name for a cat.", 16, json!({"temperature": 1.0, "seed": seed})).await?;
-            Ok::<String, reqwest::Error>(v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string())
+            let v = greedy(
+                server,
+                "Invent a name for a cat.",
+                16,
+                json!({"temperature": 1.0, "seed": seed}),
+            )
+            .await?;
+            Ok::<String, reqwest::Error>(
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
         }
     };
     let a = sample(42).await?;
@@ -175,7 +242,10 @@ async fn same_seed_same_text() -> TestResult {
     for seed in [1, 2, 3] {
         others.push(sample(seed).await?);
     }
-    assert!(others.iter().any(|o| *o != a), "different seeds all gave {a:?}");
+    assert!(
+        others.iter().any(|o| *o != a),
+        "different seeds all gave {a:?}"
+    );
     Ok(())
 }
 
@@ -217,23 +287,51 @@ async fn follow_up_turn_reuses_the_prompt_cache() -> TestResult {
     let server = Server::start(&["--slots", "2"])?;
     let first = json!([{"role": "system", "content": "You are a helpful assistant who answers briefly."},
         {"role": "user", "content": "What is the largest planet in the solar system? Explain in detail."}]);
-    let r1 = post(&server, "/v1/chat/completions", json!({"model": MODEL_ID, "messages": first, "max_tokens": 20, "temperature": 0})).await?.1;
-    let answer = r1["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
+    let r1 = post(
+        &server,
+        "/v1/chat/completions",
+        json!({"model": MODEL_ID, "messages": first, "max_tokens": 20, "temperature": 0}),
+    )
+    .await?
+    .1;
+    let answer = r1["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let p1 = r1["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
     let mut second = first.as_array().cloned().unwrap_or_default();
     second.push(json!({"role": "assistant", "content": answer}));
     second.push(json!({"role": "user", "content": "And the smallest?"}));
-    let r2 = post(&server, "/v1/chat/completions", json!({"model": MODEL_ID, "messages": second, "max_tokens": 8})).await?.1;
-    let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
-    assert!(cached >= p1, "second turn should reuse at least the first prompt's {p1} tokens, reused {cached}: {r2}");
+    let r2 = post(
+        &server,
+        "/v1/chat/completions",
+        json!({"model": MODEL_ID, "messages": second, "max_tokens": 8}),
+    )
+    .await?
+    .1;
+    let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        cached >= p1,
+        "second turn should reuse at least the first prompt's {p1} tokens, reused {cached}: {r2}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn non_ascii_output_has_no_replacement_characters() -> TestResult {
     let server = Server::start(&[])?;
-    let v = greedy(&server, "Write the word 'hello' in Japanese, Chinese, Russian and with three emoji.", 48, json!({"stream": false})).await?;
-    let text = v["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let v = greedy(
+        &server,
+        "Write the word 'hello' in Japanese, Chinese, Russian and with three emoji.",
+        48,
+        json!({"stream": false}),
+    )
+    .await?;
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
     assert!(!text.contains('\u{FFFD}'), "{text:?}");
     assert!(!text.is_empty());
     Ok(())

@@ -12,7 +12,12 @@ struct Wrapped {
     error: async_openai::error::ApiError,
 }
 
-async fn raw(server: &Server, path: &str, body: Vec<u8>, key: Option<&str>) -> Result<(u16, Option<String>, Vec<u8>), reqwest::Error> {
+async fn raw(
+    server: &Server,
+    path: &str,
+    body: Vec<u8>,
+    key: Option<&str>,
+) -> Result<(u16, Option<String>, Vec<u8>), reqwest::Error> {
     let mut req = reqwest::Client::new()
         .post(format!("{}{path}", server.url))
         .header("content-type", "application/json")
@@ -22,7 +27,11 @@ async fn raw(server: &Server, path: &str, body: Vec<u8>, key: Option<&str>) -> R
     }
     let r = req.send().await?;
     let status = r.status().as_u16();
-    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     Ok((status, retry, r.bytes().await?.to_vec()))
 }
 
@@ -31,7 +40,9 @@ fn openai_error(body: &[u8]) -> Result<async_openai::error::ApiError, serde_json
 }
 
 fn chat(model: &str, content: &str) -> Vec<u8> {
-    json!({"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4}).to_string().into_bytes()
+    json!({"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4})
+        .to_string()
+        .into_bytes()
 }
 
 #[tokio::test]
@@ -58,14 +69,23 @@ async fn bad_input_gets_openai_shaped_4xx() -> TestResult {
     for (path, body, status, code) in cases {
         let (got, _, bytes) = raw(&server, path, body.clone(), None).await?;
         let text = String::from_utf8_lossy(&bytes).to_string();
-        assert_eq!(got, status, "{path} {}: {text}", String::from_utf8_lossy(&body[..body.len().min(120)]));
-        let err = openai_error(&bytes).map_err(|e| format!("not an OpenAI error body ({e}): {text}"))?;
+        assert_eq!(
+            got,
+            status,
+            "{path} {}: {text}",
+            String::from_utf8_lossy(&body[..body.len().min(120)])
+        );
+        let err =
+            openai_error(&bytes).map_err(|e| format!("not an OpenAI error body ({e}): {text}"))?;
         assert_eq!(err.code.as_deref(), code, "{text}");
         assert!(!err.message.is_empty());
         assert!(err.r#type.is_some());
         let v: Value = serde_json::from_slice(&bytes)?;
         for field in ["message", "type", "param", "code"] {
-            assert!(v["error"].get(field).is_some(), "missing error.{field}: {text}");
+            assert!(
+                v["error"].get(field).is_some(),
+                "missing error.{field}: {text}"
+            );
         }
     }
     // The server is still healthy and serving after all that.
@@ -81,15 +101,31 @@ async fn api_keys_are_enforced() -> TestResult {
     std::fs::write(&keys, "# keys\nalice:sk-alice-123\n")?;
     let server = Server::start(&["--api-key-file", keys.to_str().ok_or("path")?])?;
     for key in [None, Some("sk-wrong"), Some("")] {
-        let (status, _, bytes) = raw(&server, "/v1/chat/completions", chat(MODEL_ID, "hi"), key).await?;
+        let (status, _, bytes) =
+            raw(&server, "/v1/chat/completions", chat(MODEL_ID, "hi"), key).await?;
         assert_eq!(status, 401, "key {key:?}");
-        assert_eq!(openai_error(&bytes)?.code.as_deref(), Some("invalid_api_key"));
+        assert_eq!(
+            openai_error(&bytes)?.code.as_deref(),
+            Some("invalid_api_key")
+        );
     }
-    let (status, _, _) = raw(&server, "/v1/chat/completions", chat(MODEL_ID, "hi"), Some("sk-alice-123")).await?;
+    let (status, _, _) = raw(
+        &server,
+        "/v1/chat/completions",
+        chat(MODEL_ID, "hi"),
+        Some("sk-alice-123"),
+    )
+    .await?;
     assert_eq!(status, 200);
-    let models = reqwest::Client::new().get(format!("{}/v1/models", server.url)).send().await?;
+    let models = reqwest::Client::new()
+        .get(format!("{}/v1/models", server.url))
+        .send()
+        .await?;
     assert_eq!(models.status().as_u16(), 401);
-    assert!(!server.log_text().contains("sk-alice-123"), "a key leaked into the log");
+    assert!(
+        !server.log_text().contains("sk-alice-123"),
+        "a key leaked into the log"
+    );
     Ok(())
 }
 
@@ -109,8 +145,13 @@ async fn full_queue_gets_429_with_retry_after() -> TestResult {
     let (a, b, c) = tokio::join!(busy, queued, probe);
     let (status, retry, bytes) = c?;
     assert_eq!(status, 429, "{}", String::from_utf8_lossy(&bytes));
-    assert!(retry.and_then(|r| r.parse::<u64>().ok()).is_some_and(|s| s >= 1));
-    assert_eq!(openai_error(&bytes)?.code.as_deref(), Some("rate_limit_exceeded"));
+    assert!(retry
+        .and_then(|r| r.parse::<u64>().ok())
+        .is_some_and(|s| s >= 1));
+    assert_eq!(
+        openai_error(&bytes)?.code.as_deref(),
+        Some("rate_limit_exceeded")
+    );
     assert_eq!(a?.0, 200);
     assert_eq!(b?.0, 200);
     Ok(())
@@ -119,7 +160,10 @@ async fn full_queue_gets_429_with_retry_after() -> TestResult {
 #[tokio::test]
 async fn models_endpoint_lists_the_model() -> TestResult {
     let server = Server::start(&["--model-id", "smol"])?;
-    let v: Value = reqwest::get(format!("{}/v1/models", server.url)).await?.json().await?;
+    let v: Value = reqwest::get(format!("{}/v1/models", server.url))
+        .await?
+        .json()
+        .await?;
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], "smol");
     let one = reqwest::get(format!("{}/v1/models/smol", server.url)).await?;

@@ -17,8 +17,14 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 pub enum Command {
-    Generate { id: RequestId, tokens: Vec<i32>, params: SamplingParams },
-    Cancel { id: RequestId },
+    Generate {
+        id: RequestId,
+        tokens: Vec<i32>,
+        params: SamplingParams,
+    },
+    Cancel {
+        id: RequestId,
+    },
     Shutdown,
 }
 
@@ -72,7 +78,12 @@ impl<'m> BatchLoop<'m> {
         events: SyncSender<FromHost>,
     ) -> Self {
         let slots = (0..slots)
-            .map(|i| Slot { seq: i32::try_from(i).unwrap_or(0), kv: Vec::new(), active: None, last_used: 0 })
+            .map(|i| Slot {
+                seq: i32::try_from(i).unwrap_or(0),
+                kv: Vec::new(),
+                active: None,
+                last_used: 0,
+            })
             .collect();
         Self {
             model,
@@ -123,7 +134,11 @@ impl<'m> BatchLoop<'m> {
         let slots_busy = self.slots.iter().filter(|s| s.active.is_some()).count() as u32;
         let kv_used_tokens = self.slots.iter().map(|s| s.kv.len() as u64).sum();
         let kv_capacity_tokens = (self.ctx_size * self.slots.len()) as u64;
-        self.emit(FromHost::Stats { slots_busy, kv_used_tokens, kv_capacity_tokens });
+        self.emit(FromHost::Stats {
+            slots_busy,
+            kv_used_tokens,
+            kv_capacity_tokens,
+        });
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -145,10 +160,17 @@ impl<'m> BatchLoop<'m> {
     }
 
     /// Puts a request in the free slot whose cached tokens share the longest prefix with it.
-    fn admit(&mut self, id: RequestId, tokens: Vec<i32>, params: &SamplingParams) -> Result<(), EngineError> {
+    fn admit(
+        &mut self,
+        id: RequestId,
+        tokens: Vec<i32>,
+        params: &SamplingParams,
+    ) -> Result<(), EngineError> {
         let prompt: Vec<LlamaToken> = tokens.into_iter().map(LlamaToken).collect();
         if prompt.is_empty() {
-            return Err(EngineError::Internal("the prompt is empty after tokenization".into()));
+            return Err(EngineError::Internal(
+                "the prompt is empty after tokenization".into(),
+            ));
         }
         if prompt.len() >= self.ctx_size {
             return Err(EngineError::Internal(format!(
@@ -162,9 +184,18 @@ impl<'m> BatchLoop<'m> {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.active.is_none())
-            .max_by_key(|(_, s)| (common_prefix(&s.kv, &prompt), std::cmp::Reverse(s.last_used)))
+            .max_by_key(|(_, s)| {
+                (
+                    common_prefix(&s.kv, &prompt),
+                    std::cmp::Reverse(s.last_used),
+                )
+            })
             .map(|(i, _)| i)
-            .ok_or_else(|| EngineError::Unavailable("no free slot (admission control should prevent this)".into()))?;
+            .ok_or_else(|| {
+                EngineError::Unavailable(
+                    "no free slot (admission control should prevent this)".into(),
+                )
+            })?;
         // At least one prompt token must be decoded to get logits for the first sample.
         let reuse = common_prefix(&self.slots[best].kv, &prompt).min(prompt.len() - 1);
         let seq = self.slots[best].seq;
@@ -175,7 +206,9 @@ impl<'m> BatchLoop<'m> {
         let reuse = if removed {
             reuse
         } else {
-            let _ = self.ctx.clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
+            let _ = self
+                .ctx
+                .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
             0
         };
         let n_vocab = self.model.n_vocab();
@@ -202,10 +235,18 @@ impl<'m> BatchLoop<'m> {
         let mut budget = BATCH_TOKENS;
         // Decoding sequences first: one token each keeps every stream moving.
         for slot in &mut self.slots {
-            let Some(active) = slot.active.as_mut() else { continue };
-            let Some(token) = active.next.take() else { continue };
+            let Some(active) = slot.active.as_mut() else {
+                continue;
+            };
+            let Some(token) = active.next.take() else {
+                continue;
+            };
             let idx = self.batch.n_tokens();
-            if self.batch.add(token, slot.kv.len() as i32, &[slot.seq], true).is_err() {
+            if self
+                .batch
+                .add(token, slot.kv.len() as i32, &[slot.seq], true)
+                .is_err()
+            {
                 active.next = Some(token);
                 continue;
             }
@@ -218,7 +259,9 @@ impl<'m> BatchLoop<'m> {
             if budget == 0 {
                 break;
             }
-            let Some(active) = slot.active.as_mut() else { continue };
+            let Some(active) = slot.active.as_mut() else {
+                continue;
+            };
             if active.fed >= active.prompt.len() {
                 continue;
             }
@@ -226,7 +269,11 @@ impl<'m> BatchLoop<'m> {
             for i in active.fed..end {
                 let last = i + 1 == active.prompt.len();
                 let idx = self.batch.n_tokens();
-                if self.batch.add(active.prompt[i], slot.kv.len() as i32, &[slot.seq], last).is_err() {
+                if self
+                    .batch
+                    .add(active.prompt[i], slot.kv.len() as i32, &[slot.seq], last)
+                    .is_err()
+                {
                     break;
                 }
                 if last {
@@ -246,8 +293,12 @@ impl<'m> BatchLoop<'m> {
         }
         self.clock += 1;
         for i in 0..self.slots.len() {
-            let Some(active) = self.slots[i].active.as_mut() else { continue };
-            let Some(idx) = active.logits_at.take() else { continue };
+            let Some(active) = self.slots[i].active.as_mut() else {
+                continue;
+            };
+            let Some(idx) = active.logits_at.take() else {
+                continue;
+            };
             let token = active.sampler.sample(&self.ctx, idx);
             self.on_token(i, token);
         }
@@ -263,7 +314,9 @@ impl<'m> BatchLoop<'m> {
         let ctx_size = self.ctx_size;
         let slot = &mut self.slots[slot_idx];
         let kv_len = slot.kv.len();
-        let Some(active) = slot.active.as_mut() else { return };
+        let Some(active) = slot.active.as_mut() else {
+            return;
+        };
         active.generated += 1;
         let text = active.holdback.push(&piece);
         let (out, stopped) = match active.stop.push(&text) {
@@ -295,7 +348,9 @@ impl<'m> BatchLoop<'m> {
         let clock = self.clock;
         let slot = &mut self.slots[slot_idx];
         slot.last_used = clock;
-        let Some(mut active) = slot.active.take() else { return };
+        let Some(mut active) = slot.active.take() else {
+            return;
+        };
         if flush {
             let tail = active.holdback.finish();
             let out = match active.stop.push(&tail) {
@@ -306,7 +361,10 @@ impl<'m> BatchLoop<'m> {
                 }
             };
             if !out.is_empty() {
-                self.emit(FromHost::Delta { id: active.id, text: out });
+                self.emit(FromHost::Delta {
+                    id: active.id,
+                    text: out,
+                });
             }
         }
         let usage = Usage {
@@ -314,7 +372,11 @@ impl<'m> BatchLoop<'m> {
             completion_tokens: active.generated,
             cached_tokens: active.cached_tokens,
         };
-        self.emit(FromHost::Finished { id: active.id, reason, usage });
+        self.emit(FromHost::Finished {
+            id: active.id,
+            reason,
+            usage,
+        });
     }
 
     fn fail_all(&mut self, message: &str) {
@@ -328,7 +390,10 @@ impl<'m> BatchLoop<'m> {
             }
         }
         for id in failed {
-            self.emit(FromHost::Failed { id, error: EngineError::Internal(message.to_string()) });
+            self.emit(FromHost::Failed {
+                id,
+                error: EngineError::Internal(message.to_string()),
+            });
         }
     }
 }

@@ -55,7 +55,10 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
         backend.void_logs();
     }
     let model = LlamaModel::load_from_file(&backend, &args.model, &LlamaModelParams::default())
-        .map_err(|e| HostError::Load { path: args.model.clone(), message: e.to_string() })?;
+        .map_err(|e| HostError::Load {
+            path: args.model.clone(),
+            message: e.to_string(),
+        })?;
     let template = usable_template(&model);
     let total_ctx = args.ctx_size.saturating_mul(args.slots);
     let threads = i32::try_from(args.threads).unwrap_or(1);
@@ -66,7 +69,9 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
         .with_n_seq_max(args.slots)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let ctx = model.new_context(&backend, params).map_err(|e| HostError::Context(e.to_string()))?;
+    let ctx = model
+        .new_context(&backend, params)
+        .map_err(|e| HostError::Context(e.to_string()))?;
 
     let stream = UnixStream::connect(&args.socket)?;
     let reader = BufReader::new(stream.try_clone()?);
@@ -96,7 +101,10 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
 fn usable_template(model: &LlamaModel) -> Option<LlamaChatTemplate> {
     let template = model.chat_template(None).ok()?;
     let probe = LlamaChatMessage::new("user".into(), "hi".into()).ok()?;
-    model.apply_chat_template(&template, &[probe], true).ok().map(|_| template)
+    model
+        .apply_chat_template(&template, &[probe], true)
+        .ok()
+        .map(|_| template)
 }
 
 fn read_commands(
@@ -120,7 +128,9 @@ fn read_commands(
                 let result = prepare(model, template, &input);
                 events.send(FromHost::Prepared { id, result }).is_ok()
             }
-            ToHost::Generate { id, tokens, params } => cmds.send(Command::Generate { id, tokens, params }).is_ok(),
+            ToHost::Generate { id, tokens, params } => {
+                cmds.send(Command::Generate { id, tokens, params }).is_ok()
+            }
             ToHost::Cancel { id } => cmds.send(Command::Cancel { id }).is_ok(),
         };
         if !sent {
@@ -159,7 +169,9 @@ pub(crate) fn prepare(
             let template = template.ok_or(EngineError::NoChatTemplate)?;
             let chat = messages
                 .iter()
-                .map(|ChatMessage { role, content }| LlamaChatMessage::new(role.clone(), content.clone()))
+                .map(|ChatMessage { role, content }| {
+                    LlamaChatMessage::new(role.clone(), content.clone())
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| EngineError::Template(e.to_string()))?;
             model
@@ -168,5 +180,7 @@ pub(crate) fn prepare(
         }
     };
     let tokens = model.vocab().tokenize(text.as_bytes(), true, true);
-    Ok(PreparedPrompt { tokens: tokens.into_iter().map(|t| t.0).collect() })
+    Ok(PreparedPrompt {
+        tokens: tokens.into_iter().map(|t| t.0).collect(),
+    })
 }

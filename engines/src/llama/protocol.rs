@@ -1,7 +1,9 @@
 //! The framed protocol between the gateway and an engine host child: one JSON
 //! object per line over a Unix socket. Request ids are chosen by the gateway.
 
-use crate::{EngineError, FinishReason, ModelInfo, PreparedPrompt, PromptInput, SamplingParams, Usage};
+use crate::{
+    EngineError, FinishReason, ModelInfo, PreparedPrompt, PromptInput, SamplingParams, Usage,
+};
 use serde::{Deserialize, Serialize};
 
 pub type RequestId = u64;
@@ -10,21 +12,49 @@ pub type RequestId = u64;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ToHost {
-    Prepare { id: RequestId, input: PromptInput },
-    Generate { id: RequestId, tokens: Vec<i32>, params: SamplingParams },
-    Cancel { id: RequestId },
+    Prepare {
+        id: RequestId,
+        input: PromptInput,
+    },
+    Generate {
+        id: RequestId,
+        tokens: Vec<i32>,
+        params: SamplingParams,
+    },
+    Cancel {
+        id: RequestId,
+    },
 }
 
 /// Engine host → gateway.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum FromHost {
-    Ready { info: ModelInfo },
-    Prepared { id: RequestId, result: Result<PreparedPrompt, EngineError> },
-    Delta { id: RequestId, text: String },
-    Finished { id: RequestId, reason: FinishReason, usage: Usage },
-    Failed { id: RequestId, error: EngineError },
-    Stats { slots_busy: u32, kv_used_tokens: u64, kv_capacity_tokens: u64 },
+    Ready {
+        info: ModelInfo,
+    },
+    Prepared {
+        id: RequestId,
+        result: Result<PreparedPrompt, EngineError>,
+    },
+    Delta {
+        id: RequestId,
+        text: String,
+    },
+    Finished {
+        id: RequestId,
+        reason: FinishReason,
+        usage: Usage,
+    },
+    Failed {
+        id: RequestId,
+        error: EngineError,
+    },
+    Stats {
+        slots_busy: u32,
+        kv_used_tokens: u64,
+        kv_capacity_tokens: u64,
+    },
 }
 
 #[cfg(test)]
@@ -34,12 +64,22 @@ mod tests {
     #[test]
     fn messages_round_trip_as_single_lines() -> Result<(), serde_json::Error> {
         let msgs = vec![
-            FromHost::Delta { id: 7, text: "a\nb".into() },
-            FromHost::Prepared { id: 1, result: Err(EngineError::NoChatTemplate) },
+            FromHost::Delta {
+                id: 7,
+                text: "a\nb".into(),
+            },
+            FromHost::Prepared {
+                id: 1,
+                result: Err(EngineError::NoChatTemplate),
+            },
             FromHost::Finished {
                 id: 2,
                 reason: FinishReason::Length,
-                usage: Usage { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 0 },
+                usage: Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 4,
+                    cached_tokens: 0,
+                },
             },
         ];
         for m in msgs {

@@ -5,8 +5,8 @@
 
 use super::protocol::{FromHost, RequestId, ToHost};
 use crate::{
-    Engine, EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo, PreparedPrompt, PromptInput,
-    TokenEvent, TokenStream,
+    Engine, EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo, PreparedPrompt,
+    PromptInput, TokenEvent, TokenStream,
 };
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -44,9 +44,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
 enum ActorCmd {
-    Prepare { id: RequestId, input: PromptInput, reply: oneshot::Sender<Result<PreparedPrompt, EngineError>> },
-    Generate { id: RequestId, request: GenerateRequest, events: mpsc::Sender<TokenEvent> },
-    Cancel { id: RequestId },
+    Prepare {
+        id: RequestId,
+        input: PromptInput,
+        reply: oneshot::Sender<Result<PreparedPrompt, EngineError>>,
+    },
+    Generate {
+        id: RequestId,
+        request: GenerateRequest,
+        events: mpsc::Sender<TokenEvent>,
+    },
+    Cancel {
+        id: RequestId,
+    },
 }
 
 struct Shared {
@@ -84,13 +94,20 @@ impl LlamaEngine {
             restarts: 0,
         };
         tokio::spawn(actor.run(cmd_rx));
-        Self { cmds: cmd_tx, shared, next_id: Arc::new(AtomicU64::new(1)), prepare_timeout }
+        Self {
+            cmds: cmd_tx,
+            shared,
+            next_id: Arc::new(AtomicU64::new(1)),
+            prepare_timeout,
+        }
     }
 
     /// Waits until the host is ready (or the timeout passes).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let mut state = self.shared.state.clone();
-        tokio::time::timeout(timeout, state.wait_for(|s| *s == EngineState::Ready)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, state.wait_for(|s| *s == EngineState::Ready))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn unavailable(&self) -> EngineError {
@@ -126,21 +143,31 @@ impl Engine for LlamaEngine {
     }
 
     fn stats(&self) -> EngineStats {
-        self.shared.stats.lock().map(|s| s.clone()).unwrap_or_default()
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
-    fn prepare(&self, input: PromptInput) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>> {
+    fn prepare(
+        &self,
+        input: PromptInput,
+    ) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cmds = self.cmds.clone();
         let timeout = self.prepare_timeout;
         let unavailable = self.unavailable();
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
-            cmds.try_send(ActorCmd::Prepare { id, input, reply }).map_err(|_| unavailable.clone())?;
+            cmds.try_send(ActorCmd::Prepare { id, input, reply })
+                .map_err(|_| unavailable.clone())?;
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(unavailable),
-                Err(_) => Err(EngineError::Unavailable("the engine did not answer in time".into())),
+                Err(_) => Err(EngineError::Unavailable(
+                    "the engine did not answer in time".into(),
+                )),
             }
         })
     }
@@ -149,9 +176,16 @@ impl Engine for LlamaEngine {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (events, rx) = mpsc::channel(EVENTS_PER_REQUEST);
         self.cmds
-            .try_send(ActorCmd::Generate { id, request, events })
+            .try_send(ActorCmd::Generate {
+                id,
+                request,
+                events,
+            })
             .map_err(|_| self.unavailable())?;
-        let guard = CancelOnDrop { id, cmds: self.cmds.clone() };
+        let guard = CancelOnDrop {
+            id,
+            cmds: self.cmds.clone(),
+        };
         Ok(TokenStream::new(rx, Some(Box::new(guard))))
     }
 }
@@ -174,7 +208,8 @@ impl Supervisor {
     async fn run(mut self, mut cmds: mpsc::Receiver<ActorCmd>) {
         let mut backoff = BACKOFF_MIN;
         let mut restart_at = Some(Instant::now());
-        let (spawned_tx, mut spawned_rx) = mpsc::channel::<Result<(ChildConn, ModelInfo), String>>(1);
+        let (spawned_tx, mut spawned_rx) =
+            mpsc::channel::<Result<(ChildConn, ModelInfo), String>>(1);
         let mut ready_since = Instant::now();
         loop {
             tokio::select! {
@@ -222,15 +257,22 @@ impl Supervisor {
                     let _ = reply.send(Err(EngineError::Crashed(message.clone())));
                 }
                 Pending::Generate(events) => {
-                    let _ = events.try_send(TokenEvent::Failed(EngineError::Crashed(message.clone())));
+                    let _ =
+                        events.try_send(TokenEvent::Failed(EngineError::Crashed(message.clone())));
                 }
             }
         }
         self.restarts += 1;
         if let Ok(mut stats) = self.shared.stats.lock() {
-            *stats = EngineStats { restarts: self.restarts, ..EngineStats::default() };
+            *stats = EngineStats {
+                restarts: self.restarts,
+                ..EngineStats::default()
+            };
         }
-        self.state.send_replace(EngineState::Restarting { restarts: self.restarts, last_error: message });
+        self.state.send_replace(EngineState::Restarting {
+            restarts: self.restarts,
+            last_error: message,
+        });
         let at = Instant::now() + *backoff;
         *backoff = (*backoff * 2).min(BACKOFF_MAX);
         at
@@ -239,7 +281,9 @@ impl Supervisor {
     fn handle(&mut self, cmd: ActorCmd) {
         let Some(child) = self.child.as_ref() else {
             let error = EngineError::Unavailable(match &*self.state.borrow() {
-                EngineState::Restarting { last_error, .. } => format!("the engine is restarting after: {last_error}"),
+                EngineState::Restarting { last_error, .. } => {
+                    format!("the engine is restarting after: {last_error}")
+                }
                 _ => "the engine is starting".into(),
             });
             match cmd {
@@ -254,9 +298,20 @@ impl Supervisor {
             return;
         };
         let (msg, pending) = match cmd {
-            ActorCmd::Prepare { id, input, reply } => (ToHost::Prepare { id, input }, Some((id, Pending::Prepare(reply)))),
-            ActorCmd::Generate { id, request, events } => (
-                ToHost::Generate { id, tokens: request.prompt.tokens, params: request.params },
+            ActorCmd::Prepare { id, input, reply } => (
+                ToHost::Prepare { id, input },
+                Some((id, Pending::Prepare(reply))),
+            ),
+            ActorCmd::Generate {
+                id,
+                request,
+                events,
+            } => (
+                ToHost::Generate {
+                    id,
+                    tokens: request.prompt.tokens,
+                    params: request.params,
+                },
                 Some((id, Pending::Generate(events))),
             ),
             ActorCmd::Cancel { id } => {
@@ -268,7 +323,10 @@ impl Supervisor {
         };
         if !child.send(msg) {
             if let Some((_, p)) = pending {
-                fail_now(p, EngineError::Unavailable("the engine's command queue is full".into()));
+                fail_now(
+                    p,
+                    EngineError::Unavailable("the engine's command queue is full".into()),
+                );
             }
             return;
         }
@@ -280,9 +338,18 @@ impl Supervisor {
     fn dispatch(&mut self, msg: FromHost) {
         match msg {
             FromHost::Ready { .. } => {}
-            FromHost::Stats { slots_busy, kv_used_tokens, kv_capacity_tokens } => {
+            FromHost::Stats {
+                slots_busy,
+                kv_used_tokens,
+                kv_capacity_tokens,
+            } => {
                 if let Ok(mut stats) = self.shared.stats.lock() {
-                    *stats = EngineStats { slots_busy, kv_used_tokens, kv_capacity_tokens, restarts: self.restarts };
+                    *stats = EngineStats {
+                        slots_busy,
+                        kv_used_tokens,
+                        kv_capacity_tokens,
+                        restarts: self.restarts,
+                    };
                 }
             }
             FromHost::Prepared { id, result } => {
@@ -291,14 +358,18 @@ impl Supervisor {
                 }
             }
             FromHost::Delta { id, text } => self.forward(id, TokenEvent::Delta(text), false),
-            FromHost::Finished { id, reason, usage } => self.forward(id, TokenEvent::Finished { reason, usage }, true),
+            FromHost::Finished { id, reason, usage } => {
+                self.forward(id, TokenEvent::Finished { reason, usage }, true)
+            }
             FromHost::Failed { id, error } => self.forward(id, TokenEvent::Failed(error), true),
         }
     }
 
     /// Hands an event to its request; a closed or hopelessly full stream cancels the request.
     fn forward(&mut self, id: RequestId, event: TokenEvent, last: bool) {
-        let Some(Pending::Generate(events)) = self.pending.get(&id) else { return };
+        let Some(Pending::Generate(events)) = self.pending.get(&id) else {
+            return;
+        };
         let delivered = events.try_send(event).is_ok();
         if last || !delivered {
             self.pending.remove(&id);

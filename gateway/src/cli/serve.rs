@@ -71,7 +71,10 @@ impl ServeArgs {
         }
         if let Some(path) = &self.model {
             let first = raw.models.drain(..).next().unwrap_or_default();
-            raw.models = vec![ModelConfig { path: Some(path.clone()), ..first }];
+            raw.models = vec![ModelConfig {
+                path: Some(path.clone()),
+                ..first
+            }];
         }
         for m in &mut raw.models {
             m.id = self.model_id.clone().or(m.id.take());
@@ -95,11 +98,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => ApiKeys::load(path)?,
         None => ApiKeys::default(),
     };
-    let exe = std::env::current_exe().context("cannot find the herd executable to start engine hosts")?;
+    let exe =
+        std::env::current_exe().context("cannot find the herd executable to start engine hosts")?;
     let mut deployments = Vec::new();
     for m in &config.models {
         if !m.path.is_file() {
-            anyhow::bail!("model file {} does not exist (models[].path / --model)", m.path.display());
+            anyhow::bail!(
+                "model file {} does not exist (models[].path / --model)",
+                m.path.display()
+            );
         }
         let engine = LlamaEngine::start(LlamaEngineConfig {
             model: m.path.clone(),

@@ -32,7 +32,11 @@ pub async fn health(axum::extract::State(state): axum::extract::State<AppState>)
             })
         })
         .collect();
-    let status = if all_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if all_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({ "status": if all_ready { "ok" } else { "unavailable" }, "models": models });
     (status, Json(body)).into_response()
 }

@@ -40,7 +40,10 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
         .route("/v1/models/{id}", get(openai_api::get_model))
         .with_state(state.clone())
         .merge(extra.protected)
-        .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.keys.clone(),
+            require_key,
+        ));
     Router::new()
         .route("/health", get(health::health))
         .with_state(state)

@@ -29,14 +29,25 @@ pub async fn completions(
 
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     let data = state.router.all().map(|d| card(&d.id, d.created)).collect();
-    Json(ModelList { object: "list", data })
+    Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
-pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
     let d = state.router.route(&id)?;
     Ok(Json(card(&d.id, d.created)))
 }
 
 fn card(id: &str, created: u64) -> ModelCard {
-    ModelCard { id: id.to_string(), object: "model", created, owned_by: "herd" }
+    ModelCard {
+        id: id.to_string(),
+        object: "model",
+        created,
+        owned_by: "herd",
+    }
 }

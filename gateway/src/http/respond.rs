@@ -3,8 +3,8 @@
 
 use crate::generate::Generation;
 use crate::openai::response::{
-    unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion, CompletionChoice,
-    Delta, UsageBody, FINGERPRINT,
+    unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion,
+    CompletionChoice, Delta, UsageBody, FINGERPRINT,
 };
 use crate::openai::ApiError;
 use crate::validate::Endpoint;
@@ -28,12 +28,18 @@ fn request_id(endpoint: Endpoint) -> String {
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completions => "cmpl",
     };
-    format!("{prefix}-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>())
+    format!(
+        "{prefix}-{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
 }
 
 /// Engine events until the end; an ended stream without `Finished` is a crash.
 fn ended_early() -> ApiError {
-    ApiError::Engine(EngineError::Crashed("the engine stopped without finishing the request".into()))
+    ApiError::Engine(EngineError::Crashed(
+        "the engine stopped without finishing the request".into(),
+    ))
 }
 
 async fn collect(mut gen: Generation) -> Response {
@@ -57,7 +63,10 @@ async fn collect(mut gen: Generation) -> Response {
             model,
             choices: vec![ChatChoice {
                 index: 0,
-                message: AssistantMessage { role: "assistant", content: text },
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: text,
+                },
                 finish_reason: reason.as_str(),
                 logprobs: None,
             }],
@@ -70,7 +79,12 @@ async fn collect(mut gen: Generation) -> Response {
             object: "text_completion",
             created: unix_now(),
             model,
-            choices: vec![CompletionChoice { index: 0, text, finish_reason: Some(reason.as_str()), logprobs: None }],
+            choices: vec![CompletionChoice {
+                index: 0,
+                text,
+                finish_reason: Some(reason.as_str()),
+                logprobs: None,
+            }],
             usage: Some(usage),
             system_fingerprint: FINGERPRINT,
         })
@@ -87,7 +101,13 @@ struct Chunker {
 }
 
 impl Chunker {
-    fn event(&self, content: Option<String>, role: bool, finish: Option<FinishReason>, usage: Option<Usage>) -> Event {
+    fn event(
+        &self,
+        content: Option<String>,
+        role: bool,
+        finish: Option<FinishReason>,
+        usage: Option<Usage>,
+    ) -> Event {
         let usage = usage.map(UsageBody::from);
         let finish_reason = finish.map(FinishReason::as_str);
         // The usage chunk has no choices, as OpenAI sends it.
@@ -101,7 +121,10 @@ impl Chunker {
                 choices: if with_choice {
                     vec![ChatChunkChoice {
                         index: 0,
-                        delta: Delta { role: role.then_some("assistant"), content },
+                        delta: Delta {
+                            role: role.then_some("assistant"),
+                            content,
+                        },
                         finish_reason,
                         logprobs: None,
                     }]
@@ -117,7 +140,12 @@ impl Chunker {
                 created: self.created,
                 model: self.model.clone(),
                 choices: if with_choice {
-                    vec![CompletionChoice { index: 0, text: content.unwrap_or_default(), finish_reason, logprobs: None }]
+                    vec![CompletionChoice {
+                        index: 0,
+                        text: content.unwrap_or_default(),
+                        finish_reason,
+                        logprobs: None,
+                    }]
                 } else {
                     Vec::new()
                 },

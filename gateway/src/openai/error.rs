@@ -14,7 +14,10 @@ pub enum ApiError {
     #[error("the request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("{message}")]
-    InvalidRequest { message: String, param: Option<&'static str> },
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
     #[error("{0}")]
@@ -48,7 +51,10 @@ pub struct ErrorEnvelope {
 
 impl ApiError {
     pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidRequest { message: message.into(), param: Some(param) }
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+        }
     }
 
     /// Status, OpenAI error type, code, and Retry-After seconds.
@@ -56,25 +62,81 @@ impl ApiError {
         const INVALID: &str = "invalid_request_error";
         match self {
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, INVALID, Some("invalid_json"), None),
-            Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, INVALID, Some("request_too_large"), None),
-            Self::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, INVALID, Some("invalid_value"), None),
-            Self::ModelNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("model_not_found"), None),
-            Self::ContextLengthExceeded(_) => (StatusCode::BAD_REQUEST, INVALID, Some("context_length_exceeded"), None),
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, INVALID, Some("invalid_api_key"), None),
-            Self::Overloaded(_, secs) => {
-                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded"), Some(*secs))
-            }
+            Self::BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID,
+                Some("request_too_large"),
+                None,
+            ),
+            Self::InvalidRequest { .. } => (
+                StatusCode::BAD_REQUEST,
+                INVALID,
+                Some("invalid_value"),
+                None,
+            ),
+            Self::ModelNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                INVALID,
+                Some("model_not_found"),
+                None,
+            ),
+            Self::ContextLengthExceeded(_) => (
+                StatusCode::BAD_REQUEST,
+                INVALID,
+                Some("context_length_exceeded"),
+                None,
+            ),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                INVALID,
+                Some("invalid_api_key"),
+                None,
+            ),
+            Self::Overloaded(_, secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+                Some(*secs),
+            ),
             Self::Engine(e) => match e {
-                EngineError::NoChatTemplate => (StatusCode::BAD_REQUEST, INVALID, Some("chat_template_missing"), None),
-                EngineError::Template(_) => (StatusCode::BAD_REQUEST, INVALID, Some("chat_template_error"), None),
-                EngineError::Unavailable(_) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("engine_unavailable"), Some(2))
-                }
-                EngineError::Crashed(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("engine_crashed"), Some(2)),
-                EngineError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", Some("engine_error"), None),
+                EngineError::NoChatTemplate => (
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    Some("chat_template_missing"),
+                    None,
+                ),
+                EngineError::Template(_) => (
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    Some("chat_template_error"),
+                    None,
+                ),
+                EngineError::Unavailable(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("engine_unavailable"),
+                    Some(2),
+                ),
+                EngineError::Crashed(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("engine_crashed"),
+                    Some(2),
+                ),
+                EngineError::Internal(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    Some("engine_error"),
+                    None,
+                ),
             },
             Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("unknown_url"), None),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, INVALID, Some("method_not_allowed"), None),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                INVALID,
+                Some("method_not_allowed"),
+                None,
+            ),
         }
     }
 
@@ -95,7 +157,14 @@ impl ApiError {
             Self::ContextLengthExceeded(_) => Some("messages"),
             _ => None,
         };
-        ErrorEnvelope { error: ErrorBody { message: self.to_string(), kind, param, code } }
+        ErrorEnvelope {
+            error: ErrorBody {
+                message: self.to_string(),
+                kind,
+                param,
+                code,
+            },
+        }
     }
 }
 

@@ -30,10 +30,14 @@ where
             }
         })?;
         if bytes.is_empty() {
-            return Err(ApiError::InvalidJson("the request body is empty; send a JSON object".into()));
+            return Err(ApiError::InvalidJson(
+                "the request body is empty; send a JSON object".into(),
+            ));
         }
-        serde_json::from_slice(&bytes)
-            .map(OpenAiJson)
-            .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON for this endpoint: {e}")))
+        serde_json::from_slice(&bytes).map(OpenAiJson).map_err(|e| {
+            ApiError::InvalidJson(format!(
+                "the request body is not valid JSON for this endpoint: {e}"
+            ))
+        })
     }
 }

@@ -22,7 +22,9 @@ impl From<Usage> for UsageBody {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
-            prompt_tokens_details: CachedTokens { cached_tokens: u.cached_tokens },
+            prompt_tokens_details: CachedTokens {
+                cached_tokens: u.cached_tokens,
+            },
         }
     }
 }
@@ -117,5 +119,7 @@ pub struct ModelCard {
 pub const FINGERPRINT: &str = concat!("herd-", env!("CARGO_PKG_VERSION"));
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -2,7 +2,8 @@ use super::*;
 use crate::openai::request::ChatCompletionRequest;
 
 fn chat_json(v: serde_json::Value) -> Result<ValidRequest, ApiError> {
-    let req: ChatCompletionRequest = serde_json::from_value(v).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let req: ChatCompletionRequest =
+        serde_json::from_value(v).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     chat(req)
 }
 
@@ -33,7 +34,13 @@ fn content_parts_are_joined() {
     let r = chat_json(serde_json::json!({"model": "m", "messages": [
         {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}));
     match r {
-        Ok(r) => assert_eq!(r.input, PromptInput::Chat(vec![ChatMessage { role: "system".into(), content: "ab".into() }])),
+        Ok(r) => assert_eq!(
+            r.input,
+            PromptInput::Chat(vec![ChatMessage {
+                role: "system".into(),
+                content: "ab".into()
+            }])
+        ),
         Err(e) => unreachable!("{e}"),
     }
 }
@@ -41,14 +48,24 @@ fn content_parts_are_joined() {
 #[test]
 fn errors_name_field_and_value() {
     let base = |k: &str, v: serde_json::Value| {
-        let mut o = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let mut o =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         o[k] = v;
         o
     };
     let (msg, param) = err_of(base("temperature", serde_json::json!(3.5)));
-    assert_eq!((msg.as_str(), param), ("`temperature` must be between 0 and 2, got 3.5", Some("temperature")));
+    assert_eq!(
+        (msg.as_str(), param),
+        (
+            "`temperature` must be between 0 and 2, got 3.5",
+            Some("temperature")
+        )
+    );
     let (msg, param) = err_of(base("n", serde_json::json!(2)));
-    assert_eq!((msg.as_str(), param), ("`n` must be 1 (one choice per request), got 2", Some("n")));
+    assert_eq!(
+        (msg.as_str(), param),
+        ("`n` must be 1 (one choice per request), got 2", Some("n"))
+    );
     let (msg, _) = err_of(base("max_tokens", serde_json::json!(0)));
     assert_eq!(msg, "`max_tokens` must be at least 1, got 0");
     let (msg, _) = err_of(base("max_completion_tokens", serde_json::json!(-3)));
@@ -57,14 +74,17 @@ fn errors_name_field_and_value() {
     assert!(msg.contains("at most 4"), "{msg}");
     let (msg, _) = err_of(serde_json::json!({"model": "m", "messages": []}));
     assert!(msg.contains("at least one message"), "{msg}");
-    let (msg, _) = err_of(serde_json::json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}));
+    let (msg, _) =
+        err_of(serde_json::json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}));
     assert!(msg.contains("wizard"), "{msg}");
 }
 
 #[test]
 fn max_completion_tokens_wins_over_max_tokens() {
-    let r = chat_json(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 5, "max_completion_tokens": 9}));
+    let r = chat_json(
+        serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5, "max_completion_tokens": 9}),
+    );
     assert_eq!(r.ok().and_then(|r| r.max_tokens), Some(9));
 }
 

@@ -16,7 +16,9 @@ pub fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/herd/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
@@ -37,15 +39,29 @@ impl Server {
     pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
         let model = model_path();
         if !model.is_file() {
-            return Err(format!("test model missing at {} (run the README setup)", model.display()));
+            return Err(format!(
+                "test model missing at {} (run the README setup)",
+                model.display()
+            ));
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
-        cmd.arg("serve").arg("--model").arg(&model).args(["--listen", "127.0.0.1:0", "--threads", "1"]);
-        cmd.args(extra).env("OMP_WAIT_POLICY", "PASSIVE").env("HERD_LOG", "info");
+        cmd.arg("serve").arg("--model").arg(&model).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ]);
+        cmd.args(extra)
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .env("HERD_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().ok_or("no stderr")?;
@@ -64,7 +80,10 @@ impl Server {
             Ok(u) => u,
             Err(_) => {
                 let _ = child.kill();
-                return Err(format!("herd did not start: {:?}", log.lock().map(|l| l.join("\n"))));
+                return Err(format!(
+                    "herd did not start: {:?}",
+                    log.lock().map(|l| l.join("\n"))
+                ));
             }
         };
         let server = Self { child, url, log };
@@ -82,7 +101,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(format!("herd never became healthy; log:\n{}", self.log_text()))
+        Err(format!(
+            "herd never became healthy; log:\n{}",
+            self.log_text()
+        ))
     }
 
     pub fn log_text(&self) -> String {
@@ -112,18 +134,35 @@ impl Drop for Server {
 pub fn ureq_get(url: &str) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").ok_or("only http")?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("bad response")?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("bad response")?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// Parses an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
-    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
 }

@@ -35,7 +35,8 @@ impl ChildConn {
             .tempdir()
             .map_err(|e| format!("cannot create socket dir: {e}"))?;
         let socket = dir.path().join("host.sock");
-        let listener = UnixListener::bind(&socket).map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
         let mut child = Command::new(&config.exe)
             .arg("engine-host")
             .arg("--socket")
@@ -59,7 +60,12 @@ impl ChildConn {
         let stream = match accepted {
             Ok(Ok((stream, _))) => stream,
             Ok(Err(e)) => return Err(format!("engine host did not connect: {e}")),
-            Err(_) => return Err(format!("engine host did not start within {:?}", config.startup_timeout)),
+            Err(_) => {
+                return Err(format!(
+                    "engine host did not start within {:?}",
+                    config.startup_timeout
+                ))
+            }
         };
         let (read_half, write_half) = stream.into_split();
         let mut lines = BufReader::new(read_half).lines();
@@ -76,7 +82,15 @@ impl ChildConn {
         let (read_tx, read_rx) = mpsc::channel(READ_QUEUE);
         tokio::spawn(write_loop(BufWriter::new(write_half), write_rx));
         let watcher = tokio::spawn(watch(child, lines, read_tx));
-        Ok((Self { writes: write_tx, reads: read_rx, _child: watcher, _dir: dir }, info))
+        Ok((
+            Self {
+                writes: write_tx,
+                reads: read_rx,
+                _child: watcher,
+                _dir: dir,
+            },
+            info,
+        ))
     }
 
     /// Queues a command; false when the queue is full or the host is gone.
@@ -85,7 +99,10 @@ impl ChildConn {
     }
 
     pub async fn recv(&mut self) -> ChildEvent {
-        self.reads.recv().await.unwrap_or_else(|| ChildEvent::Exited("engine host connection lost".into()))
+        self.reads
+            .recv()
+            .await
+            .unwrap_or_else(|| ChildEvent::Exited("engine host connection lost".into()))
     }
 }
 
@@ -103,7 +120,9 @@ async fn write_loop(
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(msg) = next {
-            let Ok(mut line) = serde_json::to_vec(&msg) else { return };
+            let Ok(mut line) = serde_json::to_vec(&msg) else {
+                return;
+            };
             line.push(b'\n');
             if out.write_all(&line).await.is_err() {
                 return;
@@ -122,17 +141,14 @@ async fn watch(
     mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     events: mpsc::Sender<ChildEvent>,
 ) {
-    loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => match serde_json::from_str::<FromHost>(&line) {
-                Ok(msg) => {
-                    if events.send(ChildEvent::Message(msg)).await.is_err() {
-                        return;
-                    }
+    while let Ok(Some(line)) = lines.next_line().await {
+        match serde_json::from_str::<FromHost>(&line) {
+            Ok(msg) => {
+                if events.send(ChildEvent::Message(msg)).await.is_err() {
+                    return;
                 }
-                Err(e) => tracing::warn!("engine host sent a malformed event: {e}"),
-            },
-            _ => break,
+            }
+            Err(e) => tracing::warn!("engine host sent a malformed event: {e}"),
         }
     }
     // The socket closed: the process is exiting (or wedged; then it is killed).

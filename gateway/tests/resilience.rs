@@ -1,0 +1,204 @@
+//! The gateway outlives its engine and its clients: a SIGKILLed engine host,
+//! a client that hangs up mid-stream, and a graceful shutdown mid-stream.
+
+mod common;
+
+use common::{Server, TestResult, MODEL_ID};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Direct children of `pid` (the engine hosts of a `herd serve`).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The field after the parenthesised command name: state, then ppid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn signal(pid: u32, sig: &str) -> Result<(), String> {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if ok.success() {
+        Ok(())
+    } else {
+        Err(format!("kill {sig} {pid} failed"))
+    }
+}
+
+fn stream_body(max_tokens: u32) -> Value {
+    json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Write a long story about the ocean."}],
+        "max_tokens": max_tokens, "stream": true, "temperature": 0.8})
+}
+
+#[tokio::test]
+async fn engine_host_killed_mid_stream_is_a_clean_error_and_a_restart() -> TestResult {
+    let mut server = Server::start(&["--slots", "2"])?;
+    let hosts = children(server.pid());
+    assert_eq!(hosts.len(), 1, "expected one engine host, found {hosts:?}");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&stream_body(2000))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    // Wait for real tokens, then kill the engine host mid-generation.
+    while seen.matches("data: ").count() < 5 {
+        let chunk = body.next().await.ok_or("stream ended before tokens")??;
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    signal(hosts[0], "-KILL")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(chunk) = tokio::time::timeout_at(deadline.into(), body.next()).await? {
+        seen.push_str(&String::from_utf8_lossy(&chunk?));
+    }
+    let events = common::sse_data(&seen);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{seen}");
+    let error: Value = serde_json::from_str(&events[events.len() - 2])?;
+    assert_eq!(error["error"]["code"], "engine_crashed", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("signal 9"),
+        "{error}"
+    );
+
+    // The gateway never exited; /health tells the truth, then the host is back.
+    assert!(
+        server.child.try_wait()?.is_none(),
+        "the gateway process exited"
+    );
+    server.wait_healthy(Duration::from_secs(30))?;
+    let health: Value = reqwest::get(format!("{}/health", server.url))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(health["models"][0]["restarts"], 1, "{health}");
+    let new_hosts = children(server.pid());
+    assert!(
+        new_hosts.len() == 1 && new_hosts[0] != hosts[0],
+        "{new_hosts:?}"
+    );
+    let ok = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}))
+        .send()
+        .await?;
+    assert_eq!(ok.status().as_u16(), 200);
+    let v: Value = ok.json().await?;
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().map(|n| n > 0),
+        Some(true)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_reports_a_dead_engine_until_it_is_back() -> TestResult {
+    let server = Server::start(&[])?;
+    let host = *children(server.pid()).first().ok_or("no engine host")?;
+    // Stop it first so the restart cannot win the race with our request.
+    signal(host, "-STOP")?;
+    signal(host, "-KILL")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = common::ureq_get(&format!("{}/health", server.url))?;
+        if status == 503 {
+            assert!(body.contains("restarting"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never reported the dead engine"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.wait_healthy(Duration::from_secs(30))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_that_disconnects_frees_its_slot() -> TestResult {
+    // One slot and a short queue wait: a leaked slot would turn the next request into a 429.
+    let server = Server::start(&["--slots", "1", "--max-queue-wait-ms", "3000"])?;
+    for _ in 0..3 {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", server.url))
+            .json(&stream_body(4000))
+            .send()
+            .await?;
+        let mut body = resp.bytes_stream();
+        let _ = body.next().await;
+        let _ = body.next().await;
+        drop(body); // hang up mid-generation
+    }
+    let started = Instant::now();
+    let ok = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}))
+        .send()
+        .await?;
+    assert_eq!(ok.status().as_u16(), 200, "{}", ok.text().await?);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let health: Value = reqwest::get(format!("{}/health", server.url))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(health["models"][0]["free_slots"], 1, "{health}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_in_flight_streams() -> TestResult {
+    let mut server = Server::start(&[])?;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&stream_body(48))
+        .send()
+        .await?;
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    let first = body.next().await.ok_or("no first chunk")??;
+    seen.push_str(&String::from_utf8_lossy(&first));
+    signal(server.pid(), "-TERM")?;
+    while let Some(chunk) = body.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk?));
+    }
+    let events = common::sse_data(&seen);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let finish = events.iter().rev().nth(1).ok_or("no final chunk")?;
+    assert!(
+        finish.contains("\"finish_reason\":\"length\"")
+            || finish.contains("\"finish_reason\":\"stop\""),
+        "{finish}"
+    );
+    // New connections are refused while draining; the process then exits cleanly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.child.try_wait()? {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "herd did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}
