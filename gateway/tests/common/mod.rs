@@ -16,10 +16,11 @@ pub fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/herd/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    let cache = std::env::var_os("HERD_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+        home.join(".cache/herd")
+    });
+    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 pub const MODEL_ID: &str = "smollm2-135m-instruct";
