@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod generate;
 pub mod http;
+pub mod metrics;
 pub mod openai;
 pub mod router;
 pub mod scheduler;

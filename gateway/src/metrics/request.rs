@@ -1,0 +1,253 @@
+//! One request's life, recorded: queue → slot → tokens → end. Every request
+//! ends exactly once, and a timer dropped before its end (the client left)
+//! still counts, as cancelled.
+
+use super::Metrics;
+use crate::openai::ApiError;
+use herd_engines::{EngineError, FinishReason, Usage};
+use prometheus::{Histogram, IntGauge};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The bounded `error_type` label: which kind of answer a request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    None,
+    InvalidRequest,
+    ModelNotFound,
+    ContextLengthExceeded,
+    RateLimited,
+    Unauthorized,
+    /// The engine is loading or restarting (503, retry later).
+    EngineUnavailable,
+    /// The engine crashed mid-request or failed internally.
+    EngineError,
+    Cancelled,
+}
+
+impl ErrorType {
+    pub const ALL: [Self; 9] = [
+        Self::None,
+        Self::InvalidRequest,
+        Self::ModelNotFound,
+        Self::ContextLengthExceeded,
+        Self::RateLimited,
+        Self::Unauthorized,
+        Self::EngineUnavailable,
+        Self::EngineError,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::InvalidRequest => "invalid_request",
+            Self::ModelNotFound => "model_not_found",
+            Self::ContextLengthExceeded => "context_length_exceeded",
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::EngineUnavailable => "engine_unavailable",
+            Self::EngineError => "engine_error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// From the error's variant, never its message.
+    pub fn of(e: &ApiError) -> Self {
+        match e {
+            ApiError::InvalidJson(_)
+            | ApiError::BodyTooLarge { .. }
+            | ApiError::InvalidRequest { .. }
+            | ApiError::RouteNotFound(_)
+            | ApiError::MethodNotAllowed => Self::InvalidRequest,
+            ApiError::ModelNotFound(_) => Self::ModelNotFound,
+            ApiError::ContextLengthExceeded(_) => Self::ContextLengthExceeded,
+            ApiError::Unauthorized => Self::Unauthorized,
+            ApiError::Overloaded(..) => Self::RateLimited,
+            ApiError::Engine(engine) => match engine {
+                EngineError::NoChatTemplate | EngineError::Template(_) => Self::InvalidRequest,
+                EngineError::Unavailable(_) => Self::EngineUnavailable,
+                EngineError::Crashed(_) | EngineError::Internal(_) => Self::EngineError,
+            },
+        }
+    }
+}
+
+/// Holds a gauge one higher for as long as it lives, however the request ends.
+struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn raise(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Records one request. Create with [`Metrics::request`]; see the module doc of
+/// `metrics` for the order of calls.
+pub struct RequestTimer {
+    metrics: Arc<Metrics>,
+    model: String,
+    key: String,
+    arrived: Instant,
+    queued_at: Option<Instant>,
+    waiting: Option<GaugeGuard>,
+    running: Option<GaugeGuard>,
+    ttft: Histogram,
+    itl: Histogram,
+    last_token: Option<Instant>,
+    ended: bool,
+}
+
+impl RequestTimer {
+    pub(super) fn new(metrics: Arc<Metrics>, model: String, key: &str) -> Self {
+        let ttft = metrics.series.ttft.with_label_values(&[&model]);
+        let itl = metrics.series.itl.with_label_values(&[&model]);
+        Self {
+            metrics,
+            model,
+            key: key.to_string(),
+            arrived: Instant::now(),
+            queued_at: None,
+            waiting: None,
+            running: None,
+            ttft,
+            itl,
+            last_token: None,
+            ended: false,
+        }
+    }
+
+    /// The bounded label this request is counted under.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The request starts waiting for a slot.
+    pub fn queued(&mut self) {
+        self.queued_at = Some(Instant::now());
+        self.waiting = Some(GaugeGuard::raise(
+            self.metrics
+                .series
+                .waiting
+                .with_label_values(&[&self.model]),
+        ));
+    }
+
+    /// The request holds a slot: it counts as running until it ends.
+    pub fn admitted(&mut self) {
+        self.waiting = None;
+        let waited = self.queued_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.metrics
+            .series
+            .queue_wait
+            .with_label_values(&[&self.model])
+            .observe(waited);
+        self.running = Some(GaugeGuard::raise(
+            self.metrics
+                .series
+                .running
+                .with_label_values(&[&self.model]),
+        ));
+    }
+
+    /// Generated text reached the response: the first is the time to first
+    /// token, each later one an inter-token gap (as the client sees them).
+    pub fn token(&mut self) {
+        let now = Instant::now();
+        match self.last_token {
+            None => self
+                .ttft
+                .observe(now.duration_since(self.arrived).as_secs_f64()),
+            Some(prev) => self.itl.observe(now.duration_since(prev).as_secs_f64()),
+        }
+        self.last_token = Some(now);
+    }
+
+    /// Generation ended normally.
+    pub fn finish(&mut self, reason: FinishReason, usage: Usage) {
+        if self.ended {
+            return;
+        }
+        let s = &self.metrics.series;
+        let l = &[self.model.as_str()];
+        s.e2e
+            .with_label_values(l)
+            .observe(self.arrived.elapsed().as_secs_f64());
+        let (prompt, generated) = (
+            u64::from(usage.prompt_tokens),
+            u64::from(usage.completion_tokens),
+        );
+        s.prompt_tokens_hist
+            .with_label_values(l)
+            .observe(prompt as f64);
+        s.generation_tokens_hist
+            .with_label_values(l)
+            .observe(generated as f64);
+        s.prompt_tokens.with_label_values(l).inc_by(prompt);
+        s.generation_tokens.with_label_values(l).inc_by(generated);
+        let key = self.key.as_str();
+        s.key_tokens
+            .with_label_values(&[key, &self.model, "prompt"])
+            .inc_by(prompt);
+        s.key_tokens
+            .with_label_values(&[key, &self.model, "generation"])
+            .inc_by(generated);
+        s.finished
+            .with_label_values(&[self.model.as_str(), reason.as_str()])
+            .inc();
+        self.end("200", ErrorType::None);
+    }
+
+    /// The request failed: refused before generation, or an engine error mid-stream
+    /// (counted under the error's own status, which is what the client reads).
+    pub fn fail(&mut self, error: &ApiError) {
+        if self.ended {
+            return;
+        }
+        if self.running.is_some() {
+            self.metrics
+                .series
+                .finished
+                .with_label_values(&[self.model.as_str(), "error"])
+                .inc();
+        }
+        self.end(error.status().as_str(), ErrorType::of(error));
+    }
+
+    fn end(&mut self, status: &str, error_type: ErrorType) {
+        self.ended = true;
+        self.waiting = None;
+        self.running = None;
+        let s = &self.metrics.series;
+        s.requests
+            .with_label_values(&[self.model.as_str(), status, error_type.as_str()])
+            .inc();
+        s.key_requests
+            .with_label_values(&[self.key.as_str(), self.model.as_str()])
+            .inc();
+    }
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if self.running.is_some() {
+            self.metrics
+                .series
+                .finished
+                .with_label_values(&[self.model.as_str(), "cancelled"])
+                .inc();
+        }
+        // 499: nginx's "client closed request"; the client stopped reading.
+        self.end("499", ErrorType::Cancelled);
+    }
+}
