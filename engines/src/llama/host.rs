@@ -98,7 +98,7 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
 
 /// The model's template if llama.cpp can apply it; otherwise chat is refused
 /// (with a clear error) while raw completions keep working.
-fn usable_template(model: &LlamaModel) -> Option<LlamaChatTemplate> {
+pub fn usable_template(model: &LlamaModel) -> Option<LlamaChatTemplate> {
     let template = model.chat_template(None).ok()?;
     let probe = LlamaChatMessage::new("user".into(), "hi".into()).ok()?;
     model
@@ -158,7 +158,7 @@ fn write_events(stream: UnixStream, events: Receiver<FromHost>) {
     }
 }
 
-pub(crate) fn prepare(
+pub fn prepare(
     model: &LlamaModel,
     template: Option<&LlamaChatTemplate>,
     input: &PromptInput,

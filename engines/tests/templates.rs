@@ -1,0 +1,73 @@
+//! Chat templates come from the GGUF's own metadata: ChatML for SmolLM2, and a
+//! model without a template refuses chat but still takes raw prompts.
+
+use herd_engines::llama::host::{prepare, usable_template};
+use herd_engines::{ChatMessage, EngineError, PromptInput};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use std::path::PathBuf;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("HERD_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/herd"),
+        PathBuf::from,
+    );
+    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn text_of(model: &LlamaModel, tokens: &[i32]) -> String {
+    let mut bytes = Vec::new();
+    for &t in tokens {
+        bytes.extend(model.vocab().token_to_piece(llama_cpp_2::token::LlamaToken(t), true, None));
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn msg(role: &str, content: &str) -> ChatMessage {
+    ChatMessage { role: role.into(), content: content.into() }
+}
+
+/// One test owns the backend (llama.cpp's backend is process-global).
+#[test]
+fn chat_templates_from_gguf_metadata() -> TestResult {
+    let backend = LlamaBackend::init()?;
+    let params = LlamaModelParams::default().with_vocab_only(true);
+
+    let model = LlamaModel::load_from_file(&backend, model_path(), &params)?;
+    let template = usable_template(&model);
+    assert!(template.is_some(), "SmolLM2 ships a ChatML template");
+    let chat = PromptInput::Chat(vec![msg("system", "Be brief."), msg("user", "Hi there")]);
+    let prepared = prepare(&model, template.as_ref(), &chat)?;
+    assert_eq!(
+        text_of(&model, &prepared.tokens),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // Special tokens are parsed as such: <|im_start|> is one token, not characters.
+    let im_start = model.vocab().tokenize(b"<|im_start|>", false, true);
+    assert_eq!(im_start.len(), 1);
+    assert_eq!(prepared.tokens[0], im_start[0].0);
+
+    // The same weights with the template key renamed: chat is refused, text still works.
+    let bytes = std::fs::read(model_path())?;
+    let key = b"tokenizer.chat_template";
+    let at = bytes.windows(key.len()).position(|w| w == key).ok_or("no template key")?;
+    let mut patched = bytes;
+    patched[at + key.len() - 1] = b'X';
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("no-template.gguf");
+    std::fs::write(&path, patched)?;
+    let bare = LlamaModel::load_from_file(&backend, &path, &params)?;
+    let bare_template = usable_template(&bare);
+    assert!(bare_template.is_none());
+    let refused = prepare(&bare, bare_template.as_ref(), &chat);
+    assert_eq!(refused, Err(EngineError::NoChatTemplate));
+    let text = prepare(&bare, None, &PromptInput::Text("Once upon a time".into()))?;
+    assert_eq!(text_of(&bare, &text.tokens), "Once upon a time");
+    Ok(())
+}
