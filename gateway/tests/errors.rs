@@ -172,3 +172,19 @@ async fn models_endpoint_lists_the_model() -> TestResult {
     assert_eq!(missing.status().as_u16(), 404);
     Ok(())
 }
+
+#[tokio::test]
+async fn model_without_chat_template_refuses_chat_but_completes_text() -> TestResult {
+    // Gemma 3 270M (base) ships no chat template in its GGUF.
+    let path = common::model_path().with_file_name("gemma-3-270m-q4_k_m.gguf");
+    let server = Server::start(&["--model", path.to_str().ok_or("path")?, "--model-id", "bare"])?;
+    let (status, _, body) = raw(&server, "/v1/chat/completions", chat("bare", "hi"), None).await?;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let err = openai_error(&body)?;
+    assert_eq!(err.code.as_deref(), Some("chat_template_missing"));
+    assert!(err.message.contains("/v1/completions"), "{}", err.message);
+    let text = json!({"model": "bare", "prompt": "Once upon a time", "max_tokens": 4}).to_string().into_bytes();
+    let (status, _, body) = raw(&server, "/v1/completions", text, None).await?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
