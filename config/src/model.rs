@@ -24,6 +24,9 @@ pub struct ModelConfig {
     pub max_queue_wait_ms: Option<u64>,
     /// Upper bound on `max_tokens` (and the default when a request sets none).
     pub max_tokens_limit: Option<u32>,
+    /// An engine with requests in flight that produces nothing for this long
+    /// is killed and restarted (a wedged llama.cpp, a silent RPC peer).
+    pub progress_timeout_secs: Option<u64>,
 }
 
 /// A validated model entry.
@@ -37,6 +40,7 @@ pub struct ValidModel {
     pub max_queue: u32,
     pub max_queue_wait: Duration,
     pub max_tokens_limit: u32,
+    pub progress_timeout: Duration,
 }
 
 fn default_threads() -> u32 {
@@ -95,6 +99,13 @@ impl ModelConfig {
                 format!("must be at most 3600000 (one hour), got {wait_ms}"),
             ));
         }
+        let progress = self.progress_timeout_secs.unwrap_or(120);
+        if !(1..=86_400).contains(&progress) {
+            return Err(ConfigError::invalid(
+                field("progress_timeout_secs"),
+                format!("must be between 1 and 86400, got {progress}"),
+            ));
+        }
         Ok(ValidModel {
             id,
             path,
@@ -104,6 +115,7 @@ impl ModelConfig {
             max_queue,
             max_queue_wait: Duration::from_millis(wait_ms),
             max_tokens_limit,
+            progress_timeout: Duration::from_secs(progress),
         })
     }
 }

