@@ -2,6 +2,7 @@
 //! the context → admission → engine. Everything that can be refused is
 //! refused here, before a slot is taken or a byte is streamed.
 
+use crate::metrics::RequestTimer;
 use crate::openai::ApiError;
 use crate::router::{Deployment, Router};
 use crate::scheduler::Permit;
@@ -20,7 +21,12 @@ pub struct Generation {
     _permit: Permit,
 }
 
-pub async fn start(router: &Router, req: ValidRequest) -> Result<Generation, ApiError> {
+/// `timer` sees the wait for a slot; the caller records how the request ends.
+pub async fn start(
+    router: &Router,
+    req: ValidRequest,
+    timer: &mut RequestTimer,
+) -> Result<Generation, ApiError> {
     let deployment = router.route(&req.model)?;
     let engine = &deployment.engine;
     let info = engine.info().ok_or_else(|| {
@@ -36,7 +42,9 @@ pub async fn start(router: &Router, req: ValidRequest) -> Result<Generation, Api
         info.ctx_size,
         deployment.max_tokens_limit,
     )?;
+    timer.queued();
     let permit = deployment.admission.admit().await?;
+    timer.admitted();
     let mut sampling = req.sampling;
     sampling.max_tokens = max_tokens;
     let tokens = engine.generate(GenerateRequest {

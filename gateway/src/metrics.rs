@@ -46,6 +46,8 @@ use std::sync::{Arc, Mutex, RwLock};
 pub const UNKNOWN_MODEL: &str = "unknown";
 /// The `key` label when API keys are off.
 pub const ANONYMOUS_KEY: &str = "anonymous";
+/// The `key` label of requests refused for a missing or wrong key.
+pub const UNAUTHENTICATED_KEY: &str = "unauthenticated";
 
 /// The commit herd was built from (set by build.rs; "unknown" without git).
 pub const GIT_COMMIT: &str = env!("HERD_GIT_COMMIT");
@@ -341,6 +343,22 @@ fn snapshot(d: &Deployment) -> EngineSnapshot {
         kv_used_tokens: stats.kv_used_tokens,
         kv_capacity_tokens: stats.kv_capacity_tokens,
     }
+}
+
+/// Counts API requests refused by API-key auth, which never reach a handler.
+/// Layer it outside `require_key`.
+pub async fn count_unauthorized(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(req).await;
+    if response.status() == axum::http::StatusCode::UNAUTHORIZED {
+        metrics
+            .request(UNKNOWN_MODEL, UNAUTHENTICATED_KEY)
+            .fail(&crate::openai::ApiError::Unauthorized);
+    }
+    response
 }
 
 /// `GET /metrics`. Mount it outside API-key auth: it holds key names, never keys.

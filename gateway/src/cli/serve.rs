@@ -100,6 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let exe =
         std::env::current_exe().context("cannot find the herd executable to start engine hosts")?;
+    let metrics = crate::metrics::Metrics::new().context("cannot create the metrics registry")?;
     let mut deployments = Vec::new();
     for m in &config.models {
         if !m.path.is_file() {
@@ -119,6 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             progress_timeout: m.progress_timeout,
         });
         tracing::info!(model = %m.id, path = %m.path.display(), slots = m.slots, ctx = m.ctx_size, "starting model");
+        metrics.add_model(&m.id, u64::from(m.slots));
         deployments.push(Deployment {
             id: m.id.clone(),
             engine: Arc::new(engine) as Arc<dyn Engine>,
@@ -127,16 +129,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             created: crate::openai::response::unix_now(),
         });
     }
+    let router = Arc::new(Router::new(deployments));
+    // Engine gauges (up, restarts, slots, KV cache) are read fresh at each scrape.
+    let scraped = router.clone();
+    metrics.add_scrape_hook(move |m| m.observe_router(&scraped));
     let state = AppState {
-        router: Arc::new(Router::new(deployments)),
+        router,
         keys: Arc::new(keys),
         max_body_bytes: config.max_body_bytes,
+        metrics: metrics.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let extra = ExtraRoutes::default();
+    let extra = ExtraRoutes {
+        open: crate::metrics::routes(metrics),
+        ..ExtraRoutes::default()
+    };
     let app = app(state, extra);
     tracing::info!("herd listening on http://{addr}");
     serve_until_signal(listener, app, config.shutdown_grace).await

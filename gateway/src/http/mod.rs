@@ -5,6 +5,7 @@ mod openai_api;
 mod respond;
 
 use crate::auth::{require_key, ApiKeys};
+use crate::metrics::{count_unauthorized, Metrics};
 use crate::openai::json::BodyLimit;
 use crate::openai::ApiError;
 use crate::router::Router as ModelRouter;
@@ -18,6 +19,7 @@ pub struct AppState {
     pub router: Arc<ModelRouter>,
     pub keys: Arc<ApiKeys>,
     pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Extra routes other parts of herd contribute.
@@ -43,6 +45,11 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.keys.clone(),
             require_key,
+        ))
+        // Outside auth: a refused key never reaches a handler, but still counts.
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            count_unauthorized,
         ));
     Router::new()
         .route("/health", get(health::health))

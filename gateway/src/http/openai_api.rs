@@ -2,29 +2,77 @@
 
 use super::respond::respond;
 use super::AppState;
+use crate::auth::KeyName;
 use crate::generate;
+use crate::metrics::{RequestTimer, ANONYMOUS_KEY};
 use crate::openai::request::{ChatCompletionRequest, CompletionRequest};
 use crate::openai::response::{ModelCard, ModelList};
 use crate::openai::{ApiError, OpenAiJson};
-use crate::validate;
+use crate::validate::{self, ValidRequest};
 use axum::extract::{Path, State};
 use axum::response::Response;
+use axum::Extension;
 use axum::Json;
 
+// The body is taken as a `Result` so that a body that fails to parse is
+// still counted in the metrics (under model `unknown`).
 pub async fn chat_completions(
     State(state): State<AppState>,
-    OpenAiJson(body): OpenAiJson<ChatCompletionRequest>,
+    key: Option<Extension<KeyName>>,
+    body: Result<OpenAiJson<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let generation = generate::start(&state.router, validate::chat(body)?).await?;
-    Ok(respond(generation).await)
+    let timer = timer(
+        &state,
+        key,
+        body.as_ref().map_or("", |b| b.0.model.as_str()),
+    );
+    complete(
+        &state,
+        timer,
+        body.and_then(|OpenAiJson(b)| validate::chat(b)),
+    )
+    .await
 }
 
 pub async fn completions(
     State(state): State<AppState>,
-    OpenAiJson(body): OpenAiJson<CompletionRequest>,
+    key: Option<Extension<KeyName>>,
+    body: Result<OpenAiJson<CompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let generation = generate::start(&state.router, validate::completion(body)?).await?;
-    Ok(respond(generation).await)
+    let timer = timer(
+        &state,
+        key,
+        body.as_ref().map_or("", |b| b.0.model.as_str()),
+    );
+    complete(
+        &state,
+        timer,
+        body.and_then(|OpenAiJson(b)| validate::completion(b)),
+    )
+    .await
+}
+
+fn timer(state: &AppState, key: Option<Extension<KeyName>>, model: &str) -> RequestTimer {
+    let key = key.as_ref().map_or(ANONYMOUS_KEY, |Extension(k)| &k.0);
+    state.metrics.request(model, key)
+}
+
+async fn complete(
+    state: &AppState,
+    mut timer: RequestTimer,
+    req: Result<ValidRequest, ApiError>,
+) -> Result<Response, ApiError> {
+    let started = match req {
+        Ok(req) => generate::start(&state.router, req, &mut timer).await,
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(generation) => Ok(respond(generation, timer).await),
+        Err(e) => {
+            timer.fail(&e);
+            Err(e)
+        }
+    }
 }
 
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {

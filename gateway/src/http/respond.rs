@@ -2,6 +2,7 @@
 //! In a stream, an engine failure becomes an error event followed by `[DONE]`.
 
 use crate::generate::Generation;
+use crate::metrics::RequestTimer;
 use crate::openai::response::{
     unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion,
     CompletionChoice, Delta, UsageBody, FINGERPRINT,
@@ -15,11 +16,12 @@ use futures::StreamExt;
 use herd_engines::{EngineError, FinishReason, TokenEvent, Usage};
 use std::convert::Infallible;
 
-pub async fn respond(gen: Generation) -> Response {
+/// `timer` records the request's metrics; it lives as long as the response.
+pub async fn respond(gen: Generation, timer: RequestTimer) -> Response {
     if gen.stream {
-        stream(gen).into_response()
+        stream(gen, timer).into_response()
     } else {
-        collect(gen).await
+        collect(gen, timer).await
     }
 }
 
@@ -42,16 +44,23 @@ fn ended_early() -> ApiError {
     ))
 }
 
-async fn collect(mut gen: Generation) -> Response {
+async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
     let mut text = String::new();
     let (reason, usage) = loop {
-        match gen.tokens.next().await {
-            Some(TokenEvent::Delta(t)) => text.push_str(&t),
+        let failure = match gen.tokens.next().await {
+            Some(TokenEvent::Delta(t)) => {
+                timer.token();
+                text.push_str(&t);
+                continue;
+            }
             Some(TokenEvent::Finished { reason, usage }) => break (reason, usage),
-            Some(TokenEvent::Failed(e)) => return ApiError::from(e).into_response(),
-            None => return ended_early().into_response(),
-        }
+            Some(TokenEvent::Failed(e)) => ApiError::from(e),
+            None => ended_early(),
+        };
+        timer.fail(&failure);
+        return failure.into_response();
     };
+    timer.finish(reason, usage);
     let id = request_id(gen.endpoint);
     let model = gen.deployment.id.clone();
     let usage = UsageBody::from(usage);
@@ -161,7 +170,7 @@ fn error_event(e: &ApiError) -> Event {
     Event::default().data(serde_json::to_string(&e.envelope()).unwrap_or_default())
 }
 
-fn stream(gen: Generation) -> impl IntoResponse {
+fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
     let chunker = Chunker {
         id: request_id(gen.endpoint),
         model: gen.deployment.id.clone(),
@@ -171,13 +180,19 @@ fn stream(gen: Generation) -> impl IntoResponse {
     let events = async_stream::stream! {
         // `gen` (the engine stream and the slot permit) lives exactly as long as this stream.
         let mut gen = gen;
+        // Dropped with the stream: a client that leaves mid-stream counts as cancelled.
+        let mut timer = timer;
         if chunker.endpoint == Endpoint::Chat {
             yield chunker.event(Some(String::new()), true, None, None);
         }
         loop {
             match gen.tokens.next().await {
-                Some(TokenEvent::Delta(t)) => yield chunker.event(Some(t), false, None, None),
+                Some(TokenEvent::Delta(t)) => {
+                    timer.token();
+                    yield chunker.event(Some(t), false, None, None);
+                }
                 Some(TokenEvent::Finished { reason, usage }) => {
+                    timer.finish(reason, usage);
                     let empty = (chunker.endpoint == Endpoint::Completions).then(String::new);
                     yield chunker.event(empty, false, Some(reason), None);
                     if gen.include_usage {
@@ -186,11 +201,15 @@ fn stream(gen: Generation) -> impl IntoResponse {
                     break;
                 }
                 Some(TokenEvent::Failed(e)) => {
-                    yield error_event(&ApiError::from(e));
+                    let e = ApiError::from(e);
+                    timer.fail(&e);
+                    yield error_event(&e);
                     break;
                 }
                 None => {
-                    yield error_event(&ended_early());
+                    let e = ended_early();
+                    timer.fail(&e);
+                    yield error_event(&e);
                     break;
                 }
             }
