@@ -5,21 +5,21 @@
 
 use super::protocol::{FromHost, RequestId, ToHost};
 use crate::{
-    Engine, EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo, PreparedPrompt,
-    PromptInput, TokenEvent, TokenStream,
+    EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo, PreparedPrompt, PromptInput,
+    TokenEvent,
 };
-use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 mod child;
+mod handle;
 
 use child::{ChildConn, ChildEvent};
+pub use handle::LlamaEngine;
 
 #[derive(Debug, Clone)]
 pub struct LlamaEngineConfig {
@@ -39,14 +39,14 @@ pub struct LlamaEngineConfig {
 }
 
 /// Events buffered per request before the client is considered too slow.
-const EVENTS_PER_REQUEST: usize = 1024;
-const COMMAND_QUEUE: usize = 1024;
+pub(super) const EVENTS_PER_REQUEST: usize = 1024;
+pub(super) const COMMAND_QUEUE: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A host that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-enum ActorCmd {
+pub(super) enum ActorCmd {
     Prepare {
         id: RequestId,
         input: PromptInput,
@@ -62,134 +62,19 @@ enum ActorCmd {
     },
 }
 
-struct Shared {
+pub(super) struct Shared {
     info: Mutex<Option<ModelInfo>>,
     stats: Mutex<EngineStats>,
     state: watch::Receiver<EngineState>,
 }
 
-/// Handle to a supervised llama.cpp engine host. Cheap to clone.
-#[derive(Clone)]
-pub struct LlamaEngine {
-    cmds: mpsc::Sender<ActorCmd>,
-    shared: Arc<Shared>,
-    next_id: Arc<AtomicU64>,
-    prepare_timeout: Duration,
-}
-
-impl LlamaEngine {
-    /// Starts the supervisor; the host is spawned in the background.
-    pub fn start(config: LlamaEngineConfig) -> Self {
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (state_tx, state_rx) = watch::channel(EngineState::Starting);
-        let shared = Arc::new(Shared {
-            info: Mutex::new(None),
-            stats: Mutex::new(EngineStats::default()),
-            state: state_rx,
-        });
-        let prepare_timeout = config.prepare_timeout;
-        let actor = Supervisor {
-            config,
-            shared: shared.clone(),
-            state: state_tx,
-            pending: HashMap::new(),
-            child: None,
-            restarts: 0,
-        };
-        tokio::spawn(actor.run(cmd_rx));
-        Self {
-            cmds: cmd_tx,
-            shared,
-            next_id: Arc::new(AtomicU64::new(1)),
-            prepare_timeout,
+/// Why a request cannot be served right now, for the client.
+fn unavailable(state: &EngineState) -> EngineError {
+    match state {
+        EngineState::Restarting { last_error, .. } => {
+            EngineError::Unavailable(format!("the engine is restarting after: {last_error}"))
         }
-    }
-
-    /// Waits until the host is ready (or the timeout passes).
-    pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let mut state = self.shared.state.clone();
-        tokio::time::timeout(timeout, state.wait_for(|s| *s == EngineState::Ready))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    fn unavailable(&self) -> EngineError {
-        match self.state() {
-            EngineState::Restarting { last_error, .. } => {
-                EngineError::Unavailable(format!("the engine is restarting after: {last_error}"))
-            }
-            _ => EngineError::Unavailable("the engine is starting".into()),
-        }
-    }
-}
-
-/// Cancels its request when the stream that owns it is dropped.
-struct CancelOnDrop {
-    id: RequestId,
-    cmds: mpsc::Sender<ActorCmd>,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        // Best effort: a full queue means the actor will notice the closed channel on the next token.
-        let _ = self.cmds.try_send(ActorCmd::Cancel { id: self.id });
-    }
-}
-
-impl Engine for LlamaEngine {
-    fn info(&self) -> Option<ModelInfo> {
-        self.shared.info.lock().ok().and_then(|i| i.clone())
-    }
-
-    fn state(&self) -> EngineState {
-        self.shared.state.borrow().clone()
-    }
-
-    fn stats(&self) -> EngineStats {
-        self.shared
-            .stats
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
-    }
-
-    fn prepare(
-        &self,
-        input: PromptInput,
-    ) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cmds = self.cmds.clone();
-        let timeout = self.prepare_timeout;
-        let unavailable = self.unavailable();
-        Box::pin(async move {
-            let (reply, rx) = oneshot::channel();
-            cmds.try_send(ActorCmd::Prepare { id, input, reply })
-                .map_err(|_| unavailable.clone())?;
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(unavailable),
-                Err(_) => Err(EngineError::Unavailable(
-                    "the engine did not answer in time".into(),
-                )),
-            }
-        })
-    }
-
-    fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (events, rx) = mpsc::channel(EVENTS_PER_REQUEST);
-        self.cmds
-            .try_send(ActorCmd::Generate {
-                id,
-                request,
-                events,
-            })
-            .map_err(|_| self.unavailable())?;
-        let guard = CancelOnDrop {
-            id,
-            cmds: self.cmds.clone(),
-        };
-        Ok(TokenStream::new(rx, Some(Box::new(guard))))
+        _ => EngineError::Unavailable("the engine is starting".into()),
     }
 }
 
@@ -198,7 +83,7 @@ enum Pending {
     Generate(mpsc::Sender<TokenEvent>),
 }
 
-struct Supervisor {
+pub(super) struct Supervisor {
     config: LlamaEngineConfig,
     shared: Arc<Shared>,
     state: watch::Sender<EngineState>,
@@ -272,15 +157,7 @@ impl Supervisor {
     fn died(&mut self, message: String, backoff: &mut Duration) -> Instant {
         tracing::error!(model = %self.config.model.display(), "engine host failed: {message}; restarting in {backoff:?}");
         for (_, pending) in self.pending.drain() {
-            match pending {
-                Pending::Prepare(reply) => {
-                    let _ = reply.send(Err(EngineError::Crashed(message.clone())));
-                }
-                Pending::Generate(events) => {
-                    let _ =
-                        events.try_send(TokenEvent::Failed(EngineError::Crashed(message.clone())));
-                }
-            }
+            fail_now(pending, EngineError::Crashed(message.clone()));
         }
         self.restarts += 1;
         if let Ok(mut stats) = self.shared.stats.lock() {
