@@ -7,22 +7,26 @@
 //! key file (or `anonymous`), `status` is an HTTP status code, `error_type` and
 //! `finish_reason` come from enums. No request text or request id is a label.
 //!
-//! How the request path calls it:
-//! 1. At startup: `Metrics::new()?`, then `add_model(id, slots)` for every deployment
-//!    (this creates every series with 0, so dashboards show lines before traffic),
-//!    and `add_scrape_hook` with a closure that calls `observe_router` so engine
-//!    gauges (up, restarts, slots, KV cache) are read fresh on each scrape.
-//!    Merge `metrics::routes(metrics.clone())` into the open (unauthenticated) routes.
-//! 2. In a handler, once the body is parsed: `let mut t = metrics.request(model, key_name)`.
-//! 3. Around admission: `t.queued()` before waiting for a slot, `t.admitted()` once
-//!    the slot is held. The running gauge stays up until the timer ends or drops.
-//! 4. For each text delta from the engine: `t.token()` (first one = TTFT, then ITL).
-//! 5. At the end, exactly one of `t.finish(reason, usage)` or `t.fail(&api_error)`.
-//!    A timer dropped without either (the client went away) counts as cancelled
-//!    (status 499, nginx's code for "client closed request").
+//! How the request path calls it (and where it does today):
+//! 1. At startup (`cli::serve`): `Metrics::new()?`, then `add_model(id, slots)` for
+//!    every deployment (this creates its series at 0, so dashboards show lines
+//!    before traffic), and `add_scrape_hook` with a closure that calls
+//!    `observe_router`, so engine gauges (up, restarts, slots, KV cache) are read
+//!    fresh at each scrape. `routes(metrics)` joins the unauthenticated routes, and
+//!    [`count_unauthorized`] wraps API-key auth (a refused key never reaches a handler).
+//! 2. In the handler (`http::openai_api`), first thing, even when the body did not
+//!    parse: `let mut t = metrics.request(model, key_name)`.
+//! 3. Around admission (`generate::start`): `t.queued()` before waiting for a slot,
+//!    `t.admitted()` once it is held. The running gauge stays up until `t` ends or drops.
+//! 4. For each text delta from the engine (`http::respond`): `t.token()` (the first
+//!    is TTFT, later ones ITL).
+//! 5. At the end, one of `t.finish(reason, usage)` or `t.fail(&api_error)`; a
+//!    refusal before generation is `fail`ed by the handler. A timer dropped without
+//!    either (the client went away) counts as cancelled (status 499, nginx's code
+//!    for "client closed request").
 //!
-//! Move the timer into the response stream, next to the slot permit, so its
-//! life is the request's life.
+//! `respond` moves the timer into the response stream, next to the slot permit,
+//! so its life is the request's life.
 
 mod request;
 #[cfg(test)]
