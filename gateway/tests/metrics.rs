@@ -51,6 +51,64 @@ fn concrete(expr: &str) -> String {
     .fold(expr.to_string(), |e, (var, value)| e.replace(var, value))
 }
 
+/// What Grafana needs to load the dashboard as intended: unique panel ids,
+/// every graph panel on the templated datasource with at least one query,
+/// no two panels on the same grid cells, and every variable used.
+#[test]
+fn dashboard_is_well_formed() -> Result<(), BoxError> {
+    let dashboard: Value = serde_json::from_str(include_str!("../../grafana/herd-dashboard.json"))?;
+    assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
+    let panels = dashboard["panels"].as_array().ok_or("no panels")?;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut cells = std::collections::BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or_default();
+        assert!(ids.insert(p["id"].as_u64()), "duplicate id on {title}");
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64(),
+            g["y"].as_u64(),
+            g["w"].as_u64(),
+            g["h"].as_u64(),
+        );
+        let (Some(x), Some(y), Some(w), Some(h)) = (x, y, w, h) else {
+            return Err(format!("{title}: no gridPos").into());
+        };
+        assert!(x + w <= 24, "{title} is wider than the grid");
+        for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+            assert!(
+                cells.insert(cell),
+                "{title} overlaps another panel at {cell:?}"
+            );
+        }
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"]
+            .as_array()
+            .ok_or(format!("{title}: no targets"))?;
+        assert!(!targets.is_empty(), "{title} has no query");
+        let refs: std::collections::BTreeSet<_> =
+            targets.iter().map(|t| t["refId"].as_str()).collect();
+        assert_eq!(refs.len(), targets.len(), "{title}: duplicate refId");
+    }
+    let exprs: Vec<_> = dashboard_queries(&dashboard)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = var["name"].as_str().ok_or("unnamed variable")?;
+        let used = name == "datasource" || exprs.iter().any(|e| e.contains(&format!("${name}")));
+        assert!(used, "variable {name} is not used by any panel");
+    }
+    Ok(())
+}
+
 async fn post(
     client: &reqwest::Client,
     url: &str,
