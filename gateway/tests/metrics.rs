@@ -109,6 +109,41 @@ fn dashboard_is_well_formed() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Kills the `herd serve`'s engine host (its child process) and waits until
+/// herd has counted the restart and the engine is serving again.
+async fn crash_engine_host(server: &Server) -> Result<(), BoxError> {
+    let mut hosts = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // After the parenthesised command name: state, then the parent's pid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(server.pid()) {
+            hosts.push(entry.file_name().to_string_lossy().to_string());
+        }
+    }
+    assert_eq!(hosts.len(), 1, "expected one engine host, found {hosts:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &hosts[0]])
+        .status()?;
+    assert!(status.success());
+    let counted = format!("herd_engine_restarts_total{{model=\"{MODEL_ID}\"}} 1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !common::ureq_get(&format!("{}/metrics", server.url))?
+        .1
+        .contains(&counted)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "herd never counted the engine restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| server.wait_healthy(std::time::Duration::from_secs(60)))?;
+    Ok(())
+}
+
 async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -180,10 +215,12 @@ async fn every_dashboard_query_returns_live_data() -> Result<(), BoxError> {
 
     // Two rounds, each followed by scrapes, so that even series born in the
     // first round have risen between two samples in the second.
-    for _ in 0..2 {
-        drive(&server).await?;
-        prometheus.wait_scrapes(2).await?;
-    }
+    // Between them the engine host crashes, so restart panels have something to show.
+    drive(&server).await?;
+    prometheus.wait_scrapes(2).await?;
+    crash_engine_host(&server).await?;
+    drive(&server).await?;
+    prometheus.wait_scrapes(2).await?;
 
     // The exposition itself: key names, never keys.
     let (status, text) = common::ureq_get(&format!("{}/metrics", server.url))?;
@@ -205,8 +242,10 @@ async fn every_dashboard_query_returns_live_data() -> Result<(), BoxError> {
         let series = prometheus.query(&concrete(expr)).await?;
         if series.is_empty() {
             failures.push(format!("{panel}: `{expr}` returned no data"));
-        } else if expr.contains("rate(") && !series.iter().any(|(_, v)| v.is_finite() && *v > 0.0) {
-            // A rate that stayed flat under this load means the panel watches nothing.
+        } else if (expr.contains("rate(") || expr.contains("increase("))
+            && !series.iter().any(|(_, v)| v.is_finite() && *v > 0.0)
+        {
+            // A rate that stayed flat under this load (and a crash) means the panel watches nothing.
             failures.push(format!("{panel}: `{expr}` did not move: {series:?}"));
         }
     }
@@ -263,6 +302,7 @@ async fn every_dashboard_query_returns_live_data() -> Result<(), BoxError> {
     assert_eq!(v("sum(herd_key_requests_total{key=\"bob\"})").await?, 4.0);
     assert!(v("sum(herd_key_tokens_total{key=\"bob\",kind=\"generation\"})").await? > 0.0);
     assert_eq!(v("sum(herd_engine_up)").await?, 1.0);
+    assert_eq!(v("sum(herd_engine_restarts_total)").await?, 1.0);
     assert_eq!(v("sum(herd_slots_total)").await?, 1.0);
     assert_eq!(
         v("sum(herd_requests_running) + sum(herd_requests_waiting)").await?,
