@@ -48,11 +48,12 @@ class Server:
     """A server process; `url` is its base (no /v1)."""
 
     def __init__(self, name, argv, env=None, url=None, listen_re=None, health="/health",
-                 startup=180.0):
+                 startup=180.0, show_env=True):
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"herd-bench-{name}-", suffix=".log",
                                                delete=False)
-        record([f"{k}={v}" for k, v in (env or {}).items()] + list(argv))
+        shown = [f"{k}={v if show_env else '...'}" for k, v in (env or {}).items()]
+        record(shown + list(argv))
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
@@ -159,11 +160,16 @@ class RssSampler:
         self.thread.join()
 
 
-def herd_bench(herd: str, base_url: str, *args: str) -> dict:
-    """`herd bench --json` and its report."""
+def herd_bench(herd: str, base_url: str, *args: str, api_key=None) -> dict:
+    """`herd bench --json` and its report. The key goes in the environment,
+    so it shows in no command line."""
     argv = [herd, "bench", "--json", "--no-progress", "--base-url", base_url, *map(str, args)]
     record(argv)
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    env = dict(os.environ)
+    env.pop("HERD_BENCH_API_KEY", None)
+    if api_key:
+        env["HERD_BENCH_API_KEY"] = api_key
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=env)
     try:
         report = json.loads(r.stdout)
     except json.JSONDecodeError as e:

@@ -38,16 +38,20 @@ def summary_rows(r):
                      f"{l['ratio']:.2f}", f"{h['ratio']:.2f}", "≤ 0.25",
                      verdict(h["ratio"] <= 0.25)))
     if "P4" in r:
-        herd = sustained(r["P4"], "herd", "models")
-        lite = sustained(r["P4"], "litellm", "models")
-        if herd and lite:
-            ratio = lite["p99_ms"] / herd["p99_ms"]
-            rows.append(("P4", "GET /v1/models p99 latency (ms) at the highest sustained rate: "
-                         "herd vs LiteLLM (ratio = LiteLLM ÷ herd)",
-                         f"{herd['p99_ms']:.2f} @ {herd['offered']}/s",
-                         f"{lite['p99_ms']:.2f} @ {lite['offered']}/s", f"{ratio:.1f}×",
-                         "herd p99 ≤ 1 ms and ≥ 20×",
-                         verdict(herd["p99_ms"] <= 1.0 and ratio >= 20)))
+        herd = sustained(r["P4"], "herd", "GET /v1/models")
+        lite = sustained(r["P4"], "litellm", "GET /v1/models")
+        if herd:
+            rows.append(("P4a", "GET /v1/models p99 latency (ms) at the highest rate tried that "
+                         "herd sustained", f"{herd['p99_ms']:.2f} @ {herd['offered']}/s", "", "",
+                         "≤ 1 ms", verdict(herd["p99_ms"] <= 1.0)))
+        same = lite and [x for x in r["P4"] if x["server"] == "herd"
+                         and x["request"] == "GET /v1/models" and x["offered"] == lite["offered"]]
+        if same:
+            ratio = lite["p99_ms"] / same[0]["p99_ms"]
+            rows.append(("P4b", "GET /v1/models p99 latency (ms), herd vs LiteLLM, at the highest "
+                         "rate LiteLLM sustained (ratio = LiteLLM ÷ herd)",
+                         f"{same[0]['p99_ms']:.2f} @ {lite['offered']}/s",
+                         f"{lite['p99_ms']:.2f}", f"{ratio:.0f}×", "≥ 20×", verdict(ratio >= 20)))
     if "P7" in r:
         p = r["P7"]
         rows.append(("P7", "herd RSS idle (MiB) / growth per concurrent stream (MiB)",
