@@ -112,22 +112,9 @@ fn dashboard_is_well_formed() -> Result<(), BoxError> {
 /// Kills the `herd serve`'s engine host (its child process) and waits until
 /// herd has counted the restart and the engine is serving again.
 async fn crash_engine_host(server: &Server) -> Result<(), BoxError> {
-    let mut hosts = Vec::new();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // After the parenthesised command name: state, then the parent's pid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(server.pid()) {
-            hosts.push(entry.file_name().to_string_lossy().to_string());
-        }
-    }
+    let hosts = common::children(server.pid());
     assert_eq!(hosts.len(), 1, "expected one engine host, found {hosts:?}");
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &hosts[0]])
-        .status()?;
-    assert!(status.success());
+    common::signal(hosts[0], "-KILL")?;
     let counted = format!("herd_engine_restarts_total{{model=\"{MODEL_ID}\"}} 1");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !common::ureq_get(&format!("{}/metrics", server.url))?

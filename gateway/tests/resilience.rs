@@ -3,43 +3,10 @@
 
 mod common;
 
-use common::{Server, TestResult, MODEL_ID};
+use common::{children, signal, Server, TestResult, MODEL_ID};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-/// Direct children of `pid` (the engine hosts of a `herd serve`).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // The field after the parenthesised command name: state, then ppid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
-
-fn signal(pid: u32, sig: &str) -> Result<(), String> {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .map_err(|e| e.to_string())?;
-    if ok.success() {
-        Ok(())
-    } else {
-        Err(format!("kill {sig} {pid} failed"))
-    }
-}
 
 fn stream_body(max_tokens: u32) -> Value {
     json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Write a long story about the ocean."}],
