@@ -1,5 +1,6 @@
 //! herd's gateway: `http → router → scheduler → Engine`. See docs/architecture.md.
 
+pub mod access_log;
 pub mod auth;
 pub mod bench;
 pub mod cli;

@@ -147,7 +147,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         open: crate::metrics::routes(metrics),
         ..ExtraRoutes::default()
     };
-    let app = app(state, extra);
+    let app = app(state, extra).layer(axum::middleware::from_fn(crate::access_log::access_log));
     tracing::info!("herd listening on http://{addr}");
     serve_until_signal(listener, app, config.shutdown_grace).await
 }
