@@ -21,6 +21,7 @@ def record(argv):
     line = " ".join(str(a) for a in argv)
     line = re.sub(r"http://127\.0\.0\.1:\d+", "http://127.0.0.1:PORT", line)
     line = re.sub(r"--port \d+", "--port PORT", line)
+    line = re.sub(r"--rate \d+", "--rate RATE", line)
     home = os.path.expanduser("~")
     line = line.replace(home, "~").replace(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))) + "/", "")
