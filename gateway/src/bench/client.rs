@@ -79,6 +79,9 @@ impl Target {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(args.concurrency.max(1))
+            // Drop idle connections before servers with short keep-alive (llama-server:
+            // 5 s) close them, so a request never races a closing socket.
+            .pool_idle_timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(10))
             .build()?;
         let base = args.base_url.trim_end_matches('/');

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    check(&args)?;
     let model = match &args.model {
         Some(m) => m.clone(),
         None => first_model(&args).await?,
@@ -71,6 +72,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rejects values that would make the run meaningless or endless.
+fn check(args: &BenchArgs) -> anyhow::Result<()> {
+    let positive = |name: &str, v: Option<f64>| match v {
+        Some(x) if !(x > 0.0 && x.is_finite()) => {
+            anyhow::bail!("`--{name}` must be a positive number of seconds or requests, got {x}")
+        }
+        _ => Ok(()),
+    };
+    positive("rate", args.rate)?;
+    positive("duration", args.duration)?;
+    positive("timeout", Some(args.timeout))?;
+    if args.concurrency == 0 {
+        anyhow::bail!("`--concurrency` must be at least 1");
+    }
+    Ok(())
+}
+
 /// The first model id of GET {base}/models.
 async fn first_model(args: &BenchArgs) -> anyhow::Result<String> {
     let url = format!("{}/models", args.base_url.trim_end_matches('/'));
@@ -115,4 +133,44 @@ fn progress_bar(args: &BenchArgs, plan: &load::Plan) -> ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.bench)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_refused() -> anyhow::Result<()> {
+        let args = parse(&[])?;
+        assert!(check(&args).is_ok());
+        assert!(args.stream && args.endpoint == Endpoint::Chat && args.concurrency == 1);
+        for bad in [
+            &["--rate", "0"][..],
+            &["--duration=-1"],
+            &["--timeout", "0"],
+            &["--rate", "NaN"],
+            &["-c", "0"],
+        ] {
+            let err = check(&parse(bad)?)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let flag = bad[0].split('=').next().unwrap_or_default();
+            assert!(err.contains(flag), "{bad:?} gave {err:?}");
+        }
+        let args = parse(&["--stream", "false", "--endpoint", "models", "--rate", "50"])?;
+        assert!(!args.stream && args.endpoint == Endpoint::Models && args.rate == Some(50.0));
+        Ok(())
+    }
 }
