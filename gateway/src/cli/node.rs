@@ -1,13 +1,62 @@
-//! `herd node`: the agent alone (owned by the cluster work).
+//! `herd node`: the cluster agent alone. It serves the node-to-node routes
+//! (and `GET /cluster` to holders of an API key, when a key file is given),
+//! never the OpenAI API.
 
+use super::cluster_args::{read_config, start_agent, ClusterArgs};
+use crate::auth::{require_key, ApiKeys};
+use crate::http::cluster::{peer_routes, public_routes};
+use anyhow::Context;
 use clap::Args;
+use herd_cluster::Role;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a node listens when nothing says otherwise: every interface, so peers can reach it.
+pub const DEFAULT_NODE_LISTEN: &str = "0.0.0.0:8080";
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
+    /// TOML config file; `herd node` uses its `listen` and `[cluster]` section.
+    #[arg(long, env = "HERD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address other nodes and clients use to reach this node (default 0.0.0.0:8080; port 0 picks one).
+    #[arg(long, env = "HERD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// File of API keys (`name:key` per line): when set, `GET /cluster` is served to their holders.
+    #[arg(long, env = "HERD_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
     #[command(flatten)]
-    pub cluster: super::cluster_args::ClusterArgs,
+    pub cluster: ClusterArgs,
 }
 
-pub async fn run(_args: NodeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("herd node is not built yet")
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let raw = read_config(args.config.as_ref())?;
+    let listen_text = args
+        .listen
+        .clone()
+        .or(raw.listen.clone())
+        .unwrap_or_else(|| DEFAULT_NODE_LISTEN.to_string());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        anyhow::anyhow!("`--listen` must be an address like 0.0.0.0:8080, got {listen_text:?}")
+    })?;
+    let key_file = args.api_key_file.clone().or(raw.api_key_file.clone());
+    let keys = key_file.as_deref().map(ApiKeys::load).transpose()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let agent = start_agent(&args.cluster, &raw.cluster, addr, Role::Node).await?;
+    let mut app = peer_routes(agent.clone());
+    if let Some(keys) = keys {
+        let protected = public_routes(agent.clone()).route_layer(
+            axum::middleware::from_fn_with_state(Arc::new(keys), require_key),
+        );
+        app = app.merge(protected);
+    }
+    tracing::info!("herd node listening on http://{addr}");
+    let served = super::serve::serve_until_signal(listener, app, Duration::from_secs(2)).await;
+    agent.shutdown().await;
+    served
 }

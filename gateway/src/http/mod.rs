@@ -1,5 +1,6 @@
 //! The HTTP surface, built in one function so the middleware order is visible.
 
+pub mod cluster;
 mod health;
 mod openai_api;
 mod respond;

@@ -1,0 +1,508 @@
+//! Message authentication with the cluster secret.
+//!
+//! Every node-to-node request carries `HMAC-SHA256(secret, cluster, method,
+//! path, sender, version, timestamp, nonce, body)`; the receiver checks the MAC
+//! first (so only secret holders reach any other check), then a ±60 s
+//! timestamp window and a nonce cache, so a captured request cannot be
+//! replayed. Every answer is MACed over the request's nonce, so a recorded
+//! answer cannot be passed off as a fresh one. The cluster name is in every
+//! MAC: two clusters that share a secret by accident still stay apart.
+
+use crate::config::Secret;
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use sha2::Sha256;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub const H_NODE: &str = "x-herd-node";
+pub const H_VERSION: &str = "x-herd-version";
+pub const H_TS: &str = "x-herd-ts";
+pub const H_NONCE: &str = "x-herd-nonce";
+pub const H_MAC: &str = "x-herd-mac";
+
+/// A request timestamp further than this from our clock is refused.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+/// Nonces remembered at once; past that, requests wait for old ones to expire.
+const MAX_NONCES: usize = 200_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing or malformed authentication headers")]
+    Malformed,
+    #[error("wrong MAC (a different cluster secret or cluster name)")]
+    BadMac,
+    #[error(
+        "timestamp is {skew_ms} ms away from this node's clock (more than {MAX_CLOCK_SKEW_MS} ms)"
+    )]
+    Stale { skew_ms: u64 },
+    #[error("nonce already used (a replayed message)")]
+    Replay,
+    #[error("too many recent messages to remember their nonces")]
+    NonceCacheFull,
+}
+
+/// The secret and the cluster name: what a message must prove it knows.
+#[derive(Clone)]
+pub struct Credentials {
+    /// HMAC already keyed with the secret.
+    keyed: HmacSha256,
+    cluster: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The authentication fields of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestAuth {
+    pub node: String,
+    pub version: String,
+    pub ts_ms: u64,
+    pub nonce: String,
+    pub mac: String,
+}
+
+/// The authentication fields of a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseAuth {
+    pub node: String,
+    pub version: String,
+    pub mac: String,
+}
+
+impl Credentials {
+    pub fn new(secret: Secret, cluster: impl Into<String>) -> Self {
+        // RFC 2104 key handling, done here so keying cannot fail: a key longer
+        // than SHA-256's 64-byte block is hashed, a shorter one zero-padded.
+        let s = secret.bytes();
+        let mut block = [0u8; 64];
+        if s.len() <= block.len() {
+            block[..s.len()].copy_from_slice(s);
+        } else {
+            block[..32].copy_from_slice(&<Sha256 as sha2::Digest>::digest(s));
+        }
+        Self {
+            keyed: <HmacSha256 as Mac>::new(&block.into()),
+            cluster: cluster.into(),
+        }
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    fn mac(&self, kind: &str, fields: &[&[u8]]) -> HmacSha256 {
+        // Length-prefixed fields: no two different field lists feed the same bytes.
+        let mut mac = self.keyed.clone();
+        for field in [kind.as_bytes(), self.cluster.as_bytes()]
+            .iter()
+            .chain(fields)
+        {
+            mac.update(&(field.len() as u64).to_le_bytes());
+            mac.update(field);
+        }
+        mac
+    }
+
+    fn request_mac(&self, method: &str, path: &str, a: &RequestAuth, body: &[u8]) -> HmacSha256 {
+        let ts = a.ts_ms.to_string();
+        let fields: [&[u8]; 7] = [
+            method.as_bytes(),
+            path.as_bytes(),
+            a.node.as_bytes(),
+            a.version.as_bytes(),
+            ts.as_bytes(),
+            a.nonce.as_bytes(),
+            body,
+        ];
+        self.mac("herd-request-v1", &fields)
+    }
+
+    fn response_mac(
+        &self,
+        req_nonce: &str,
+        status: u16,
+        node: &str,
+        version: &str,
+        body: &[u8],
+    ) -> HmacSha256 {
+        let status = status.to_string();
+        let fields: [&[u8]; 5] = [
+            req_nonce.as_bytes(),
+            status.as_bytes(),
+            node.as_bytes(),
+            version.as_bytes(),
+            body,
+        ];
+        self.mac("herd-response-v1", &fields)
+    }
+
+    /// Signs a request now, with a fresh nonce.
+    pub fn sign_request(
+        &self,
+        method: &str,
+        path: &str,
+        node: &str,
+        version: &str,
+        body: &[u8],
+    ) -> RequestAuth {
+        let fields = RequestAuth {
+            node: node.to_string(),
+            version: version.to_string(),
+            ts_ms: unix_ms(),
+            nonce: hex::encode(rand::random::<[u8; 16]>()),
+            mac: String::new(),
+        };
+        self.sign(method, path, body, fields)
+    }
+
+    /// Fills in `mac` for the given fields.
+    pub fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        mut fields: RequestAuth,
+    ) -> RequestAuth {
+        fields.mac = hex::encode(
+            self.request_mac(method, path, &fields, body)
+                .finalize()
+                .into_bytes(),
+        );
+        fields
+    }
+
+    pub fn sign_response(
+        &self,
+        req_nonce: &str,
+        status: u16,
+        node: &str,
+        version: &str,
+        body: &[u8],
+    ) -> ResponseAuth {
+        let mac = self
+            .response_mac(req_nonce, status, node, version, body)
+            .finalize()
+            .into_bytes();
+        ResponseAuth {
+            node: node.to_string(),
+            version: version.to_string(),
+            mac: hex::encode(mac),
+        }
+    }
+
+    /// Checks that a response answers our request `req_nonce` and comes from a secret holder.
+    pub fn verify_response(
+        &self,
+        req_nonce: &str,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ResponseAuth, AuthError> {
+        let a = ResponseAuth {
+            node: header(headers, H_NODE, 64).ok_or(AuthError::Malformed)?,
+            version: header(headers, H_VERSION, 64).ok_or(AuthError::Malformed)?,
+            mac: header(headers, H_MAC, 64).ok_or(AuthError::Malformed)?,
+        };
+        let mac = hex::decode(&a.mac).map_err(|_| AuthError::Malformed)?;
+        self.response_mac(req_nonce, status, &a.node, &a.version, body)
+            .verify_slice(&mac)
+            .map_err(|_| AuthError::BadMac)?;
+        Ok(a)
+    }
+}
+
+impl RequestAuth {
+    pub fn headers(&self) -> [(&'static str, String); 5] {
+        [
+            (H_NODE, self.node.clone()),
+            (H_VERSION, self.version.clone()),
+            (H_TS, self.ts_ms.to_string()),
+            (H_NONCE, self.nonce.clone()),
+            (H_MAC, self.mac.clone()),
+        ]
+    }
+
+    fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let nonce = header(headers, H_NONCE, 32)?;
+        if nonce.len() != 32 {
+            return None;
+        }
+        Some(Self {
+            node: header(headers, H_NODE, 64)?,
+            version: header(headers, H_VERSION, 64)?,
+            ts_ms: header(headers, H_TS, 20)?.parse().ok()?,
+            nonce,
+            mac: header(headers, H_MAC, 64)?,
+        })
+    }
+}
+
+impl ResponseAuth {
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            (H_NODE, self.node.clone()),
+            (H_VERSION, self.version.clone()),
+            (H_MAC, self.mac.clone()),
+        ]
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str, max_len: usize) -> Option<String> {
+    let v = headers.get(name)?.to_str().ok()?;
+    (!v.is_empty() && v.len() <= max_len).then(|| v.to_string())
+}
+
+/// Checks incoming requests: MAC, then freshness, then the nonce.
+#[derive(Debug)]
+pub struct Verifier {
+    creds: Credentials,
+    nonces: Mutex<NonceCache>,
+}
+
+impl Verifier {
+    pub fn new(creds: Credentials) -> Self {
+        Self {
+            creds,
+            nonces: Mutex::new(NonceCache::default()),
+        }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    pub fn verify_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<RequestAuth, AuthError> {
+        let a = RequestAuth::from_headers(headers).ok_or(AuthError::Malformed)?;
+        let mac = hex::decode(&a.mac).map_err(|_| AuthError::Malformed)?;
+        self.creds
+            .request_mac(method, path, &a, body)
+            .verify_slice(&mac)
+            .map_err(|_| AuthError::BadMac)?;
+        let skew_ms = now_ms.abs_diff(a.ts_ms);
+        if skew_ms > MAX_CLOCK_SKEW_MS {
+            return Err(AuthError::Stale { skew_ms });
+        }
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        nonces.insert(&a.nonce, now_ms)?;
+        Ok(a)
+    }
+}
+
+/// Nonces seen within the replay window (anything older is refused by its timestamp anyway).
+#[derive(Debug, Default)]
+struct NonceCache {
+    seen: HashMap<String, u64>,
+    order: VecDeque<(u64, String)>,
+}
+
+impl NonceCache {
+    fn insert(&mut self, nonce: &str, now_ms: u64) -> Result<(), AuthError> {
+        let keep_after = now_ms.saturating_sub(2 * MAX_CLOCK_SKEW_MS);
+        while let Some((at, _)) = self.order.front() {
+            if *at >= keep_after {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(nonce) {
+            return Err(AuthError::Replay);
+        }
+        if self.seen.len() >= MAX_NONCES {
+            return Err(AuthError::NonceCacheFull);
+        }
+        self.seen.insert(nonce.to_string(), now_ms);
+        self.order.push_back((now_ms, nonce.to_string()));
+        Ok(())
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn creds(secret: &str, cluster: &str) -> Credentials {
+        match Secret::from_text(secret, "test") {
+            Ok(s) => Credentials::new(s, cluster),
+            Err(e) => unreachable!("{e}"),
+        }
+    }
+
+    fn to_map(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert(*k, v);
+            }
+        }
+        h
+    }
+
+    const S: &str = "correct horse battery staple";
+
+    #[test]
+    fn a_signed_request_verifies_once() {
+        let c = creds(S, "home");
+        let v = Verifier::new(c.clone());
+        let a = c.sign_request("POST", "/_herd/v1/gossip", "n1", "0.1.0", b"{}");
+        let h = to_map(&a.headers());
+        let now = a.ts_ms;
+        assert_eq!(
+            v.verify_request("POST", "/_herd/v1/gossip", &h, b"{}", now)
+                .map(|a| a.node),
+            Ok("n1".into())
+        );
+        assert_eq!(
+            v.verify_request("POST", "/_herd/v1/gossip", &h, b"{}", now),
+            Err(AuthError::Replay)
+        );
+    }
+
+    #[test]
+    fn anything_changed_breaks_the_mac() {
+        let c = creds(S, "home");
+        let a = c.sign_request("POST", "/p", "n1", "0.1.0", b"body");
+        let h = to_map(&a.headers());
+        let now = a.ts_ms;
+        let fresh = || Verifier::new(c.clone());
+        assert_eq!(
+            fresh().verify_request("POST", "/p", &h, b"bodY", now),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            fresh().verify_request("GET", "/p", &h, b"body", now),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            fresh().verify_request("POST", "/q", &h, b"body", now),
+            Err(AuthError::BadMac)
+        );
+        let other_secret = Verifier::new(creds("another secret of enough length", "home"));
+        assert_eq!(
+            other_secret.verify_request("POST", "/p", &h, b"body", now),
+            Err(AuthError::BadMac)
+        );
+        let other_cluster = Verifier::new(creds(S, "work"));
+        assert_eq!(
+            other_cluster.verify_request("POST", "/p", &h, b"body", now),
+            Err(AuthError::BadMac)
+        );
+        let mut forged = a.clone();
+        forged.node = "n2".into();
+        let h2 = to_map(&forged.headers());
+        assert_eq!(
+            fresh().verify_request("POST", "/p", &h2, b"body", now),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            fresh().verify_request("POST", "/p", &HeaderMap::new(), b"body", now),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn old_or_future_timestamps_are_refused() {
+        let c = creds(S, "home");
+        let v = Verifier::new(c.clone());
+        let fields = RequestAuth {
+            node: "n1".into(),
+            version: "0.1.0".into(),
+            ts_ms: 1_000_000,
+            nonce: "0".repeat(32),
+            mac: String::new(),
+        };
+        let a = c.sign("POST", "/p", b"", fields);
+        let h = to_map(&a.headers());
+        assert_eq!(
+            v.verify_request("POST", "/p", &h, b"", 1_000_000 + 60_001),
+            Err(AuthError::Stale { skew_ms: 60_001 })
+        );
+        assert_eq!(
+            v.verify_request("POST", "/p", &h, b"", 1_000_000 - 70_000),
+            Err(AuthError::Stale { skew_ms: 70_000 })
+        );
+        assert!(v
+            .verify_request("POST", "/p", &h, b"", 1_000_000 + 59_000)
+            .is_ok());
+    }
+
+    #[test]
+    fn nonces_expire_after_the_window() {
+        let mut cache = NonceCache::default();
+        assert!(cache.insert("a", 0).is_ok());
+        assert_eq!(cache.insert("a", 1000), Err(AuthError::Replay));
+        assert!(cache.insert("b", 2 * MAX_CLOCK_SKEW_MS + 1).is_ok());
+        assert_eq!(cache.seen.len(), 1, "the old nonce is forgotten");
+    }
+
+    #[test]
+    fn keying_matches_standard_hmac_for_short_and_long_secrets() {
+        for secret in ["0123456789abcdef".to_string(), "k".repeat(200)] {
+            let c = creds(&secret, "home");
+            let ours = c.mac("kind", &[b"x"]).finalize().into_bytes();
+            let standard = HmacSha256::new_from_slice(secret.as_bytes())
+                .ok()
+                .map(|mut m| {
+                    for field in [&b"kind"[..], b"home", b"x"] {
+                        m.update(&(field.len() as u64).to_le_bytes());
+                        m.update(field);
+                    }
+                    m.finalize().into_bytes()
+                });
+            assert_eq!(Some(ours), standard);
+        }
+    }
+
+    #[test]
+    fn responses_are_bound_to_their_request() {
+        let c = creds(S, "home");
+        let r = c.sign_response("nonce-1", 200, "n2", "0.1.0", b"view");
+        let h = to_map(&r.headers());
+        assert_eq!(
+            c.verify_response("nonce-1", 200, &h, b"view")
+                .map(|r| r.node),
+            Ok("n2".into())
+        );
+        assert_eq!(
+            c.verify_response("nonce-2", 200, &h, b"view"),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            c.verify_response("nonce-1", 409, &h, b"view"),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            c.verify_response("nonce-1", 200, &h, b"vieW"),
+            Err(AuthError::BadMac)
+        );
+        let outsider = creds("another secret of enough length", "home");
+        assert_eq!(
+            outsider.verify_response("nonce-1", 200, &h, b"view"),
+            Err(AuthError::BadMac)
+        );
+    }
+}

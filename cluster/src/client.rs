@@ -1,0 +1,190 @@
+//! Signed calls to a peer's `/_herd/v1/...` endpoints: heartbeats between
+//! nodes, and the view that `herd status --secret-file` reads.
+
+use crate::auth::{Credentials, H_MAC};
+use crate::config::ClusterError;
+use crate::version::check_compatible;
+use crate::wire::{ClusterView, Gossip, Refusal};
+use crate::{GOSSIP_PATH, VIEW_PATH};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Largest answer read from a peer.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// 401 without a valid MAC: the peer does not accept our secret (or cluster name, or clock).
+    #[error(
+        "it rejected our credentials: it has a different cluster secret or cluster name, \
+         or the clocks differ by more than a minute"
+    )]
+    Rejected,
+    /// The answer's MAC does not verify: not a member of our cluster.
+    #[error("its answer is not signed with our cluster secret")]
+    Unsigned,
+    /// A signed refusal (an incompatible version), in the peer's words.
+    #[error("{0}")]
+    Refused(String),
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+/// Signs requests as `node` running `version`.
+#[derive(Debug, Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    creds: Credentials,
+    node: String,
+    version: String,
+}
+
+impl PeerClient {
+    pub fn new(
+        creds: Credentials,
+        node: impl Into<String>,
+        version: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, ClusterError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClusterError::Client(e.to_string()))?;
+        Ok(Self {
+            http,
+            creds,
+            node: node.into(),
+            version: version.into(),
+        })
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// Sends a heartbeat (already serialized) and returns the peer's own.
+    pub async fn gossip(&self, addr: SocketAddr, body: Bytes) -> Result<Gossip, CallError> {
+        let answer = self
+            .call(
+                reqwest::Method::POST,
+                &format!("http://{addr}"),
+                GOSSIP_PATH,
+                body,
+            )
+            .await?;
+        let gossip: Gossip =
+            serde_json::from_slice(&answer).map_err(|e| CallError::Unexpected(e.to_string()))?;
+        check_compatible(&self.version, &gossip.from.version).map_err(CallError::Refused)?;
+        Ok(gossip)
+    }
+
+    /// The peer's view of the cluster. `base_url` is like `http://10.0.0.2:8080`.
+    pub async fn view(&self, base_url: &str) -> Result<ClusterView, CallError> {
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                base_url.trim_end_matches('/'),
+                VIEW_PATH,
+                Bytes::new(),
+            )
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| CallError::Unexpected(e.to_string()))
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        base: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, CallError> {
+        let auth = self
+            .creds
+            .sign_request(method.as_str(), path, &self.node, &self.version, &body);
+        let mut req = self
+            .http
+            .request(method, format!("{base}{path}"))
+            .body(body);
+        for (name, value) in auth.headers() {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(describe(&e)))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let answer = read_capped(resp).await?;
+        if status == 401 && !headers.contains_key(H_MAC) {
+            return Err(CallError::Rejected);
+        }
+        let signed = self
+            .creds
+            .verify_response(&auth.nonce, status, &headers, &answer)
+            .map_err(|_| CallError::Unsigned)?;
+        match status {
+            200 => Ok(answer),
+            409 => {
+                let refusal: Option<Refusal> = serde_json::from_slice(&answer).ok();
+                let message = refusal.map_or_else(
+                    || {
+                        format!(
+                            "incompatible herd versions: we run herd {}, the peer runs herd {}",
+                            self.version, signed.version
+                        )
+                    },
+                    |r| r.error,
+                );
+                Err(CallError::Refused(message))
+            }
+            other => Err(CallError::Unexpected(format!(
+                "status {other}: {}",
+                String::from_utf8_lossy(&answer)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ))),
+        }
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Bytes, CallError> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(CallError::Unexpected("answer too large".into()));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| CallError::Unreachable(describe(&e)))?
+    {
+        if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(CallError::Unexpected("answer too large".into()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"): show the chain.
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time".to_string();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
