@@ -1,12 +1,15 @@
 //! `herd serve`: config (file, then `HERD_*` variables and flags on top) →
 //! engines → router → HTTP, with graceful shutdown.
 
+use super::cluster_args::start_agent;
 use crate::auth::ApiKeys;
+use crate::http::cluster;
 use crate::http::{app, AppState, ExtraRoutes};
 use crate::router::{Deployment, Router};
 use crate::scheduler::Admission;
 use anyhow::Context;
 use clap::Args;
+use herd_cluster::Role;
 use herd_config::{Config, ModelConfig, RawConfig};
 use herd_engines::llama::{LlamaEngine, LlamaEngineConfig};
 use herd_engines::Engine;
@@ -143,13 +146,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // The agent advertises the address actually bound (port 0 works).
+    let agent = start_agent(&args.cluster, &config.cluster, addr, Role::Gateway).await?;
     let extra = ExtraRoutes {
-        open: crate::metrics::routes(metrics),
-        ..ExtraRoutes::default()
+        // Node-to-node routes authenticate every message with the cluster secret themselves.
+        open: crate::metrics::routes(metrics).merge(cluster::peer_routes(agent.clone())),
+        protected: cluster::public_routes(agent.clone()),
     };
     let app = app(state, extra).layer(axum::middleware::from_fn(crate::access_log::access_log));
     tracing::info!("herd listening on http://{addr}");
-    serve_until_signal(listener, app, config.shutdown_grace).await
+    let served = serve_until_signal(listener, app, config.shutdown_grace).await;
+    agent.shutdown().await;
+    served
 }
 
 /// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight
