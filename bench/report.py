@@ -49,11 +49,19 @@ def summary_rows(r):
             top = max(both, key=lambda x: x["offered"])
             base = floor[top["offered"]]
             added50, added99 = top["p50_ms"] - base["p50_ms"], top["p99_ms"] - base["p99_ms"]
+            worst = max(both, key=lambda x: x["p99_ms"] - floor[x["offered"]]["p99_ms"])
+            worst99 = worst["p99_ms"] - floor[worst["offered"]]["p99_ms"]
+            # A floor whose own p99 exceeds the goal cannot show whether herd adds ≤ 1 ms.
+            noisy = max(floor[x["offered"]]["p99_ms"] for x in both) > 1.0
             rows.append(("P4a", "herd's added latency on GET /v1/models (ms, herd − fixed-response "
-                         "floor, p50 / p99) at the highest rate both sustained",
-                         f"{added50:.2f} / {added99:.2f} @ {top['offered']}/s",
+                         "floor, p50 / p99) at the highest rate both sustained; worst p99 "
+                         "difference over all rates",
+                         f"{added50:.2f} / {added99:.2f} @ {top['offered']}/s; worst "
+                         f"{worst99:.2f} @ {worst['offered']}/s",
                          f"floor {base['p50_ms']:.2f} / {base['p99_ms']:.2f}", "",
-                         "p99 ≤ 1 ms", verdict(added99 <= 1.0)))
+                         "p99 ≤ 1 ms",
+                         "**not measurable here** (the floor's own p99 is > 1 ms)" if noisy
+                         else verdict(worst99 <= 1.0)))
         elif herd:
             rows.append(("P4a", "GET /v1/models p99 latency (ms) at the highest rate tried that "
                          "herd sustained", f"{herd['p99_ms']:.2f} @ {herd['offered']}/s", "", "",
@@ -144,15 +152,19 @@ def markdown(r, command):
                 "the offered rate. Both gateways check a bearer key on every request.", "",
                 f"Medians of {r['reps']} runs per rate (each run's p99 in the last column).", "",
                 "| server | request | offered/s | achieved/s | failed | p50 ms | p99 ms | "
-                "p99 of each run |",
-                "|---|---|---|---|---|---|---|---|"]
+                "p99 of each run | herd − floor p50 / p99 |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        floor = {x["offered"]: x for x in r["P4"] if x["server"] == "fixed upstream"}
         for x in r["P4"]:
+            base = floor.get(x["offered"]) if x["server"] == "herd" else None
+            added = (f"{x['p50_ms'] - base['p50_ms']:.2f} / {x['p99_ms'] - base['p99_ms']:.2f}"
+                     if base and x["p99_ms"] is not None and base["p99_ms"] is not None else "")
             p50 = f"{x['p50_ms']:.2f}" if x["p50_ms"] is not None else "—"
             p99 = f"{x['p99_ms']:.2f}" if x["p99_ms"] is not None else "—"
             out.append(f"| {x['server']} | {x['request']} | {x['offered']} | {x['achieved']:.0f} | "
                        f"{x['failed']} | {p50} | {p99} | "
                        + ", ".join("—" if v is None else f"{v:.2f}" for v in x.get("p99_each_ms", []))
-                       + " |")
+                       + f" | {added} |")
         out.append("")
     if "P7" in r:
         out += ["### P7: memory (RSS, MiB, per process)", "| state | processes |", "|---|---|"]

@@ -38,13 +38,26 @@ impl Failure {
 
     fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_connect() {
-            Failure::Connect(e.to_string())
+            Failure::Connect(chain(&e))
         } else if e.is_timeout() {
             Failure::Timeout
         } else {
-            Failure::Transport(e.to_string())
+            Failure::Transport(chain(&e))
         }
     }
+}
+
+/// The error and its causes: reqwest's own message ("error sending request")
+/// does not say what went wrong underneath (a reset, a closed connection).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// A request that completed.
