@@ -69,6 +69,8 @@ fn streaming_run_against_herd_reports_tokens_and_ordered_percentiles() -> TestRe
     assert_eq!(r["model"], MODEL_ID);
     assert_eq!(r["requests"]["completed"], 6, "{r}");
     assert_eq!(r["requests"]["failed"], 0, "{r}");
+    // herd keeps connections open: nothing needed a second send.
+    assert_eq!(r["requests"]["retried"], 0, "{r}");
     assert_eq!(r["requests"]["errors"], serde_json::json!({}));
     let output = r["tokens"]["output_total"].as_u64().unwrap_or(0);
     assert!(

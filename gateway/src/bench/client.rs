@@ -71,6 +71,8 @@ pub struct Done {
     pub prompt_tokens: Option<u64>,
     /// Between consecutive content chunks (streaming only).
     pub gaps: Vec<Duration>,
+    /// Sent a second time after a transport error before any response.
+    pub retried: bool,
 }
 
 /// What every request shares: the client, URL and body fields.
@@ -146,16 +148,35 @@ impl Target {
         }
     }
 
-    async fn exchange(&self, prompt: &str, start: Instant) -> Result<Done, Failure> {
+    fn request(&self, prompt: &str) -> reqwest::RequestBuilder {
         let request = match self.endpoint {
             Endpoint::Models => self.client.get(&self.url),
             _ => self.client.post(&self.url).json(&self.body(prompt)),
         };
-        let request = match &self.api_key {
+        match &self.api_key {
             Some(key) => request.bearer_auth(key),
             None => request,
+        }
+    }
+
+    async fn exchange(&self, prompt: &str, start: Instant) -> Result<Done, Failure> {
+        // A server may close a kept-alive connection just as a request goes out on it
+        // (llama-server does): like OpenAI's SDKs, send once more on a transport error
+        // before any response, and count it.
+        let (response, retried) = match self.request(prompt).send().await {
+            Ok(response) => (response, false),
+            Err(e) if !e.is_connect() && !e.is_timeout() => {
+                let response = self.request(prompt).send().await;
+                (response.map_err(Failure::from_reqwest)?, true)
+            }
+            Err(e) => return Err(Failure::from_reqwest(e)),
         };
-        let response = request.send().await.map_err(Failure::from_reqwest)?;
+        let mut done = self.read(response, start).await?;
+        done.retried = retried;
+        Ok(done)
+    }
+
+    async fn read(&self, response: reqwest::Response, start: Instant) -> Result<Done, Failure> {
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();

@@ -29,6 +29,8 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct Requests {
     pub completed: u64,
+    /// Completed on a second send after the connection closed under the first.
+    pub retried: u64,
     pub failed: u64,
     /// By HTTP status ("429") or by cause ("connect", "timeout", "stream_error").
     pub errors: BTreeMap<String, ErrorBucket>,
@@ -74,6 +76,7 @@ impl Report {
             max_tokens: info.max_tokens,
             requests: Requests {
                 completed: c.completed,
+                retried: c.retried,
                 failed: c.failed(),
                 errors: c.errors.clone(),
             },
@@ -115,8 +118,12 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "requests     {} ok, {} failed in {:.2} s = {:.2} req/s",
-            self.requests.completed, self.requests.failed, self.duration_s, self.requests_per_s
+            "requests     {} ok ({} resent once), {} failed in {:.2} s = {:.2} req/s",
+            self.requests.completed,
+            self.requests.retried,
+            self.requests.failed,
+            self.duration_s,
+            self.requests_per_s
         );
         for (key, bucket) in &self.requests.errors {
             let _ = writeln!(

@@ -54,6 +54,8 @@ pub struct ErrorBucket {
 #[derive(Debug, Default)]
 pub struct Collector {
     pub completed: u64,
+    /// Completed after one resend (see `Target::exchange`).
+    pub retried: u64,
     pub output_tokens: u64,
     pub prompt_tokens: u64,
     pub errors: BTreeMap<String, ErrorBucket>,
@@ -80,6 +82,7 @@ impl Collector {
 
     fn add_done(&mut self, done: Done) {
         self.completed += 1;
+        self.retried += u64::from(done.retried);
         self.output_tokens += done.output_tokens;
         self.prompt_tokens += done.prompt_tokens.unwrap_or(0);
         self.e2e.push(ms(done.e2e));
@@ -139,6 +142,7 @@ mod tests {
             output_tokens: 11,
             prompt_tokens: Some(5),
             gaps: vec![Duration::from_millis(100); 10],
+            retried: true,
         }));
         c.add(Err(Failure::Status {
             status: 429,
@@ -153,6 +157,7 @@ mod tests {
             (c.completed, c.output_tokens, c.prompt_tokens, c.failed()),
             (1, 11, 5, 3)
         );
+        assert_eq!(c.retried, 1);
         assert_eq!(c.errors["429"].count, 2);
         assert!(c.errors["429"].example.contains("busy"));
         assert_eq!(c.errors["timeout"].count, 1);
