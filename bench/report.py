@@ -100,7 +100,7 @@ def sustained(rows, server, request):
 def markdown(r, command):
     m = r["machine"]
     out = ["# Benchmarks", "",
-           f"Regenerate with `{command}` (about 15 minutes; the first run also builds llama.cpp "
+           f"Regenerate with `{command}` (about 25 minutes on 2 cores; the first run also builds llama.cpp "
            "b11434 and installs LiteLLM, ~15 minutes more). Every ratio compares two things "
            "measured in the same run, one server at a time, alternating, "
            f"{r['reps']} repetitions, medians.", "",
