@@ -27,6 +27,11 @@ pub struct ModelConfig {
     /// An engine with requests in flight that produces nothing for this long
     /// is killed and restarted (a wedged llama.cpp, a silent RPC peer).
     pub progress_timeout_secs: Option<u64>,
+    /// Map the GGUF file instead of reading it into memory. Reading it (the
+    /// default) puts the weights in transparent huge pages where the kernel
+    /// offers them, which decodes faster (docs/benchmarks.md); mapping starts
+    /// faster and shares the pages with the OS file cache.
+    pub mmap: Option<bool>,
 }
 
 /// A validated model entry.
@@ -41,6 +46,7 @@ pub struct ValidModel {
     pub max_queue_wait: Duration,
     pub max_tokens_limit: u32,
     pub progress_timeout: Duration,
+    pub mmap: bool,
 }
 
 fn default_threads() -> u32 {
@@ -116,6 +122,7 @@ impl ModelConfig {
             max_queue_wait: Duration::from_millis(wait_ms),
             max_tokens_limit,
             progress_timeout: Duration::from_secs(progress),
+            mmap: self.mmap.unwrap_or(false),
         })
     }
 }

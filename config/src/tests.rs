@@ -55,6 +55,14 @@ fn defaults_fill_a_minimal_model() {
     assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(cfg.models[0].id, "smollm2-135m-instruct");
     assert_eq!(cfg.models[0].slots, 4);
+    assert!(
+        !cfg.models[0].mmap,
+        "weights are read into memory unless asked"
+    );
+    let mapped = RawConfig::from_toml("[[models]]\npath = \"/x/m.gguf\"\nmmap = true\n")
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.validate().map_err(|e| e.to_string()));
+    assert!(mapped.is_ok_and(|c| c.models[0].mmap));
 }
 
 #[test]

@@ -11,7 +11,6 @@ use crate::{EngineError, FinishReason, SamplingParams, Usage};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
@@ -38,7 +37,7 @@ struct Active {
     /// Prompt tokens already in the KV cache (cached prefix included).
     fed: usize,
     cached_tokens: u32,
-    sampler: LlamaSampler,
+    sampler: sampler::TokenSampler,
     holdback: Utf8Holdback,
     stop: StopFilter,
     generated: u32,

@@ -31,6 +31,9 @@ pub struct HostArgs {
     /// Context per slot, in tokens.
     #[arg(long, default_value_t = 4096)]
     pub ctx_size: u32,
+    /// Map the model file (true) or read it into memory (false).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub mmap: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +57,13 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
     if std::env::var_os("HERD_LLAMA_LOG").is_none() {
         backend.void_logs();
     }
-    let model = LlamaModel::load_from_file(&backend, &args.model, &LlamaModelParams::default())
-        .map_err(|e| HostError::Load {
+    let model_params = LlamaModelParams::default().with_use_mmap(args.mmap);
+    let model = LlamaModel::load_from_file(&backend, &args.model, &model_params).map_err(|e| {
+        HostError::Load {
             path: args.model.clone(),
             message: e.to_string(),
-        })?;
+        }
+    })?;
     let template = usable_template(&model);
     let total_ctx = args.ctx_size.saturating_mul(args.slots);
     let threads = i32::try_from(args.threads).unwrap_or(1);

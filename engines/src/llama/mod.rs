@@ -6,7 +6,7 @@
 mod batch;
 pub mod host;
 pub mod protocol;
-mod sampler;
+pub mod sampler;
 mod supervisor;
 
 pub use supervisor::{LlamaEngine, LlamaEngineConfig};

@@ -36,6 +36,8 @@ pub struct LlamaEngineConfig {
     /// A host with requests in flight that sends nothing for this long is
     /// wedged (e.g. blocked on a silent RPC peer) and is killed.
     pub progress_timeout: Duration,
+    /// Map the model file rather than read it into (huge-page) memory.
+    pub mmap: bool,
 }
 
 /// Events buffered per request before the client is considered too slow.

@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Longest wait for a slot, in milliseconds, before 429.
     #[arg(long, env = "HERD_MAX_QUEUE_WAIT_MS")]
     pub max_queue_wait_ms: Option<u64>,
+    /// Map the model file (true) or read it into huge-page memory (false, the default; faster decode).
+    #[arg(long, env = "HERD_MMAP", action = clap::ArgAction::Set)]
+    pub mmap: Option<bool>,
     /// File of API keys (`name:key` per line); when set, every API call needs one.
     #[arg(long, env = "HERD_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
@@ -86,6 +89,7 @@ impl ServeArgs {
             m.ctx_size = self.ctx_size.or(m.ctx_size);
             m.max_queue = self.max_queue.or(m.max_queue);
             m.max_queue_wait_ms = self.max_queue_wait_ms.or(m.max_queue_wait_ms);
+            m.mmap = self.mmap.or(m.mmap);
         }
         let config = raw.validate()?;
         if config.models.is_empty() {
@@ -121,6 +125,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             startup_timeout: Duration::from_secs(600),
             prepare_timeout: Duration::from_secs(30),
             progress_timeout: m.progress_timeout,
+            mmap: m.mmap,
         });
         tracing::info!(model = %m.id, path = %m.path.display(), slots = m.slots, ctx = m.ctx_size, "starting model");
         metrics.add_model(&m.id, u64::from(m.slots));
