@@ -120,6 +120,14 @@ def markdown(r, command):
                 f"herd per-stream decode rate (tokens after the first ÷ time after the first, "
                 f"through HTTP + SSE): {fmt(p['herd_tok_s'])} tok/s; llama-bench tg128: "
                 f"{fmt(p['llama_bench_tg128_tok_s'])} tok/s."]
+        if "herd_mmap_tok_s" in p:
+            out += [f"How the weights are held: herd reads them into transparent-huge-page memory by "
+                    f"default; with `--mmap true` (llama.cpp's default, the file mapped in 4 KiB "
+                    f"pages) herd decoded {fmt(p['herd_mmap_tok_s'])} tok/s, "
+                    f"÷ llama-bench {p['ratio_mmap_vs_bench']:.2f}. llama-bench given herd's "
+                    f"setup (`-lm none` with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`): "
+                    f"{fmt(p['llama_bench_huge_pages_tok_s'])} tok/s; herd ÷ that "
+                    f"{p['ratio_vs_bench_huge_pages']:.2f}."]
         if "llama_server_tok_s" in p:
             out += [f"The same single-stream load through llama-server -np 1 (HTTP + SSE like "
                     f"herd): {fmt(p['llama_server_tok_s'])} tok/s; herd ÷ llama-server "

@@ -6,6 +6,7 @@
 
 use super::protocol::{FromHost, RequestId};
 use super::sampler;
+use super::slot::{best_free_slot, common_prefix, Active, Slot};
 use crate::text::{StopFilter, StopOutcome, Utf8Holdback};
 use crate::{EngineError, FinishReason, SamplingParams, Usage};
 use llama_cpp_2::context::LlamaContext;
@@ -30,31 +31,6 @@ pub enum Command {
 /// Tokens decoded per step across all sequences.
 const BATCH_TOKENS: usize = 512;
 const STATS_EVERY: Duration = Duration::from_millis(200);
-
-struct Active {
-    id: RequestId,
-    prompt: Vec<LlamaToken>,
-    /// Prompt tokens already in the KV cache (cached prefix included).
-    fed: usize,
-    cached_tokens: u32,
-    sampler: sampler::TokenSampler,
-    holdback: Utf8Holdback,
-    stop: StopFilter,
-    generated: u32,
-    max_tokens: u32,
-    /// Sampled but not yet decoded.
-    next: Option<LlamaToken>,
-    /// Index in the current batch whose logits belong to this sequence.
-    logits_at: Option<i32>,
-}
-
-struct Slot {
-    seq: i32,
-    /// Exactly the tokens whose KV this sequence holds, by position.
-    kv: Vec<LlamaToken>,
-    active: Option<Active>,
-    last_used: u64,
-}
 
 pub struct BatchLoop<'m> {
     model: &'m LlamaModel,
@@ -178,23 +154,9 @@ impl<'m> BatchLoop<'m> {
                 self.ctx_size
             )));
         }
-        let best = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.active.is_none())
-            .max_by_key(|(_, s)| {
-                (
-                    common_prefix(&s.kv, &prompt),
-                    std::cmp::Reverse(s.last_used),
-                )
-            })
-            .map(|(i, _)| i)
-            .ok_or_else(|| {
-                EngineError::Unavailable(
-                    "no free slot (admission control should prevent this)".into(),
-                )
-            })?;
+        let best = best_free_slot(&self.slots, &prompt).ok_or_else(|| {
+            EngineError::Unavailable("no free slot (admission control should prevent this)".into())
+        })?;
         // At least one prompt token must be decoded to get logits for the first sample.
         let reuse = common_prefix(&self.slots[best].kv, &prompt).min(prompt.len() - 1);
         let seq = self.slots[best].seq;
@@ -395,8 +357,4 @@ impl<'m> BatchLoop<'m> {
             });
         }
     }
-}
-
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

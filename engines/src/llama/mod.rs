@@ -7,6 +7,7 @@ mod batch;
 pub mod host;
 pub mod protocol;
 pub mod sampler;
+mod slot;
 mod supervisor;
 
 pub use supervisor::{LlamaEngine, LlamaEngineConfig};

@@ -1,0 +1,110 @@
+//! A slot is one llama.cpp sequence: the tokens its KV cache holds and the
+//! request (if any) generating into it. Choosing a slot for a new request is
+//! pure: the free one whose cached tokens share the longest prefix with the
+//! prompt, least recently used among equals.
+
+use super::protocol::RequestId;
+use super::sampler::TokenSampler;
+use crate::text::{StopFilter, Utf8Holdback};
+use llama_cpp_2::token::LlamaToken;
+
+pub struct Active {
+    pub id: RequestId,
+    pub prompt: Vec<LlamaToken>,
+    /// Prompt tokens already in the KV cache (cached prefix included).
+    pub fed: usize,
+    pub cached_tokens: u32,
+    pub sampler: TokenSampler,
+    pub holdback: Utf8Holdback,
+    pub stop: StopFilter,
+    pub generated: u32,
+    pub max_tokens: u32,
+    /// Sampled but not yet decoded.
+    pub next: Option<LlamaToken>,
+    /// Index in the current batch whose logits belong to this sequence.
+    pub logits_at: Option<i32>,
+}
+
+pub struct Slot {
+    pub seq: i32,
+    /// Exactly the tokens whose KV this sequence holds, by position.
+    pub kv: Vec<LlamaToken>,
+    pub active: Option<Active>,
+    /// Logical clock of the last time a request finished here.
+    pub last_used: u64,
+}
+
+/// Index of the free slot that can reuse the most of `prompt`'s KV; among
+/// equals the least recently used, so a hot conversation's cache survives.
+pub fn best_free_slot(slots: &[Slot], prompt: &[LlamaToken]) -> Option<usize> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.active.is_none())
+        .max_by_key(|(_, s)| (common_prefix(&s.kv, prompt), std::cmp::Reverse(s.last_used)))
+        .map(|(i, _)| i)
+}
+
+pub fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(ids: &[i32]) -> Vec<LlamaToken> {
+        ids.iter().copied().map(LlamaToken).collect()
+    }
+
+    fn slot(seq: i32, kv: &[i32], last_used: u64) -> Slot {
+        Slot {
+            seq,
+            kv: toks(kv),
+            active: None,
+            last_used,
+        }
+    }
+
+    #[test]
+    fn longest_shared_prefix_wins() {
+        let slots = [
+            slot(0, &[1, 2], 5),
+            slot(1, &[1, 2, 3, 4], 1),
+            slot(2, &[9], 9),
+        ];
+        assert_eq!(best_free_slot(&slots, &toks(&[1, 2, 3, 7])), Some(1));
+        assert_eq!(common_prefix(&slots[1].kv, &toks(&[1, 2, 3, 7])), 3);
+    }
+
+    #[test]
+    fn without_a_shared_prefix_the_least_recently_used_is_evicted() {
+        let slots = [slot(0, &[5], 7), slot(1, &[6], 2), slot(2, &[8], 4)];
+        assert_eq!(best_free_slot(&slots, &toks(&[1, 2])), Some(1));
+    }
+
+    fn active(id: RequestId) -> Active {
+        Active {
+            id,
+            prompt: toks(&[1]),
+            fed: 0,
+            cached_tokens: 0,
+            sampler: TokenSampler::Greedy,
+            holdback: Utf8Holdback::default(),
+            stop: StopFilter::new(Vec::new()),
+            generated: 0,
+            max_tokens: 1,
+            next: None,
+            logits_at: None,
+        }
+    }
+
+    #[test]
+    fn busy_slots_are_never_chosen() {
+        let mut slots = vec![slot(0, &[1, 2, 3], 0), slot(1, &[], 0)];
+        slots[0].active = Some(active(1));
+        assert_eq!(best_free_slot(&slots, &toks(&[1, 2, 3])), Some(1));
+        slots[1].active = Some(active(2));
+        assert_eq!(best_free_slot(&slots, &toks(&[1, 2, 3])), None);
+    }
+}
