@@ -103,7 +103,7 @@ def markdown(r, command):
            f"Regenerate with `{command}` (about 25 minutes on 2 cores; the first run also builds llama.cpp "
            "b11434 and installs LiteLLM, ~15 minutes more). Every ratio compares two things "
            "measured in the same run, one server at a time, alternating, "
-           f"{r['reps']} repetitions, medians.", "",
+           f"{r['reps']} repetitions (P1 {r['reps'] + 4}, P2 {r['reps'] + 2}), medians.", "",
            f"- date: {m['date']}; commit `{m['commit']}`"
            f"{' (with uncommitted changes)' if m['tree_dirty'] else ''}; {m['rustc']}",
            f"- machine: {m['cpu']}, {m['cores']} cores, L3 {m['l3']}, {m['memory_gib']} GiB, "
