@@ -30,7 +30,8 @@ pub struct ModelConfig {
     /// Map the GGUF file instead of reading it into memory. Reading it (the
     /// default) puts the weights in transparent huge pages where the kernel
     /// offers them, which decodes faster (docs/benchmarks.md); mapping starts
-    /// faster and shares the pages with the OS file cache.
+    /// faster and shares the pages with the OS file cache. A model larger than
+    /// the available memory is mapped whatever this says.
     pub mmap: Option<bool>,
 }
 

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 mod child;
 mod handle;
+mod memory;
 
 use child::{ChildConn, ChildEvent};
 pub use handle::LlamaEngine;

@@ -37,8 +37,9 @@ impl ChildConn {
         let socket = dir.path().join("host.sock");
         let listener = UnixListener::bind(&socket)
             .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
+        let mmap = super::memory::decide(config.mmap, &config.model);
         let mut command = Command::new(&config.exe);
-        if !config.mmap {
+        if !mmap {
             // Weights read into memory come from malloc; this glibc tunable
             // (2.35+; ignored elsewhere) has malloc ask for transparent huge
             // pages, so decoding walks ~50 2 MiB pages instead of ~25 000 4 KiB ones.
@@ -53,7 +54,7 @@ impl ChildConn {
             .args(["--threads", &config.threads.to_string()])
             .args(["--slots", &config.slots.to_string()])
             .args(["--ctx-size", &config.ctx_size.to_string()])
-            .args(["--mmap", if config.mmap { "true" } else { "false" }])
+            .args(["--mmap", if mmap { "true" } else { "false" }])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true)
