@@ -43,7 +43,10 @@ impl ChildConn {
             // Weights read into memory come from malloc; this glibc tunable
             // (2.35+; ignored elsewhere) has malloc ask for transparent huge
             // pages, so decoding walks ~50 2 MiB pages instead of ~25 000 4 KiB ones.
-            command.env("GLIBC_TUNABLES", huge_page_tunables());
+            command.env(
+                "GLIBC_TUNABLES",
+                super::memory::with_huge_pages(std::env::var("GLIBC_TUNABLES").ok().as_deref()),
+            );
         }
         let mut child = command
             .arg("engine-host")
@@ -180,21 +183,5 @@ fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
             _ => "engine host exited".into(),
         },
         Err(e) => format!("engine host could not be waited on: {e}"),
-    }
-}
-
-/// The caller's GLIBC_TUNABLES with `glibc.malloc.hugetlb=1` added.
-fn huge_page_tunables() -> String {
-    const HUGE: &str = "glibc.malloc.hugetlb=1";
-    match std::env::var("GLIBC_TUNABLES") {
-        Ok(existing)
-            if existing
-                .split(':')
-                .any(|t| t.starts_with("glibc.malloc.hugetlb=")) =>
-        {
-            existing
-        }
-        Ok(existing) if !existing.is_empty() => format!("{existing}:{HUGE}"),
-        _ => HUGE.to_string(),
     }
 }

@@ -39,6 +39,18 @@ pub fn decide(requested_mmap: bool, model: &Path) -> bool {
     mapped
 }
 
+/// GLIBC_TUNABLES for an engine host that reads its weights: the caller's
+/// tunables with `glibc.malloc.hugetlb=1` added (an explicit choice is kept),
+/// so malloc asks for transparent huge pages for the weight buffer.
+pub fn with_huge_pages(existing: Option<&str>) -> String {
+    const HUGE: &str = "glibc.malloc.hugetlb=1";
+    match existing {
+        Some(t) if t.split(':').any(|x| x.starts_with("glibc.malloc.hugetlb=")) => t.to_string(),
+        Some(t) if !t.is_empty() => format!("{t}:{HUGE}"),
+        _ => HUGE.to_string(),
+    }
+}
+
 /// `MemAvailable` from /proc/meminfo, in bytes.
 fn mem_available(meminfo: &str) -> Option<u64> {
     meminfo
@@ -72,6 +84,20 @@ mod tests {
     fn asking_for_mmap_always_maps_and_unknown_memory_keeps_the_choice() {
         assert!(map_weights(true, 1, Some(100 * GIB)));
         assert!(!map_weights(false, 500 * GIB, None));
+    }
+
+    #[test]
+    fn huge_pages_join_the_callers_tunables() {
+        assert_eq!(with_huge_pages(None), "glibc.malloc.hugetlb=1");
+        assert_eq!(with_huge_pages(Some("")), "glibc.malloc.hugetlb=1");
+        assert_eq!(
+            with_huge_pages(Some("glibc.malloc.arena_max=2")),
+            "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+        );
+        assert_eq!(
+            with_huge_pages(Some("glibc.malloc.hugetlb=0")),
+            "glibc.malloc.hugetlb=0"
+        );
     }
 
     #[test]
