@@ -6,7 +6,7 @@
 
 use super::protocol::{FromHost, RequestId};
 use super::sampler;
-use super::slot::{best_free_slot, common_prefix, Active, Slot};
+use super::slot::{best_free_slot, Active, Slot};
 use crate::text::{StopFilter, StopOutcome, Utf8Holdback};
 use crate::{EngineError, FinishReason, SamplingParams, Usage};
 use llama_cpp_2::context::LlamaContext;
@@ -154,11 +154,11 @@ impl<'m> BatchLoop<'m> {
                 self.ctx_size
             )));
         }
-        let best = best_free_slot(&self.slots, &prompt).ok_or_else(|| {
+        let (best, shared) = best_free_slot(&self.slots, &prompt).ok_or_else(|| {
             EngineError::Unavailable("no free slot (admission control should prevent this)".into())
         })?;
         // At least one prompt token must be decoded to get logits for the first sample.
-        let reuse = common_prefix(&self.slots[best].kv, &prompt).min(prompt.len() - 1);
+        let reuse = shared.min(prompt.len() - 1);
         let seq = self.slots[best].seq;
         let removed = self
             .ctx

@@ -34,18 +34,20 @@ pub struct Slot {
     pub last_used: u64,
 }
 
-/// Index of the free slot that can reuse the most of `prompt`'s KV; among
-/// equals the least recently used, so a hot conversation's cache survives.
-pub fn best_free_slot(slots: &[Slot], prompt: &[LlamaToken]) -> Option<usize> {
+/// The free slot that can reuse the most of `prompt`'s KV, as (index, tokens
+/// shared); among equals the least recently used, so a hot conversation's
+/// cache survives.
+pub fn best_free_slot(slots: &[Slot], prompt: &[LlamaToken]) -> Option<(usize, usize)> {
     slots
         .iter()
         .enumerate()
         .filter(|(_, s)| s.active.is_none())
-        .max_by_key(|(_, s)| (common_prefix(&s.kv, prompt), std::cmp::Reverse(s.last_used)))
-        .map(|(i, _)| i)
+        .map(|(i, s)| (i, common_prefix(&s.kv, prompt), s.last_used))
+        .max_by_key(|&(_, shared, last_used)| (shared, std::cmp::Reverse(last_used)))
+        .map(|(i, shared, _)| (i, shared))
 }
 
-pub fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -73,14 +75,13 @@ mod tests {
             slot(1, &[1, 2, 3, 4], 1),
             slot(2, &[9], 9),
         ];
-        assert_eq!(best_free_slot(&slots, &toks(&[1, 2, 3, 7])), Some(1));
-        assert_eq!(common_prefix(&slots[1].kv, &toks(&[1, 2, 3, 7])), 3);
+        assert_eq!(best_free_slot(&slots, &toks(&[1, 2, 3, 7])), Some((1, 3)));
     }
 
     #[test]
     fn without_a_shared_prefix_the_least_recently_used_is_evicted() {
         let slots = [slot(0, &[5], 7), slot(1, &[6], 2), slot(2, &[8], 4)];
-        assert_eq!(best_free_slot(&slots, &toks(&[1, 2])), Some(1));
+        assert_eq!(best_free_slot(&slots, &toks(&[1, 2])), Some((1, 0)));
     }
 
     fn active(id: RequestId) -> Active {
@@ -103,7 +104,7 @@ mod tests {
     fn busy_slots_are_never_chosen() {
         let mut slots = vec![slot(0, &[1, 2, 3], 0), slot(1, &[], 0)];
         slots[0].active = Some(active(1));
-        assert_eq!(best_free_slot(&slots, &toks(&[1, 2, 3])), Some(1));
+        assert_eq!(best_free_slot(&slots, &toks(&[1, 2, 3])), Some((1, 0)));
         slots[1].active = Some(active(2));
         assert_eq!(best_free_slot(&slots, &toks(&[1, 2, 3])), None);
     }
