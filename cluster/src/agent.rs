@@ -32,6 +32,11 @@ pub(crate) enum Command {
         announce: bool,
         done: oneshot::Sender<()>,
     },
+    /// What the deployment layer tells peers about this node.
+    SetLocal {
+        models: Vec<String>,
+        heads: Vec<crate::node::HeadStatus>,
+    },
 }
 
 /// A handle on the cluster agent. Clone it freely.
@@ -45,6 +50,7 @@ pub(crate) struct Inner {
     pub(crate) me_id: NodeId,
     pub(crate) version: String,
     pub(crate) verifier: Option<Verifier>,
+    pub(crate) client: Option<PeerClient>,
     pub(crate) tx: mpsc::Sender<Command>,
     pub(crate) snapshot: watch::Receiver<Arc<Membership>>,
     changes: broadcast::Sender<Change>,
@@ -91,6 +97,10 @@ impl Agent {
             cores: node::cores(),
             engines: node::engines(),
             started_at_ms: crate::auth::unix_ms(),
+            tunnel_port: config.tunnel_port,
+            shard_device: config.shard_device.clone(),
+            models: config.models.clone(),
+            heads: Vec::new(),
         };
         let creds = config
             .secret
@@ -134,7 +144,7 @@ impl Agent {
         let actor = Actor {
             membership,
             cluster: config.cluster.clone(),
-            client,
+            client: client.clone(),
             discovery,
             in_flight: HashSet::new(),
             tx: tx.clone(),
@@ -150,6 +160,7 @@ impl Agent {
                 me_id: id,
                 version: config.version,
                 verifier: creds.map(Verifier::new),
+                client,
                 tx,
                 snapshot,
                 changes,
@@ -239,6 +250,14 @@ impl Actor {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Event(event)) => self.apply(event),
                     Some(Command::Exchanged { addr, outcome }) => self.exchanged(addr, outcome),
+                    Some(Command::SetLocal { models, heads }) => {
+                        let mut me = self.membership.me().clone();
+                        if me.models != models || me.heads != heads {
+                            me.models = models;
+                            me.heads = heads;
+                            self.apply(Event::Local(me));
+                        }
+                    }
                     Some(Command::Shutdown { announce, done }) => {
                         self.leave(announce).await;
                         let _ = done.send(());

@@ -99,6 +99,13 @@ impl Credentials {
         &self.cluster
     }
 
+    /// A 32-byte key for `label` (e.g. the tunnel's Noise PSK), derived from
+    /// the secret and the cluster name: one derived key reveals neither the
+    /// secret nor the key of another label.
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        self.mac(label, &[]).finalize().into_bytes().into()
+    }
+
     fn mac(&self, kind: &str, fields: &[&[u8]]) -> HmacSha256 {
         // Length-prefixed fields: no two different field lists feed the same bytes.
         let mut mac = self.keyed.clone();

@@ -37,9 +37,12 @@ pub enum CallError {
 #[derive(Debug, Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
-    creds: Credentials,
-    node: String,
-    version: String,
+    /// For streamed answers (forwarded generations, model copies): no total
+    /// timeout, only a connect timeout.
+    pub(crate) stream_http: reqwest::Client,
+    pub(crate) creds: Credentials,
+    pub(crate) node: String,
+    pub(crate) version: String,
 }
 
 impl PeerClient {
@@ -56,8 +59,16 @@ impl PeerClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ClusterError::Client(e.to_string()))?;
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClusterError::Client(e.to_string()))?;
         Ok(Self {
             http,
+            stream_http,
             creds,
             node: node.into(),
             version: version.into(),
@@ -97,7 +108,7 @@ impl PeerClient {
         serde_json::from_slice(&answer).map_err(|e| CallError::Unexpected(e.to_string()))
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         base: &str,
@@ -176,7 +187,7 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Bytes, CallError> {
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"): show the chain.
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "no answer in time".to_string();
     }

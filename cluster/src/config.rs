@@ -183,6 +183,12 @@ pub struct AgentConfig {
     pub timeouts: Timeouts,
     /// The version this node announces (tests override it to check refusals).
     pub version: String,
+    /// Where this node's tunnel listens (port on the advertised host; 0 = none).
+    pub tunnel_port: u16,
+    /// The device a shard worker on this node serves.
+    pub shard_device: String,
+    /// Model files in this node's store.
+    pub models: Vec<String>,
 }
 
 impl AgentConfig {
@@ -205,6 +211,9 @@ impl AgentConfig {
             role,
             timeouts: Timeouts::default(),
             version: crate::VERSION.to_string(),
+            tunnel_port: 0,
+            shard_device: String::new(),
+            models: Vec::new(),
         }
     }
 }

@@ -12,18 +12,25 @@ pub mod auth;
 pub mod client;
 pub mod config;
 mod discovery;
+pub mod gguf;
 pub mod membership;
 pub mod node;
+pub mod peer_api;
+pub mod placement;
 mod server;
+pub mod store;
+pub mod tunnel;
 pub mod version;
 pub mod wire;
+pub mod worker;
 
 pub use agent::Agent;
 pub use auth::Credentials;
 pub use config::{parse_memory_budget, AgentConfig, ClusterError, Role, Secret, Timeouts};
 pub use membership::{Change, MemberState};
 pub use node::{NodeId, NodeInfo};
-pub use wire::{ClusterView, NodeView};
+pub use peer_api::VerifiedPeer;
+pub use wire::{ClusterView, DeploymentView, NodeView, ShardView};
 
 /// The herd version this build speaks.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -411,6 +411,7 @@ impl Membership {
             self_id: self.me.id.clone(),
             clustered,
             nodes,
+            deployments: Vec::new(),
         }
     }
 }

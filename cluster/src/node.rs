@@ -81,6 +81,30 @@ pub struct NodeInfo {
     pub engines: Vec<String>,
     /// Unix time (ms) this process started: a change means the node restarted.
     pub started_at_ms: u64,
+    /// Port of this node's tunnel listener (same host as `addr`; 0 = none).
+    #[serde(default)]
+    pub tunnel_port: u16,
+    /// The device a shard worker here serves (`CPU`, `MTL0`, ...).
+    #[serde(default)]
+    pub shard_device: String,
+    /// Model files in this node's store (file names).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// The deployments this node heads, and how their engines are doing.
+    #[serde(default)]
+    pub heads: Vec<HeadStatus>,
+}
+
+/// A head's report on one deployment's engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadStatus {
+    pub id: String,
+    /// `loading`, `ready` or `failed`.
+    pub state: String,
+    pub reason: Option<String>,
+    /// The device of each layer range the engine reported (`CPU`, `RPC0[...]`).
+    #[serde(default)]
+    pub layout: Vec<(String, std::ops::Range<u32>)>,
 }
 
 /// Total and available memory, in bytes.

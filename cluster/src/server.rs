@@ -5,13 +5,11 @@
 //! headers: it learns nothing, not even the cluster's name or our node id.
 
 use crate::agent::{Agent, Command};
-use crate::auth::{unix_ms, AuthError};
 use crate::membership::{Event, Source};
-use crate::version::check_compatible;
-use crate::wire::{Gossip, Refusal};
+use crate::wire::Gossip;
 use crate::{GOSSIP_PATH, VIEW_PATH};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use std::time::{Duration, Instant};
 
 const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -27,61 +25,13 @@ impl Agent {
         body: &[u8],
     ) -> Response<Bytes> {
         let inner = &self.inner;
-        let Some(verifier) = &inner.verifier else {
-            return empty(StatusCode::UNAUTHORIZED);
+        let peer = match self.verify_peer(method, path, headers, body) {
+            Ok(p) => p,
+            Err(answer) => return answer,
         };
-        let auth = match verifier.verify_request(method, path, headers, body, unix_ms()) {
-            Ok(a) => a,
-            Err(AuthError::NonceCacheFull) => return empty(StatusCode::SERVICE_UNAVAILABLE),
-            Err(e @ (AuthError::Stale { .. } | AuthError::Replay)) => {
-                // The MAC was valid, so the sender id is genuine.
-                let node = headers
-                    .get(crate::auth::H_NODE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("?");
-                self.warn_once(&format!("auth:{node}"), || {
-                    tracing::warn!(peer = node, "refused a signed message: {e}")
-                });
-                return empty(StatusCode::UNAUTHORIZED);
-            }
-            Err(e) => {
-                tracing::debug!(path, "refused an unauthenticated request: {e}");
-                return empty(StatusCode::UNAUTHORIZED);
-            }
-        };
-        let sign = |status: StatusCode, body: Vec<u8>| {
-            let a = verifier.credentials().sign_response(
-                &auth.nonce,
-                status.as_u16(),
-                &inner.me_id.0,
-                &inner.version,
-                &body,
-            );
-            let mut resp = Response::new(Bytes::from(body));
-            *resp.status_mut() = status;
-            for (name, value) in a.headers() {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    resp.headers_mut().insert(name, v);
-                }
-            }
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        };
-        let refuse = |status: StatusCode, error: String| {
-            sign(
-                status,
-                serde_json::to_vec(&Refusal { error }).unwrap_or_default(),
-            )
-        };
-        if let Err(message) = check_compatible(&inner.version, &auth.version) {
-            self.warn_once(&format!("version:{}", auth.node), || {
-                tracing::error!(peer = %auth.node, "refused a node: {message}");
-            });
-            return refuse(StatusCode::CONFLICT, message);
-        }
+        let sign = |status: StatusCode, body: Vec<u8>| self.signed(&peer, status, body);
+        let refuse = |status: StatusCode, error: String| self.refusal(&peer, status, error);
+        let auth = &peer;
         match (method, path) {
             ("POST", GOSSIP_PATH) => {
                 let gossip: Gossip = match serde_json::from_slice(body) {
@@ -90,7 +40,7 @@ impl Agent {
                         return refuse(StatusCode::BAD_REQUEST, format!("bad heartbeat: {e}"))
                     }
                 };
-                if gossip.from.id.0 != auth.node || gossip.from.version != auth.version {
+                if gossip.from.id != auth.node || gossip.from.version != auth.version {
                     return refuse(
                         StatusCode::BAD_REQUEST,
                         "heartbeat body does not match its signed sender".into(),
@@ -142,7 +92,7 @@ impl Agent {
         }
     }
 
-    fn warn_once(&self, key: &str, log: impl FnOnce()) {
+    pub(crate) fn warn_once(&self, key: &str, log: impl FnOnce()) {
         let mut warned = self.inner.warned.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if warned
@@ -157,10 +107,4 @@ impl Agent {
         warned.insert(key.to_string(), now);
         log();
     }
-}
-
-fn empty(status: StatusCode) -> Response<Bytes> {
-    let mut resp = Response::new(Bytes::new());
-    *resp.status_mut() = status;
-    resp
 }

@@ -38,6 +38,33 @@ pub struct ClusterView {
     pub clustered: bool,
     /// This node first, then the others by name.
     pub nodes: Vec<NodeView>,
+    /// Every deployment of the cluster, as this node knows the plan.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentView>,
+}
+
+/// One deployment in `GET /cluster` and `herd status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub id: String,
+    /// The model file (a name in each node's model store).
+    pub model: String,
+    /// `loading`, `ready`, `failed` or `refused`.
+    pub state: String,
+    /// Why it is not ready (refusal with the shortfall, the engine's last error).
+    pub reason: Option<String>,
+    pub head: Option<String>,
+    pub shards: Vec<ShardView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardView {
+    pub node: String,
+    pub node_id: NodeId,
+    /// Half-open layer range `[start, end)`.
+    pub layers: std::ops::Range<u32>,
+    /// `CPU`/`MTL0` on the head, the worker's device on other nodes.
+    pub device: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +81,10 @@ pub struct NodeView {
     pub memory_budget: u64,
     pub cores: u32,
     pub engines: Vec<String>,
+    #[serde(default)]
+    pub shard_device: String,
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Milliseconds since this node last heard from it (0 for itself).
     pub last_seen_ms: u64,
     /// True for the node that produced the view.
@@ -76,6 +107,8 @@ impl NodeView {
             memory_budget: info.memory_budget,
             cores: info.cores,
             engines: info.engines.clone(),
+            shard_device: info.shard_device.clone(),
+            models: info.models.clone(),
             last_seen_ms,
             is_self,
         }

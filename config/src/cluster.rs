@@ -31,6 +31,10 @@ pub struct ClusterConfig {
     /// Memory this node offers for models: bytes, a size like "48GiB", or a share like "75%".
     #[serde(default)]
     pub memory_budget: Option<String>,
+    /// This node's model store: GGUF files that `[[models]] model = "..."`
+    /// names (default `$HERD_CACHE/models`, else `~/.cache/herd/models`).
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
     /// Where the node's stable id is kept (default `~/.local/state/herd/<node name>`).
     #[serde(default)]
     pub state_dir: Option<PathBuf>,

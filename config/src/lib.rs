@@ -7,7 +7,7 @@ pub mod cluster;
 mod model;
 
 pub use cluster::ClusterConfig;
-pub use model::{model_id_from_path, ModelConfig};
+pub use model::{model_id_from_path, EngineKind, ModelConfig, NodesWanted};
 
 use serde::Deserialize;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! One `[[models]]` entry: a GGUF served by a llama.cpp engine host.
+//! One `[[models]]` entry: a deployment of a GGUF, served by a llama.cpp
+//! engine host on its head node, its layers split across `nodes`.
 
 use crate::ConfigError;
 use serde::Deserialize;
@@ -10,8 +11,16 @@ use std::time::Duration;
 pub struct ModelConfig {
     /// Name clients use in `"model"`; defaults to a readable name from the file.
     pub id: Option<String>,
-    /// Path to the GGUF file.
+    /// Path to the GGUF file (this node's own file; for a cluster prefer `model`).
     pub path: Option<PathBuf>,
+    /// A GGUF file name in each node's model store (`[cluster] model_dir`):
+    /// any node can head the deployment and fetch the file from a peer.
+    pub model: Option<String>,
+    /// The engine: `"llama"` (llama.cpp; the default).
+    pub engine: Option<String>,
+    /// Where it runs: a number of nodes (`2`: any two), or node names
+    /// (`["studio-1", "studio-2"]`: exactly those, the first is the head). Default 1.
+    pub nodes: Option<NodesWanted>,
     /// CPU threads for the engine.
     pub threads: Option<u32>,
     /// Parallel sequences decoded in one batch (= concurrent requests).
@@ -35,11 +44,31 @@ pub struct ModelConfig {
     pub mmap: Option<bool>,
 }
 
+/// `nodes = 2` or `nodes = ["a", "b"]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum NodesWanted {
+    Count(u32),
+    Names(Vec<String>),
+}
+
+/// Which engine serves a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Llama,
+}
+
 /// A validated model entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidModel {
     pub id: String,
+    /// The GGUF: a path on this node, whose file name is its name in the model store.
     pub path: PathBuf,
+    /// The file's name in every node's model store.
+    pub model: String,
+    pub engine: EngineKind,
+    pub nodes: NodesWanted,
     pub threads: u32,
     pub slots: u32,
     pub ctx_size: u32,
@@ -57,10 +86,70 @@ fn default_threads() -> u32 {
 impl ModelConfig {
     pub(crate) fn validate(self, index: usize) -> Result<ValidModel, ConfigError> {
         let field = |name: &str| format!("models[{index}].{name}");
-        let path = self.path.ok_or_else(|| {
-            ConfigError::invalid(field("path"), "is required (the GGUF file to serve)")
-        })?;
-        let path = expand_home(path);
+        let (path, model) = match (self.path, self.model) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    field("model"),
+                    "and `path` are both set; use one (`model` names a file in the model store)",
+                ))
+            }
+            (None, None) => return Err(ConfigError::invalid(
+                field("path"),
+                "is required (the GGUF file to serve), or `model` (a file name in the model store)",
+            )),
+            (Some(path), None) => {
+                let path = expand_home(path);
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                (path.clone(), name.to_string())
+            }
+            (None, Some(name)) => {
+                if !is_file_name(&name) {
+                    return Err(ConfigError::invalid(
+                        field("model"),
+                        format!("must be a file name in the model store (no `/`), got {name:?}"),
+                    ));
+                }
+                (PathBuf::from(&name), name)
+            }
+        };
+        let engine = match self.engine.as_deref() {
+            None | Some("llama") => EngineKind::Llama,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    field("engine"),
+                    format!("must be \"llama\", got {other:?}"),
+                ))
+            }
+        };
+        let nodes = match self.nodes {
+            None => NodesWanted::Count(1),
+            Some(NodesWanted::Count(n)) if !(1..=16).contains(&n) => {
+                return Err(ConfigError::invalid(
+                    field("nodes"),
+                    format!("must be between 1 and 16 (llama.cpp's RPC device limit), got {n}"),
+                ))
+            }
+            Some(NodesWanted::Names(names)) => {
+                if names.is_empty() || names.len() > 16 {
+                    return Err(ConfigError::invalid(
+                        field("nodes"),
+                        format!("must list 1 to 16 node names, got {}", names.len()),
+                    ));
+                }
+                if let Some(dup) = names
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+                {
+                    return Err(ConfigError::invalid(
+                        field("nodes"),
+                        format!("names {dup:?} twice"),
+                    ));
+                }
+                NodesWanted::Names(names)
+            }
+            Some(n) => n,
+        };
         let id = match self.id {
             Some(id) => id,
             None => model_id_from_path(&path),
@@ -116,6 +205,9 @@ impl ModelConfig {
         Ok(ValidModel {
             id,
             path,
+            model,
+            engine,
+            nodes,
             threads,
             slots,
             ctx_size,
@@ -153,6 +245,14 @@ pub fn model_id_from_path(path: &Path) -> String {
         id = "model".to_string();
     }
     id
+}
+
+fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.contains(['/', '\\', '\0'])
+        && name != "."
+        && name != ".."
 }
 
 /// `~/x` → `$HOME/x`, so example configs can point into the model cache.

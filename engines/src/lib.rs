@@ -106,6 +106,17 @@ pub struct ModelInfo {
     pub slots: u32,
     pub has_chat_template: bool,
     pub n_params: u64,
+    /// Which device holds which layers, as llama.cpp reported while loading
+    /// (`CPU` here; `RPC0[127.0.0.1:PORT]`, … for shards on other nodes).
+    #[serde(default)]
+    pub layout: Vec<LayerDevice>,
+}
+
+/// A contiguous run of layers on one device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerDevice {
+    pub device: String,
+    pub layers: std::ops::Range<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod deploy;
 pub mod generate;
 pub mod http;
 pub mod metrics;

@@ -29,6 +29,9 @@ enum Command {
     /// Internal: the llama.cpp engine host child process (spawned by `serve`).
     #[command(hide = true)]
     EngineHost(herd_engines::llama::host::HostArgs),
+    /// Internal: a shard worker, llama.cpp's RPC server on loopback (spawned by the node agent).
+    #[command(hide = true)]
+    RpcWorker(herd_engines::llama::worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,9 @@ fn main() -> ExitCode {
         // The engine host is a plain thread program: no tokio runtime in the child.
         Command::EngineHost(args) => {
             herd_engines::llama::host::run(args).map_err(anyhow::Error::from)
+        }
+        Command::RpcWorker(args) => {
+            herd_engines::llama::worker::run(args).map_err(anyhow::Error::from)
         }
         Command::Serve(args) => cli::block_on(cli::serve::run(args)),
         Command::Node(args) => cli::block_on(cli::node::run(args)),

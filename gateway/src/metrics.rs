@@ -318,7 +318,7 @@ impl Metrics {
     /// Reads every deployment's engine: the usual scrape hook.
     pub fn observe_router(&self, router: &ModelRouter) {
         for d in router.all() {
-            self.set_engine(&d.id, &snapshot(d));
+            self.set_engine(&d.id, &snapshot(&d));
         }
     }
 

@@ -1,12 +1,18 @@
-//! Model id → deployment. A deployment is one served model: its engine and
-//! its admission control.
+//! The live route table: model id → where it is served. One owner (the
+//! deployer, `deploy/`) publishes a new immutable [`RouteTable`] whenever a
+//! deployment appears, moves or goes down; handlers read the current one
+//! with a lock-free load and never wait on the deployer.
 
 use crate::openai::ApiError;
 use crate::scheduler::Admission;
-use herd_engines::Engine;
+use arc_swap::ArcSwap;
+use herd_cluster::NodeId;
+use herd_engines::{Engine, EngineError};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// A deployment whose engine runs on this node (its head is here).
 pub struct Deployment {
     pub id: String,
     pub engine: Arc<dyn Engine>,
@@ -15,29 +21,95 @@ pub struct Deployment {
     pub created: u64,
 }
 
+/// A deployment headed by another node: requests are forwarded there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRoute {
+    pub head: NodeId,
+    pub head_name: String,
+    pub addr: SocketAddr,
+}
+
+pub enum Route {
+    Local(Arc<Deployment>),
+    Remote(RemoteRoute),
+    /// Known to the cluster but not served right now (loading, refused, no plan yet).
+    Down(String),
+}
+
+/// One immutable snapshot.
 #[derive(Default)]
+pub struct RouteTable {
+    routes: BTreeMap<String, (Route, u64)>,
+}
+
+impl RouteTable {
+    /// `created` is the Unix time the deployment was first seen (for `/v1/models`).
+    pub fn insert(&mut self, id: String, route: Route, created: u64) {
+        self.routes.insert(id, (route, created));
+    }
+
+    pub fn get(&self, model: &str) -> Option<&Route> {
+        self.routes.get(model).map(|(r, _)| r)
+    }
+
+    /// Every deployment id with its creation time.
+    pub fn ids(&self) -> impl Iterator<Item = (&String, u64)> {
+        self.routes.iter().map(|(id, (_, c))| (id, *c))
+    }
+
+    pub fn local(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.routes.values().filter_map(|(r, _)| match r {
+            Route::Local(d) => Some(d),
+            _ => None,
+        })
+    }
+}
+
+/// The handle everyone holds. Cheap to clone.
+#[derive(Clone, Default)]
 pub struct Router {
-    deployments: BTreeMap<String, Arc<Deployment>>,
+    table: Arc<ArcSwap<RouteTable>>,
 }
 
 impl Router {
+    /// A router serving exactly these local deployments (tests, fixed setups).
     pub fn new(deployments: Vec<Deployment>) -> Self {
-        Self {
-            deployments: deployments
-                .into_iter()
-                .map(|d| (d.id.clone(), Arc::new(d)))
-                .collect(),
+        let mut table = RouteTable::default();
+        for d in deployments {
+            let created = d.created;
+            table.insert(d.id.clone(), Route::Local(Arc::new(d)), created);
+        }
+        let router = Self::default();
+        router.publish(table);
+        router
+    }
+
+    pub fn publish(&self, table: RouteTable) {
+        self.table.store(Arc::new(table));
+    }
+
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// The local deployment serving `model`; a deployment that is down (or,
+    /// after a race with a re-placement, now headed elsewhere) is a 503.
+    pub fn route(&self, model: &str) -> Result<Arc<Deployment>, ApiError> {
+        match self.current().get(model) {
+            Some(Route::Local(d)) => Ok(d.clone()),
+            Some(Route::Remote(r)) => Err(ApiError::Engine(EngineError::Unavailable(format!(
+                "the deployment moved to node {}; retry",
+                r.head_name
+            )))),
+            Some(Route::Down(reason)) => {
+                Err(ApiError::Engine(EngineError::Unavailable(reason.clone())))
+            }
+            None => Err(ApiError::ModelNotFound(model.to_string())),
         }
     }
 
-    pub fn route(&self, model: &str) -> Result<Arc<Deployment>, ApiError> {
-        self.deployments
-            .get(model)
-            .cloned()
-            .ok_or_else(|| ApiError::ModelNotFound(model.to_string()))
-    }
-
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Deployment>> {
-        self.deployments.values()
+    /// The deployments whose engines run here.
+    pub fn all(&self) -> Vec<Arc<Deployment>> {
+        self.current().local().cloned().collect()
     }
 }

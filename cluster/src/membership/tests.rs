@@ -16,6 +16,10 @@ fn info(n: u8, started: u64) -> NodeInfo {
         cores: 4,
         engines: vec!["llama-cpu".into()],
         started_at_ms: started,
+        tunnel_port: 0,
+        shard_device: String::new(),
+        models: Vec::new(),
+        heads: Vec::new(),
     }
 }
 

@@ -34,6 +34,12 @@ pub struct HostArgs {
     /// Map the model file (true) or read it into memory (false).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub mmap: bool,
+    /// RPC servers (`127.0.0.1:PORT`, herd's tunnel ends) holding the later layers, in order.
+    #[arg(long = "rpc")]
+    pub rpc: Vec<String>,
+    /// Layer counts: this process first, then one per `--rpc` server (e.g. `15,15`).
+    #[arg(long, value_delimiter = ',')]
+    pub split: Vec<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,17 +59,16 @@ const EVENT_QUEUE: usize = 4096;
 const COMMAND_QUEUE: usize = 1024;
 
 pub fn run(args: HostArgs) -> Result<(), HostError> {
-    let mut backend = LlamaBackend::init().map_err(|e| HostError::Backend(e.to_string()))?;
-    if std::env::var_os("HERD_LLAMA_LOG").is_none() {
-        backend.void_logs();
-    }
-    let model_params = LlamaModelParams::default().with_use_mmap(args.mmap);
-    let model = LlamaModel::load_from_file(&backend, &args.model, &model_params).map_err(|e| {
-        HostError::Load {
-            path: args.model.clone(),
-            message: e.to_string(),
-        }
-    })?;
+    let backend = LlamaBackend::init().map_err(|e| HostError::Backend(e.to_string()))?;
+    super::llama_log::capture(std::env::var_os("HERD_LLAMA_LOG").is_some());
+    let model = load(&backend, &args)?;
+    // The output layer is logged as layer n_layer; the repeating layers are what the plan splits.
+    let n_layer = model.n_layer();
+    let layout: Vec<_> = super::rpc::layout_from_log(&super::llama_log::take_layer_lines())
+        .into_iter()
+        .filter(|(_, r)| r.start < n_layer)
+        .map(|(d, r)| (d, r.start..r.end.min(n_layer)))
+        .collect();
     let template = usable_template(&model);
     let total_ctx = args.ctx_size.saturating_mul(args.slots);
     let threads = i32::try_from(args.threads).unwrap_or(1);
@@ -87,6 +92,10 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
         slots: args.slots,
         has_chat_template: template.is_some(),
         n_params: model.n_params(),
+        layout: layout
+            .into_iter()
+            .map(|(device, layers)| crate::LayerDevice { device, layers })
+            .collect(),
     };
     let _ = event_tx.send(FromHost::Ready { info });
 
@@ -99,6 +108,41 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
         BatchLoop::new(&model, ctx, args.slots, args.ctx_size, event_tx).run(cmd_rx);
     });
     Ok(())
+}
+
+/// Loads the whole model here, or (with `--rpc`) layers `[0, split[0])` here
+/// and the rest on the RPC servers, exactly as split.
+fn load(backend: &LlamaBackend, args: &HostArgs) -> Result<LlamaModel, HostError> {
+    let load_error = |message: String| HostError::Load {
+        path: args.model.clone(),
+        message,
+    };
+    if args.rpc.is_empty() {
+        let params = LlamaModelParams::default().with_use_mmap(args.mmap);
+        return LlamaModel::load_from_file(backend, &args.model, &params)
+            .map_err(|e| load_error(e.to_string()));
+    }
+    let Some((&local, remote)) = args.split.split_first() else {
+        return Err(load_error("--rpc needs --split".into()));
+    };
+    if remote.len() != args.rpc.len() {
+        return Err(load_error(format!(
+            "--split has {} remote counts for {} --rpc servers",
+            remote.len(),
+            args.rpc.len()
+        )));
+    }
+    let n_layers = args.split.iter().sum();
+    super::rpc::load_split(
+        backend,
+        &args.model,
+        args.mmap,
+        local,
+        &args.rpc,
+        remote,
+        n_layers,
+    )
+    .map_err(|e| load_error(e.to_string()))
 }
 
 /// The model's template if llama.cpp can apply it; otherwise chat is refused

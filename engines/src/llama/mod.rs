@@ -5,9 +5,12 @@
 
 mod batch;
 pub mod host;
+mod llama_log;
 pub mod protocol;
+pub mod rpc;
 pub mod sampler;
 mod slot;
 mod supervisor;
+pub mod worker;
 
 pub use supervisor::{LlamaEngine, LlamaEngineConfig};

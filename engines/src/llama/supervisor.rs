@@ -39,6 +39,10 @@ pub struct LlamaEngineConfig {
     pub progress_timeout: Duration,
     /// Map the model file rather than read it into (huge-page) memory.
     pub mmap: bool,
+    /// A split deployment: the RPC servers (local tunnel ends) holding the
+    /// later layers, and the layer counts (this host first, then each server).
+    pub rpc: Vec<String>,
+    pub split: Vec<u32>,
 }
 
 /// Events buffered per request before the client is considered too slow.
@@ -62,6 +66,10 @@ pub(super) enum ActorCmd {
     },
     Cancel {
         id: RequestId,
+    },
+    /// Stop for good: in-flight requests end with this reason.
+    Shutdown {
+        reason: String,
     },
 }
 
@@ -119,6 +127,13 @@ impl Supervisor {
                     }
                 }
                 cmd = cmds.recv() => match cmd {
+                    Some(ActorCmd::Shutdown { reason }) => {
+                        for (_, pending) in self.pending.drain() {
+                            fail_now(pending, EngineError::Crashed(reason.clone()));
+                        }
+                        self.state.send_replace(EngineState::Restarting { restarts: self.restarts, last_error: reason });
+                        return; // dropping the child kills it
+                    }
                     Some(cmd) => self.handle(cmd),
                     None => return, // every handle is gone: the child is killed on drop
                 },
@@ -193,7 +208,7 @@ impl Supervisor {
                 ActorCmd::Generate { events, .. } => {
                     let _ = events.try_send(TokenEvent::Failed(error));
                 }
-                ActorCmd::Cancel { .. } => {}
+                ActorCmd::Cancel { .. } | ActorCmd::Shutdown { .. } => {}
             }
             return;
         };
@@ -220,6 +235,7 @@ impl Supervisor {
                 }
                 (ToHost::Cancel { id }, None)
             }
+            ActorCmd::Shutdown { .. } => return,
         };
         if !child.send(msg) {
             if let Some((_, p)) = pending {

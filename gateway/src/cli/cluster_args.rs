@@ -36,6 +36,9 @@ pub struct ClusterArgs {
     /// Memory this node offers for models: "48GiB", "512M", bytes, or "75%" of the total (default 75%).
     #[arg(long, env = "HERD_MEMORY_BUDGET", value_name = "SIZE")]
     pub memory_budget: Option<String>,
+    /// This node's model store: the GGUF files `[[models]] model = "..."` names (default $HERD_CACHE/models or ~/.cache/herd/models).
+    #[arg(long, env = "HERD_MODEL_DIR", value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
     /// Directory keeping this node's stable id (default ~/.local/state/herd/<name>).
     #[arg(long, env = "HERD_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,

@@ -3,6 +3,7 @@
 
 pub mod cluster_args;
 pub mod node;
+pub mod runtime;
 pub mod serve;
 pub mod status;
 

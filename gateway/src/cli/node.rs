@@ -1,10 +1,14 @@
-//! `herd node`: the cluster agent alone. It serves the node-to-node routes
-//! (and `GET /cluster` to holders of an API key, when a key file is given),
-//! never the OpenAI API.
+//! `herd node`: a cluster member without a public API. It runs the agent,
+//! hosts shards (and heads) of the cluster's deployments, serves the
+//! node-to-node routes (and `GET /cluster` to holders of an API key, when a
+//! key file is given), never the OpenAI API.
 
-use super::cluster_args::{read_config, start_agent, ClusterArgs};
+use super::cluster_args::{read_config, ClusterArgs};
+use super::runtime::{self, RuntimeParts};
 use crate::auth::{require_key, ApiKeys};
 use crate::http::cluster::{peer_routes, public_routes};
+use crate::http::{openai_routes, AppState};
+use crate::router::Router;
 use anyhow::Context;
 use clap::Args;
 use herd_cluster::Role;
@@ -43,14 +47,46 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     })?;
     let key_file = args.api_key_file.clone().or(raw.api_key_file.clone());
     let keys = key_file.as_deref().map(ApiKeys::load).transpose()?;
+    // The same file may be copied to every node: its [[models]] are this
+    // node's proposal of the cluster's deployments (the leader's list wins).
+    let models = herd_config::RawConfig {
+        models: raw.models.clone(),
+        ..herd_config::RawConfig::default()
+    }
+    .validate()?
+    .models;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let agent = start_agent(&args.cluster, &raw.cluster, addr, Role::Node).await?;
-    let mut app = peer_routes(agent.clone());
+    let metrics = crate::metrics::Metrics::new().context("cannot create the metrics registry")?;
+    let router = Router::default();
+    // A node may head deployments: it runs forwarded requests through the
+    // OpenAI handlers, but serves no OpenAI API of its own.
+    let state = AppState {
+        router: router.clone(),
+        keys: Arc::new(ApiKeys::default()),
+        max_body_bytes: raw.max_body_bytes.unwrap_or(4 << 20),
+        metrics: metrics.clone(),
+    };
+    let runtime = runtime::start(RuntimeParts {
+        args: &args.cluster,
+        file: &raw.cluster,
+        models: &models,
+        addr,
+        role: Role::Node,
+        router,
+        metrics,
+        openai: openai_routes(state),
+    })
+    .await?;
+    let agent = runtime.agent.clone();
+    let mut app = runtime
+        .peer_routes
+        .clone()
+        .merge(peer_routes(agent.clone()));
     if let Some(keys) = keys {
-        let protected = public_routes(agent.clone()).route_layer(
+        let protected = public_routes(agent.clone(), runtime.deployer.clone()).route_layer(
             axum::middleware::from_fn_with_state(Arc::new(keys), require_key),
         );
         app = app.merge(protected);
@@ -58,5 +94,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!("herd node listening on http://{addr}");
     let served = super::serve::serve_until_signal(listener, app, Duration::from_secs(2)).await;
     agent.shutdown().await;
+    drop(runtime);
     served
 }

@@ -1,18 +1,17 @@
 //! `herd serve`: config (file, then `HERD_*` variables and flags on top) →
-//! engines → router → HTTP, with graceful shutdown.
+//! the node runtime (agent, deployer, tunnel) → live router → HTTP, with
+//! graceful shutdown.
 
-use super::cluster_args::start_agent;
+use super::runtime::{self, RuntimeParts};
 use crate::auth::ApiKeys;
+use crate::deploy::forward::ForwardState;
 use crate::http::cluster;
 use crate::http::{app, AppState, ExtraRoutes};
-use crate::router::{Deployment, Router};
-use crate::scheduler::Admission;
+use crate::router::Router;
 use anyhow::Context;
 use clap::Args;
 use herd_cluster::Role;
 use herd_config::{Config, ModelConfig, RawConfig};
-use herd_engines::llama::{LlamaEngine, LlamaEngineConfig};
-use herd_engines::Engine;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,44 +104,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => ApiKeys::load(path)?,
         None => ApiKeys::default(),
     };
-    let exe =
-        std::env::current_exe().context("cannot find the herd executable to start engine hosts")?;
-    let metrics = crate::metrics::Metrics::new().context("cannot create the metrics registry")?;
-    let mut deployments = Vec::new();
     for m in &config.models {
-        if !m.path.is_file() {
+        // A path names this node's own file: missing is a mistake to report now.
+        // A store name may be fetched from a peer, so it is checked when placed.
+        if m.path.is_absolute() && !m.path.is_file() {
             anyhow::bail!(
                 "model file {} does not exist (models[].path / --model)",
                 m.path.display()
             );
         }
-        let engine = LlamaEngine::start(LlamaEngineConfig {
-            model: m.path.clone(),
-            threads: m.threads,
-            slots: m.slots,
-            ctx_size: m.ctx_size,
-            exe: exe.clone(),
-            startup_timeout: Duration::from_secs(600),
-            prepare_timeout: Duration::from_secs(30),
-            progress_timeout: m.progress_timeout,
-            mmap: m.mmap,
-        });
-        tracing::info!(model = %m.id, path = %m.path.display(), slots = m.slots, ctx = m.ctx_size, "starting model");
-        metrics.add_model(&m.id, u64::from(m.slots));
-        deployments.push(Deployment {
-            id: m.id.clone(),
-            engine: Arc::new(engine) as Arc<dyn Engine>,
-            admission: Admission::new(m.slots as usize, m.max_queue as usize, m.max_queue_wait),
-            max_tokens_limit: m.max_tokens_limit,
-            created: crate::openai::response::unix_now(),
-        });
     }
-    let router = Arc::new(Router::new(deployments));
+    let metrics = crate::metrics::Metrics::new().context("cannot create the metrics registry")?;
+    let router = Router::default();
     // Engine gauges (up, restarts, slots, KV cache) are read fresh at each scrape.
     let scraped = router.clone();
     metrics.add_scrape_hook(move |m| m.observe_router(&scraped));
     let state = AppState {
-        router,
+        router: router.clone(),
         keys: Arc::new(keys),
         max_body_bytes: config.max_body_bytes,
         metrics: metrics.clone(),
@@ -152,16 +130,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     // The agent advertises the address actually bound (port 0 works).
-    let agent = start_agent(&args.cluster, &config.cluster, addr, Role::Gateway).await?;
+    let runtime = runtime::start(RuntimeParts {
+        args: &args.cluster,
+        file: &config.cluster,
+        models: &config.models,
+        addr,
+        role: Role::Gateway,
+        router: router.clone(),
+        metrics: metrics.clone(),
+        openai: crate::http::openai_routes(state.clone()),
+    })
+    .await?;
+    let agent = runtime.agent.clone();
     let extra = ExtraRoutes {
         // Node-to-node routes authenticate every message with the cluster secret themselves.
-        open: crate::metrics::routes(metrics).merge(cluster::peer_routes(agent.clone())),
-        protected: cluster::public_routes(agent.clone()),
+        open: crate::metrics::routes(metrics)
+            .merge(runtime.peer_routes.clone())
+            .merge(cluster::peer_routes(agent.clone())),
+        protected: cluster::public_routes(agent.clone(), runtime.deployer.clone()),
+        forward: Some(ForwardState {
+            router,
+            agent: agent.clone(),
+            max_body: config.max_body_bytes,
+        }),
     };
     let app = app(state, extra).layer(axum::middleware::from_fn(crate::access_log::access_log));
     tracing::info!("herd listening on http://{addr}");
     let served = serve_until_signal(listener, app, config.shutdown_grace).await;
     agent.shutdown().await;
+    drop(runtime);
     served
 }
 

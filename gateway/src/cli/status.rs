@@ -203,6 +203,8 @@ mod tests {
             memory_budget: 12 << 30,
             cores: 8,
             engines: vec!["llama-cpu".into()],
+            shard_device: "CPU".into(),
+            models: vec![],
             last_seen_ms: if is_self { 0 } else { 1234 },
             is_self,
         }
@@ -218,6 +220,7 @@ mod tests {
                 node("studio", MemberState::Alive, true),
                 node("mini", MemberState::Suspect, false),
             ],
+            deployments: Vec::new(),
         };
         let text = render(&view);
         let lines: Vec<&str> = text.lines().collect();

@@ -13,6 +13,7 @@ pub async fn health(axum::extract::State(state): axum::extract::State<AppState>)
     let models: Vec<_> = state
         .router
         .all()
+        .iter()
         .map(|d| {
             let stats = d.engine.stats();
             let (status, detail) = match d.engine.state() {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub router: Arc<ModelRouter>,
+    pub router: ModelRouter,
     pub keys: Arc<ApiKeys>,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
@@ -30,18 +30,45 @@ pub struct ExtraRoutes {
     pub protected: Router,
     /// Outside API-key auth (they authenticate themselves, or are public by design).
     pub open: Router,
+    /// Runs before the generation handlers (after auth): sends requests for
+    /// deployments headed on another node there.
+    pub forward: Option<crate::deploy::forward::ForwardState>,
 }
 
-pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
+/// The OpenAI endpoints alone, without auth: what a head runs forwarded
+/// requests through (the forwarding node already checked the key).
+pub fn openai_routes(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
-    // Inner to outer: auth runs only on matched API routes (so unknown paths
-    // are a plain 404), after the body limit and before any handler work.
-    let api = Router::new()
+    Router::new()
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/v1/completions", post(openai_api::completions))
         .route("/v1/models", get(openai_api::list_models))
         .route("/v1/models/{id}", get(openai_api::get_model))
+        .with_state(state)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(Extension(BodyLimit(max_body)))
+}
+
+pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
+    let max_body = state.max_body_bytes;
+    let mut generation = Router::new()
+        .route("/v1/chat/completions", post(openai_api::chat_completions))
+        .route("/v1/completions", post(openai_api::completions))
+        .with_state(state.clone());
+    if let Some(forward) = extra.forward {
+        generation = generation.route_layer(middleware::from_fn_with_state(
+            forward,
+            crate::deploy::forward::forward_remote,
+        ));
+    }
+    // Inner to outer: auth runs only on matched API routes (so unknown paths
+    // are a plain 404), after the body limit and before any handler work.
+    let api = Router::new()
+        .route("/v1/models", get(openai_api::list_models))
+        .route("/v1/models/{id}", get(openai_api::get_model))
         .with_state(state.clone())
+        .merge(generation)
         .merge(extra.protected)
         .route_layer(middleware::from_fn_with_state(
             state.keys.clone(),

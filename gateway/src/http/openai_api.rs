@@ -76,7 +76,8 @@ async fn complete(
 }
 
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
-    let data = state.router.all().map(|d| card(&d.id, d.created)).collect();
+    let table = state.router.current();
+    let data = table.ids().map(|(id, created)| card(id, created)).collect();
     Json(ModelList {
         object: "list",
         data,
@@ -87,8 +88,12 @@ pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, ApiError> {
-    let d = state.router.route(&id)?;
-    Ok(Json(card(&d.id, d.created)))
+    let table = state.router.current();
+    let (id, created) = table
+        .ids()
+        .find(|(known, _)| **known == id)
+        .ok_or(ApiError::ModelNotFound(id.clone()))?;
+    Ok(Json(card(id, created)))
 }
 
 fn card(id: &str, created: u64) -> ModelCard {

@@ -48,6 +48,7 @@ impl ChildConn {
                 super::memory::with_huge_pages(std::env::var("GLIBC_TUNABLES").ok().as_deref()),
             );
         }
+        let split: Vec<String> = config.split.iter().map(u32::to_string).collect();
         let mut child = command
             .arg("engine-host")
             .arg("--socket")
@@ -58,6 +59,12 @@ impl ChildConn {
             .args(["--slots", &config.slots.to_string()])
             .args(["--ctx-size", &config.ctx_size.to_string()])
             .args(["--mmap", if mmap { "true" } else { "false" }])
+            .args(config.rpc.iter().flat_map(|r| ["--rpc", r.as_str()]))
+            .args(if split.is_empty() {
+                Vec::new()
+            } else {
+                vec!["--split".to_string(), split.join(",")]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true)

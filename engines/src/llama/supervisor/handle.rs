@@ -53,6 +53,14 @@ impl LlamaEngine {
         }
     }
 
+    /// Stops the engine for good (kills the host); requests in flight end
+    /// with `reason`. Used when a deployment moves or is removed.
+    pub fn shutdown(&self, reason: &str) {
+        let _ = self.cmds.try_send(ActorCmd::Shutdown {
+            reason: reason.to_string(),
+        });
+    }
+
     fn unavailable(&self) -> EngineError {
         unavailable(&self.state())
     }

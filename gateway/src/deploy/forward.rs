@@ -1,0 +1,236 @@
+//! Every node's gateway serves every deployment. A request for one headed
+//! elsewhere is forwarded to its head over the cluster channel (a request
+//! signed with the cluster secret, to `/_herd/v1/forward/KEY-NAME/v1/...`)
+//! and its answer is streamed back chunk by chunk, status and errors intact.
+//! The head runs it through its own OpenAI handlers (admission, metrics);
+//! its answer's status is MACed, and if the head dies mid-stream the client
+//! gets an OpenAI error event and `[DONE]`, never a silent cut.
+
+use super::plan::{Plan, PLAN_PATH};
+use super::Deployer;
+use crate::auth::KeyName;
+use crate::openai::ApiError;
+use crate::router::{Route, Router};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use herd_cluster::Agent;
+use herd_engines::EngineError;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// Marks a request that arrived forwarded: it is never forwarded again.
+#[derive(Clone, Copy)]
+pub struct Forwarded;
+
+const FORWARD_PREFIX: &str = "/_herd/v1/forward/";
+
+#[derive(Clone)]
+pub struct ForwardState {
+    pub router: Router,
+    pub agent: Agent,
+    pub max_body: usize,
+}
+
+/// Middleware on the generation routes: local deployments pass through,
+/// remote ones are forwarded to their head.
+pub async fn forward_remote(
+    State(state): State<ForwardState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.extensions().get::<Forwarded>().is_some() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::BodyTooLarge {
+                limit: state.max_body,
+            }
+            .into_response()
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct ModelOnly {
+        model: String,
+    }
+    let remote = serde_json::from_slice::<ModelOnly>(&bytes)
+        .ok()
+        .and_then(|m| match state.router.current().get(&m.model) {
+            Some(Route::Remote(r)) => Some(r.clone()),
+            _ => None,
+        });
+    let Some(remote) = remote else {
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    };
+    let key = parts
+        .extensions
+        .get::<KeyName>()
+        .map_or_else(|| "-".to_string(), |k| k.0.to_string());
+    let Some(client) = state.agent.peer_client() else {
+        return unavailable("this node is not in a cluster").into_response();
+    };
+    let path = format!("{FORWARD_PREFIX}{}{}", encode_key(&key), parts.uri.path());
+    let content_type = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let resp = match client
+        .open_stream(
+            remote.addr,
+            reqwest::Method::POST,
+            &path,
+            bytes,
+            &[("content-type", content_type)],
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(head = %remote.head_name, "cannot forward to the deployment's head: {e}");
+            return unavailable(&format!(
+                "the deployment's head ({}) is not reachable",
+                remote.head_name
+            ))
+            .into_response();
+        }
+    };
+    relay(resp)
+}
+
+fn unavailable(why: &str) -> ApiError {
+    ApiError::Engine(EngineError::Unavailable(why.to_string()))
+}
+
+/// Key names travel in the path (which the MAC covers); keep them path-safe.
+fn encode_key(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The head's answer, streamed; a broken stream ends with an error event.
+fn relay(resp: reqwest::Response) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for name in ["content-type", "retry-after", "cache-control"] {
+        if let Some(v) = resp
+            .headers()
+            .get(name)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        {
+            headers.insert(name, v);
+        }
+    }
+    let sse = headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut upstream = resp.bytes_stream();
+    let body = async_stream::stream! {
+        while let Some(chunk) = upstream.next().await {
+            match chunk {
+                Ok(c) => yield Ok::<Bytes, std::io::Error>(c),
+                Err(e) => {
+                    tracing::warn!("the head's stream broke: {e}");
+                    if sse {
+                        let err = ApiError::Engine(EngineError::Crashed(
+                            "the node serving this deployment stopped answering".into(),
+                        ));
+                        let json = serde_json::to_string(&err.envelope()).unwrap_or_else(|_| "{}".into());
+                        yield Ok(Bytes::from(format!("data: {json}\n\ndata: [DONE]\n\n")));
+                    } else {
+                        yield Err(std::io::Error::other("the head's answer broke off"));
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    let mut out = Response::new(Body::from_stream(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// The head's side: `/_herd/v1/forward/{key}/{*path}`, run through `api`
+/// (the OpenAI routes without API-key auth: the sender is a cluster node
+/// that already checked the client's key).
+pub async fn serve_forwarded(
+    State((agent, api)): State<(Agent, axum::Router)>,
+    req: Request,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    let full_path = parts.uri.path().to_string();
+    let peer = match agent.verify_peer(parts.method.as_str(), &full_path, &parts.headers, &bytes) {
+        Ok(p) => p,
+        Err(answer) => return answer.map(Body::from),
+    };
+    let rest = full_path.strip_prefix(FORWARD_PREFIX).unwrap_or("");
+    let Some((key, path)) = rest.split_once('/') else {
+        return agent
+            .refusal(&peer, StatusCode::NOT_FOUND, "bad forward path".into())
+            .map(Body::from);
+    };
+    let Ok(uri) = format!("/{path}").parse() else {
+        return agent
+            .refusal(&peer, StatusCode::NOT_FOUND, "bad forward path".into())
+            .map(Body::from);
+    };
+    parts.uri = uri;
+    parts.extensions.insert(Forwarded);
+    parts.extensions.insert(KeyName(Arc::from(key)));
+    let answer = match api
+        .oneshot(Request::from_parts(parts, Body::from(bytes)))
+        .await
+    {
+        Ok(a) => a,
+        Err(never) => match never {},
+    };
+    let (mut head, body) = answer.into_parts();
+    agent.sign_head(&peer, head.status, &mut head.headers);
+    Response::from_parts(head, body)
+}
+
+/// `POST /_herd/v1/plan`: the leader's placement.
+pub async fn receive_plan(
+    State((agent, deployer)): State<(Agent, Deployer)>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 4 << 20).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    let peer = match agent.verify_peer(parts.method.as_str(), PLAN_PATH, &parts.headers, &bytes) {
+        Ok(p) => p,
+        Err(answer) => return answer.map(Body::from),
+    };
+    match serde_json::from_slice::<Plan>(&bytes) {
+        Ok(plan) => {
+            deployer.offer(plan, peer.clone());
+            agent
+                .signed(&peer, StatusCode::OK, b"{}".to_vec())
+                .map(Body::from)
+        }
+        Err(e) => agent
+            .refusal(&peer, StatusCode::BAD_REQUEST, format!("bad plan: {e}"))
+            .map(Body::from),
+    }
+}

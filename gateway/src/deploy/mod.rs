@@ -1,0 +1,93 @@
+//! The deployment layer, between config/cluster/engines and HTTP. One actor
+//! per node ([`actor`]) watches the membership; on the leader it decides the
+//! cluster's placement ([`plan`]) and sends it to every node; on every node
+//! it starts and stops what the plan gives this node (engines it heads,
+//! shard workers it hosts: [`local`]) and publishes the route table the
+//! handlers read ([`crate::router`]). Requests for deployments headed
+//! elsewhere are forwarded there ([`forward`]).
+
+mod actor;
+pub mod forward;
+mod local;
+pub mod plan;
+mod views;
+
+use crate::metrics::Metrics;
+use crate::router::Router;
+use arc_swap::ArcSwap;
+use herd_cluster::store::ModelStore;
+use herd_cluster::{Agent, DeploymentView, VerifiedPeer};
+use plan::{DeploySpec, Plan};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub struct DeploySettings {
+    /// The `herd` executable (engine hosts and shard workers are children).
+    pub exe: PathBuf,
+    pub store: ModelStore,
+    /// This node's `[[models]]`; the leader's list is the cluster's.
+    pub specs: Vec<DeploySpec>,
+    /// Threads for a shard worker here.
+    pub worker_threads: u32,
+    /// How long a new node listens before it may lead (so a node joining an
+    /// existing cluster adopts its plan instead of deciding one alone).
+    pub settle: Duration,
+}
+
+/// Shard workers running here, by deployment id: what the tunnel serves.
+pub type WorkerAddrs = Arc<ArcSwap<BTreeMap<String, SocketAddr>>>;
+
+/// The handle: receives plans from the HTTP side, exposes views.
+#[derive(Clone)]
+pub struct Deployer {
+    plans: mpsc::Sender<(Plan, VerifiedPeer)>,
+    views: Arc<ArcSwap<Vec<DeploymentView>>>,
+    workers: WorkerAddrs,
+}
+
+impl Deployer {
+    pub fn start(
+        settings: DeploySettings,
+        agent: Agent,
+        router: Router,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (plans, rx) = mpsc::channel(64);
+        let views: Arc<ArcSwap<Vec<DeploymentView>>> = Arc::default();
+        let workers: WorkerAddrs = Arc::default();
+        let actor = actor::Actor::new(
+            settings,
+            agent,
+            router,
+            metrics,
+            views.clone(),
+            workers.clone(),
+        );
+        tokio::spawn(actor.run(rx));
+        Self {
+            plans,
+            views,
+            workers,
+        }
+    }
+
+    /// A plan from a peer (already authenticated); dropped if the actor is busy
+    /// (the leader resends every second).
+    pub fn offer(&self, plan: Plan, from: VerifiedPeer) {
+        let _ = self.plans.try_send((plan, from));
+    }
+
+    /// Every deployment of the cluster as this node sees it, for `/cluster`.
+    pub fn views(&self) -> Vec<DeploymentView> {
+        self.views.load_full().as_ref().clone()
+    }
+
+    /// The loopback address of this node's shard worker for a deployment.
+    pub fn worker(&self, deployment: &str) -> Option<SocketAddr> {
+        self.workers.load().get(deployment).copied()
+    }
+}

@@ -1,0 +1,141 @@
+//! Publishing: the route table the handlers read, the head statuses this
+//! node's heartbeats carry, and the per-deployment views of `/cluster`.
+
+use super::local::Local;
+use super::plan::{DeploySpec, Plan};
+use crate::router::{RemoteRoute, Route, RouteTable};
+use herd_cluster::node::HeadStatus;
+use herd_cluster::peer_api::LiveNode;
+use herd_cluster::placement::Decision;
+use herd_cluster::{DeploymentView, ShardView};
+use herd_engines::{Engine, EngineState};
+
+impl Local {
+    pub fn publish(
+        &mut self,
+        plan: Option<&Plan>,
+        nodes: &[LiveNode],
+        mine: &[DeploySpec],
+    ) -> Vec<DeploymentView> {
+        let now = crate::openai::response::unix_now();
+        let mut table = RouteTable::default();
+        let mut views = Vec::new();
+        let mut heads = Vec::new();
+        let ids: Vec<(String, String)> = match plan {
+            Some(p) => p
+                .specs
+                .iter()
+                .map(|s| (s.id.clone(), s.model.clone()))
+                .collect(),
+            None => mine
+                .iter()
+                .map(|s| (s.id.clone(), s.model.clone()))
+                .collect(),
+        };
+        for (id, model) in ids {
+            let created = *self.created.entry(id.clone()).or_insert(now);
+            let decision = plan.and_then(|p| p.placement.deployments.get(&id));
+            let mut view = DeploymentView {
+                id: id.clone(),
+                model,
+                state: "loading".into(),
+                reason: None,
+                head: None,
+                shards: Vec::new(),
+            };
+            let route = match decision {
+                None => {
+                    view.reason = Some("waiting for the cluster's placement".into());
+                    Route::Down("the deployment is waiting for the cluster's placement".into())
+                }
+                Some(Decision::Refused { reason, .. }) => {
+                    view.state = "refused".into();
+                    view.reason = Some(reason.clone());
+                    Route::Down(format!("the deployment was refused: {reason}"))
+                }
+                Some(Decision::Placed(a)) => {
+                    let head = nodes.iter().find(|n| n.info.id == a.head);
+                    view.head =
+                        Some(head.map_or_else(|| a.head.0.clone(), |n| n.info.name.clone()));
+                    let status = if a.head == *self.agent.node_id() {
+                        let status = self.head_status(&id);
+                        heads.push(status.clone());
+                        Some(status)
+                    } else {
+                        head.and_then(|n| n.info.heads.iter().find(|h| h.id == id).cloned())
+                    };
+                    if let Some(s) = &status {
+                        view.state = s.state.clone();
+                        view.reason = s.reason.clone();
+                    }
+                    view.shards = a
+                        .shards
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| ShardView {
+                            node: s.name.clone(),
+                            node_id: s.node.clone(),
+                            layers: s.layers.clone(),
+                            device: status
+                                .as_ref()
+                                .and_then(|st| st.layout.get(i).map(|(d, _)| d.clone()))
+                                .unwrap_or_else(|| {
+                                    nodes
+                                        .iter()
+                                        .find(|n| n.info.id == s.node)
+                                        .map_or_else(String::new, |n| n.info.shard_device.clone())
+                                }),
+                        })
+                        .collect();
+                    match (self.heads.get(&id), head) {
+                        (Some(run), _) => Route::Local(run.deployment.clone()),
+                        (None, Some(h)) if a.head != *self.agent.node_id() => {
+                            Route::Remote(RemoteRoute {
+                                head: a.head.clone(),
+                                head_name: h.info.name.clone(),
+                                addr: h.contact,
+                            })
+                        }
+                        _ => Route::Down(
+                            view.reason
+                                .clone()
+                                .unwrap_or_else(|| "the deployment's head is not reachable".into()),
+                        ),
+                    }
+                }
+            };
+            table.insert(id, route, created);
+            views.push(view);
+        }
+        self.router.publish(table);
+        self.agent.set_local(self.store.list(), heads);
+        views
+    }
+
+    fn head_status(&self, id: &str) -> HeadStatus {
+        let Some(run) = self.heads.get(id) else {
+            return HeadStatus {
+                id: id.to_string(),
+                state: "failed".into(),
+                reason: self.head_errors.get(id).cloned(),
+                layout: Vec::new(),
+            };
+        };
+        let (state, reason) = match run.engine.state() {
+            EngineState::Ready => ("ready", None),
+            EngineState::Starting => ("loading", None),
+            EngineState::Restarting { last_error, .. } => ("failed", Some(last_error)),
+        };
+        let layout = run
+            .engine
+            .info()
+            .map(|i| i.layout.into_iter().map(|l| (l.device, l.layers)).collect())
+            .unwrap_or_default();
+        HeadStatus {
+            id: id.to_string(),
+            state: state.into(),
+            reason,
+            layout,
+        }
+    }
+}
