@@ -1,6 +1,5 @@
 //! Which addresses a node advertises, and where its static peers are.
 
-use crate::agent::Command;
 use crate::membership::{Event, Source};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -50,12 +49,8 @@ fn is_link_local(ip: &IpAddr) -> bool {
 }
 
 /// Resolves `host:port` (or bare `host`, which gets our port) now and every
-/// [`RESOLVE_EVERY`], feeding the addresses to the actor as static peers.
-pub(crate) async fn resolve_peers(
-    peers: Vec<String>,
-    default_port: u16,
-    tx: mpsc::Sender<Command>,
-) {
+/// [`RESOLVE_EVERY`], feeding the addresses to the membership as static peers.
+pub(crate) async fn resolve_peers(peers: Vec<String>, default_port: u16, tx: mpsc::Sender<Event>) {
     let mut failing: HashSet<String> = HashSet::new();
     loop {
         let mut addrs = Vec::new();
@@ -88,7 +83,7 @@ pub(crate) async fn resolve_peers(
             addrs,
             source: Source::Static,
         };
-        if tx.send(Command::Event(event)).await.is_err() {
+        if tx.send(event).await.is_err() {
             return;
         }
         tokio::time::sleep(if failing.is_empty() {

@@ -1,32 +1,32 @@
-//! The agent: one actor task owns the [`Membership`]; [`Agent`] is the cheap
-//! handle everyone else holds (HTTP handlers, `herd serve`, later placement).
+//! The agent: one actor task owns the [`Membership`] (`agent/actor.rs`, its
+//! heartbeats in `agent/heartbeat.rs`); [`Agent`] is the cheap handle
+//! everyone else holds (HTTP handlers, `herd serve`, the deployment layer).
 
 use crate::addrs::{advertised_addrs, resolve_peers};
 use crate::auth::Verifier;
 use crate::client::{CallError, PeerClient};
 use crate::config::{validate_name, AgentConfig, ClusterError};
 use crate::discovery::Discovery;
-use crate::membership::{Change, Event, MemberState, Membership, RemoveReason, Source};
+use crate::membership::{Change, Event, Membership, Target};
 use crate::node::{self, NodeId, NodeInfo};
 use crate::wire::{ClusterView, Gossip};
 use crate::Credentials;
-use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-/// How often free memory is re-read.
-const MEMORY_REFRESH: Duration = Duration::from_secs(5);
-/// The same problem with the same peer is logged at most this often.
-const REPEAT_PROBLEM_AFTER: Duration = Duration::from_secs(60);
+mod actor;
+mod heartbeat;
 
+use actor::Actor;
+
+/// What the actor is told besides membership events (which come on their own channel).
 pub(crate) enum Command {
-    Event(Event),
     Exchanged {
-        addr: SocketAddr,
-        outcome: Result<Gossip, CallError>,
+        target: Target,
+        /// Boxed: a peer's description is large next to the other commands.
+        outcome: Result<Box<Gossip>, CallError>,
     },
     Shutdown {
         announce: bool,
@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) verifier: Option<Verifier>,
     pub(crate) client: Option<PeerClient>,
     pub(crate) tx: mpsc::Sender<Command>,
+    /// Membership events from the HTTP handlers (heartbeats received).
+    pub(crate) events: mpsc::Sender<Event>,
     pub(crate) snapshot: watch::Receiver<Arc<Membership>>,
     changes: broadcast::Sender<Change>,
     /// Per peer, when a refusal was last logged.
@@ -117,6 +119,7 @@ impl Agent {
         };
         let membership = Membership::new(me.clone(), timeouts);
         let (tx, rx) = mpsc::channel(1024);
+        let (events, events_rx) = mpsc::channel(1024);
         let (snapshot_tx, snapshot) = watch::channel(Arc::new(membership.clone()));
         let (changes, _) = broadcast::channel(256);
 
@@ -125,13 +128,17 @@ impl Agent {
             tracing::warn!(%addr, "mDNS discovery is off: this node listens on loopback only, so other machines cannot reach it (listen on 0.0.0.0 or a LAN address)");
             None
         } else if discovery_wanted {
-            Some(Discovery::start(&me, &config.cluster, tx.clone())?)
+            Some(Discovery::start(&me, &config.cluster, events.clone())?)
         } else {
             None
         };
         if client.is_some() {
             if !config.peers.is_empty() {
-                tokio::spawn(resolve_peers(config.peers.clone(), addr.port(), tx.clone()));
+                tokio::spawn(resolve_peers(
+                    config.peers.clone(),
+                    addr.port(),
+                    events.clone(),
+                ));
             }
             tracing::info!(
                 node = %me.name, id = %id, cluster = %config.cluster, %addr, discovery = discovery.is_some(),
@@ -153,15 +160,17 @@ impl Agent {
             problems: HashMap::new(),
             memory_read_at: Instant::now(),
         };
-        tokio::spawn(actor.run(rx, timeouts.heartbeat));
+        tokio::spawn(actor.run(rx, events_rx, timeouts.heartbeat));
+        let verifier = creds.map(|c| Verifier::new(c, id.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 cluster: config.cluster,
                 me_id: id,
                 version: config.version,
-                verifier: creds.map(Verifier::new),
+                verifier,
                 client,
                 tx,
+                events,
                 snapshot,
                 changes,
                 warned: Mutex::new(HashMap::new()),
@@ -224,223 +233,5 @@ impl Agent {
         {
             let _ = tokio::time::timeout(Duration::from_secs(3), done).await;
         }
-    }
-}
-
-struct Actor {
-    membership: Membership,
-    cluster: String,
-    client: Option<PeerClient>,
-    discovery: Option<Discovery>,
-    in_flight: HashSet<SocketAddr>,
-    tx: mpsc::Sender<Command>,
-    snapshot: watch::Sender<Arc<Membership>>,
-    changes: broadcast::Sender<Change>,
-    /// The last problem logged per address, and when.
-    problems: HashMap<SocketAddr, (String, Instant)>,
-    memory_read_at: Instant,
-}
-
-impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, heartbeat: Duration) {
-        let mut tick = tokio::time::interval(heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(Command::Event(event)) => self.apply(event),
-                    Some(Command::Exchanged { addr, outcome }) => self.exchanged(addr, outcome),
-                    Some(Command::SetLocal { models, heads }) => {
-                        let mut me = self.membership.me().clone();
-                        if me.models != models || me.heads != heads {
-                            me.models = models;
-                            me.heads = heads;
-                            self.apply(Event::Local(me));
-                        }
-                    }
-                    Some(Command::Shutdown { announce, done }) => {
-                        self.leave(announce).await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => return,
-                },
-                _ = tick.tick() => {
-                    self.refresh_memory();
-                    self.apply(Event::Tick);
-                    self.send_heartbeats(false);
-                }
-            }
-        }
-    }
-
-    fn apply(&mut self, event: Event) {
-        for change in self.membership.apply(event, Instant::now()) {
-            log_change(&change);
-            let _ = self.changes.send(change);
-        }
-        self.snapshot
-            .send_replace(Arc::new(self.membership.clone()));
-    }
-
-    fn refresh_memory(&mut self) {
-        if self.memory_read_at.elapsed() < MEMORY_REFRESH {
-            return;
-        }
-        self.memory_read_at = Instant::now();
-        let memory = node::memory();
-        let mut me = self.membership.me().clone();
-        if me.memory_free != memory.free {
-            me.memory_free = memory.free;
-            self.apply(Event::Local(me));
-        }
-    }
-
-    fn gossip_body(&self, leaving: bool) -> Bytes {
-        let view = self.membership.view(&self.cluster, true, Instant::now());
-        let msg = Gossip {
-            from: self.membership.me().clone(),
-            members: view.peer_refs(),
-            leaving,
-        };
-        Bytes::from(serde_json::to_vec(&msg).unwrap_or_default())
-    }
-
-    fn send_heartbeats(&mut self, leaving: bool) {
-        let Some(client) = &self.client else { return };
-        let targets = self.membership.targets(Instant::now());
-        if targets.is_empty() {
-            return;
-        }
-        let body = self.gossip_body(leaving);
-        for addr in targets {
-            if !self.in_flight.insert(addr) {
-                continue;
-            }
-            let (client, body, tx) = (client.clone(), body.clone(), self.tx.clone());
-            tokio::spawn(async move {
-                let outcome = client.gossip(addr, body).await;
-                let _ = tx.send(Command::Exchanged { addr, outcome }).await;
-            });
-        }
-    }
-
-    fn exchanged(&mut self, addr: SocketAddr, outcome: Result<Gossip, CallError>) {
-        self.in_flight.remove(&addr);
-        match outcome {
-            Ok(gossip) => {
-                if let Some((problem, _)) = self.problems.remove(&addr) {
-                    tracing::info!(%addr, was = %problem, "peer reachable again");
-                }
-                let refs = gossip
-                    .members
-                    .into_iter()
-                    .map(|r| (r.addr, Some(r.id)))
-                    .collect();
-                self.apply(Event::Heard {
-                    info: gossip.from,
-                    via: Some(addr),
-                });
-                self.apply(Event::Mentioned {
-                    addrs: refs,
-                    source: Source::Gossip,
-                });
-            }
-            Err(e) => {
-                match &e {
-                    // Plain unreachability is what the membership timeouts report.
-                    CallError::Unreachable(_) => {
-                        tracing::debug!(%addr, error = %e, "heartbeat failed")
-                    }
-                    _ => self.problem(addr, e.to_string()),
-                }
-                self.apply(Event::ContactFailed { addr });
-            }
-        }
-    }
-
-    fn problem(&mut self, addr: SocketAddr, text: String) {
-        let now = Instant::now();
-        let repeat = self.problems.get(&addr).is_some_and(|(last, at)| {
-            *last == text && now.duration_since(*at) < REPEAT_PROBLEM_AFTER
-        });
-        if !repeat {
-            tracing::warn!(%addr, "peer refused: {text}");
-            self.problems.insert(addr, (text, now));
-        }
-    }
-
-    /// Best effort: tell every member we are going, then stop mDNS.
-    async fn leave(&mut self, announce: bool) {
-        if let (Some(client), true) = (&self.client, announce) {
-            let body = self.gossip_body(true);
-            let sends = self.membership.members().map(|m| {
-                let (client, body, addr) = (client.clone(), body.clone(), m.info.addr);
-                async move { client.gossip(addr, body).await }
-            });
-            let _ = tokio::time::timeout(Duration::from_secs(1), futures_join_all(sends.collect()))
-                .await;
-            tracing::info!("left the cluster");
-        }
-        if let Some(d) = self.discovery.take() {
-            let _ = tokio::task::spawn_blocking(move || d.stop()).await;
-        }
-    }
-}
-
-/// Runs the futures concurrently (tokio has no join_all without an extra crate).
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: Vec<F>)
-where
-    F::Output: Send,
-{
-    let mut set = tokio::task::JoinSet::new();
-    for f in futures {
-        set.spawn(async move {
-            let _ = f.await;
-        });
-    }
-    while set.join_next().await.is_some() {}
-}
-
-fn log_change(change: &Change) {
-    match change {
-        Change::Joined { id, name, addr } => {
-            tracing::info!(node = %name, id = %id.short(), %addr, "node joined")
-        }
-        Change::StateChanged {
-            id,
-            name,
-            from,
-            to,
-            silent_ms,
-        } => match to {
-            MemberState::Alive => {
-                tracing::info!(node = %name, id = %id.short(), was = %from, silent_ms, "node is alive again")
-            }
-            MemberState::Suspect => {
-                tracing::warn!(node = %name, id = %id.short(), silent_ms, "node suspect: no heartbeat")
-            }
-            MemberState::Dead => {
-                tracing::warn!(node = %name, id = %id.short(), silent_ms, "node dead")
-            }
-        },
-        Change::Restarted { id, name } => {
-            tracing::info!(node = %name, id = %id.short(), "node restarted")
-        }
-        Change::Moved { id, name, from, to } => {
-            tracing::info!(node = %name, id = %id.short(), %from, %to, "node moved")
-        }
-        Change::Removed { id, name, reason } => {
-            let why = match reason {
-                RemoveReason::Timeout => "dead too long",
-                RemoveReason::Left => "it left",
-                RemoveReason::Replaced => "another node answers at its address",
-            };
-            tracing::info!(node = %name, id = %id.short(), reason = why, "node removed");
-        }
-        Change::IdClash { addr } => tracing::error!(
-            %addr,
-            "another process answers there with this node's id; give each node its own state dir (--state-dir)"
-        ),
     }
 }

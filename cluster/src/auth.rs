@@ -1,23 +1,30 @@
 //! Message authentication with the cluster secret.
 //!
 //! Every node-to-node request carries `HMAC-SHA256(secret, cluster, method,
-//! path, sender, version, timestamp, nonce, body)`; the receiver checks the MAC
-//! first (so only secret holders reach any other check), then a ±60 s
-//! timestamp window and a nonce cache, so a captured request cannot be
-//! replayed. Every answer is MACed over the request's nonce, so a recorded
-//! answer cannot be passed off as a fresh one. The cluster name is in every
-//! MAC: two clusters that share a secret by accident still stay apart.
+//! path, sender, destination, version, timestamp, nonce, body)`; the receiver
+//! checks the MAC first (so only secret holders reach any other check), then a
+//! ±60 s timestamp window and a nonce cache, so a captured request cannot be
+//! replayed to the same node, and then the destination, so it cannot be
+//! replayed to another one either (`auth/verify.rs`). Every answer is MACed over the
+//! request's nonce, so a recorded answer cannot be passed off as a fresh one.
+//! The cluster name is in every MAC: two clusters that share a secret by
+//! accident still stay apart.
 
 use crate::config::Secret;
+use crate::node::NodeId;
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use sha2::Sha256;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+
+mod verify;
+
+pub use verify::Verifier;
 
 type HmacSha256 = Hmac<Sha256>;
 
 pub const H_NODE: &str = "x-herd-node";
+/// The node a request is for; empty when the sender does not know its id yet.
+pub const H_TO: &str = "x-herd-to";
 pub const H_VERSION: &str = "x-herd-version";
 pub const H_TS: &str = "x-herd-ts";
 pub const H_NONCE: &str = "x-herd-nonce";
@@ -25,8 +32,6 @@ pub const H_MAC: &str = "x-herd-mac";
 
 /// A request timestamp further than this from our clock is refused.
 pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
-/// Nonces remembered at once; past that, requests wait for old ones to expire.
-const MAX_NONCES: usize = 200_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -42,6 +47,9 @@ pub enum AuthError {
     Replay,
     #[error("too many recent messages to remember their nonces")]
     NonceCacheFull,
+    /// A genuine message for another node: misdelivered, or replayed here.
+    #[error("the message is addressed to node {}, not to this one", .0.to)]
+    Misaddressed(Box<RequestAuth>),
 }
 
 /// The secret and the cluster name: what a message must prove it knows.
@@ -64,6 +72,9 @@ impl std::fmt::Debug for Credentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestAuth {
     pub node: String,
+    /// The destination's node id, or empty for a probe of an address whose
+    /// node we do not know yet (its answer is all such a message may earn).
+    pub to: String,
     pub version: String,
     pub ts_ms: u64,
     pub nonce: String,
@@ -121,16 +132,17 @@ impl Credentials {
 
     fn request_mac(&self, method: &str, path: &str, a: &RequestAuth, body: &[u8]) -> HmacSha256 {
         let ts = a.ts_ms.to_string();
-        let fields: [&[u8]; 7] = [
+        let fields: [&[u8]; 8] = [
             method.as_bytes(),
             path.as_bytes(),
             a.node.as_bytes(),
+            a.to.as_bytes(),
             a.version.as_bytes(),
             ts.as_bytes(),
             a.nonce.as_bytes(),
             body,
         ];
-        self.mac("herd-request-v1", &fields)
+        self.mac("herd-request-v2", &fields)
     }
 
     fn response_mac(
@@ -152,17 +164,20 @@ impl Credentials {
         self.mac("herd-response-v1", &fields)
     }
 
-    /// Signs a request now, with a fresh nonce.
+    /// Signs a request from `node` to `to` (`None`: whoever answers at the
+    /// address) now, with a fresh nonce.
     pub fn sign_request(
         &self,
         method: &str,
         path: &str,
+        to: Option<&NodeId>,
         node: &str,
         version: &str,
         body: &[u8],
     ) -> RequestAuth {
         let fields = RequestAuth {
             node: node.to_string(),
+            to: to.map(|id| id.0.clone()).unwrap_or_default(),
             version: version.to_string(),
             ts_ms: unix_ms(),
             nonce: hex::encode(rand::random::<[u8; 16]>()),
@@ -228,9 +243,10 @@ impl Credentials {
 }
 
 impl RequestAuth {
-    pub fn headers(&self) -> [(&'static str, String); 5] {
+    pub fn headers(&self) -> [(&'static str, String); 6] {
         [
             (H_NODE, self.node.clone()),
+            (H_TO, self.to.clone()),
             (H_VERSION, self.version.clone()),
             (H_TS, self.ts_ms.to_string()),
             (H_NONCE, self.nonce.clone()),
@@ -243,8 +259,14 @@ impl RequestAuth {
         if nonce.len() != 32 {
             return None;
         }
+        // Absent and empty are the same: no destination. The MAC covers it either way.
+        let to = match headers.get(H_TO) {
+            None => String::new(),
+            Some(v) => v.to_str().ok().filter(|v| v.len() <= 64)?.to_string(),
+        };
         Some(Self {
             node: header(headers, H_NODE, 64)?,
+            to,
             version: header(headers, H_VERSION, 64)?,
             ts_ms: header(headers, H_TS, 20)?.parse().ok()?,
             nonce,
@@ -266,79 +288,6 @@ impl ResponseAuth {
 fn header(headers: &HeaderMap, name: &str, max_len: usize) -> Option<String> {
     let v = headers.get(name)?.to_str().ok()?;
     (!v.is_empty() && v.len() <= max_len).then(|| v.to_string())
-}
-
-/// Checks incoming requests: MAC, then freshness, then the nonce.
-#[derive(Debug)]
-pub struct Verifier {
-    creds: Credentials,
-    nonces: Mutex<NonceCache>,
-}
-
-impl Verifier {
-    pub fn new(creds: Credentials) -> Self {
-        Self {
-            creds,
-            nonces: Mutex::new(NonceCache::default()),
-        }
-    }
-
-    pub fn credentials(&self) -> &Credentials {
-        &self.creds
-    }
-
-    pub fn verify_request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &HeaderMap,
-        body: &[u8],
-        now_ms: u64,
-    ) -> Result<RequestAuth, AuthError> {
-        let a = RequestAuth::from_headers(headers).ok_or(AuthError::Malformed)?;
-        let mac = hex::decode(&a.mac).map_err(|_| AuthError::Malformed)?;
-        self.creds
-            .request_mac(method, path, &a, body)
-            .verify_slice(&mac)
-            .map_err(|_| AuthError::BadMac)?;
-        let skew_ms = now_ms.abs_diff(a.ts_ms);
-        if skew_ms > MAX_CLOCK_SKEW_MS {
-            return Err(AuthError::Stale { skew_ms });
-        }
-        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        nonces.insert(&a.nonce, now_ms)?;
-        Ok(a)
-    }
-}
-
-/// Nonces seen within the replay window (anything older is refused by its timestamp anyway).
-#[derive(Debug, Default)]
-struct NonceCache {
-    seen: HashMap<String, u64>,
-    order: VecDeque<(u64, String)>,
-}
-
-impl NonceCache {
-    fn insert(&mut self, nonce: &str, now_ms: u64) -> Result<(), AuthError> {
-        let keep_after = now_ms.saturating_sub(2 * MAX_CLOCK_SKEW_MS);
-        while let Some((at, _)) = self.order.front() {
-            if *at >= keep_after {
-                break;
-            }
-            if let Some((_, old)) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        if self.seen.contains_key(nonce) {
-            return Err(AuthError::Replay);
-        }
-        if self.seen.len() >= MAX_NONCES {
-            return Err(AuthError::NonceCacheFull);
-        }
-        self.seen.insert(nonce.to_string(), now_ms);
-        self.order.push_back((now_ms, nonce.to_string()));
-        Ok(())
-    }
 }
 
 pub fn unix_ms() -> u64 {

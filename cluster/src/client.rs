@@ -1,11 +1,12 @@
 //! Signed calls to a peer's `/_herd/v1/...` endpoints: heartbeats between
 //! nodes, and the view that `herd status --secret-file` reads.
 
-use crate::auth::{Credentials, H_MAC};
+use crate::auth::{Credentials, ResponseAuth, H_MAC};
 use crate::config::ClusterError;
+use crate::node::NodeId;
 use crate::version::check_compatible;
 use crate::wire::{ClusterView, Gossip, Refusal};
-use crate::{GOSSIP_PATH, VIEW_PATH};
+use crate::{GOSSIP_PATH, PROBE_PATH, VIEW_PATH};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,6 +30,10 @@ pub enum CallError {
     /// A signed refusal (an incompatible version), in the peer's words.
     #[error("{0}")]
     Refused(String),
+    /// A secret holder answers at the address, but not the node we addressed:
+    /// that node moved, or this one took its place.
+    #[error("another node answers at this address: {answered}")]
+    Misaddressed { answered: NodeId },
     #[error("unexpected answer: {0}")]
     Unexpected(String),
 }
@@ -79,29 +84,58 @@ impl PeerClient {
         &self.creds
     }
 
-    /// Sends a heartbeat (already serialized) and returns the peer's own.
-    pub async fn gossip(&self, addr: SocketAddr, body: Bytes) -> Result<Gossip, CallError> {
-        let answer = self
-            .call(
-                reqwest::Method::POST,
-                &format!("http://{addr}"),
-                GOSSIP_PATH,
-                body,
-            )
+    /// Sends a heartbeat (already serialized) to the member `to` and returns its own.
+    pub async fn gossip(
+        &self,
+        addr: SocketAddr,
+        to: &NodeId,
+        body: Bytes,
+    ) -> Result<Gossip, CallError> {
+        self.exchange(addr, GOSSIP_PATH, Some(to), body).await
+    }
+
+    /// Asks whoever answers at `addr` (the node `to`, when we know which one
+    /// should) who it is, telling it nothing but our id: the address has not
+    /// proved the secret yet. The answer lists no members.
+    pub async fn probe(&self, addr: SocketAddr, to: Option<&NodeId>) -> Result<Gossip, CallError> {
+        self.exchange(addr, PROBE_PATH, to, Bytes::new()).await
+    }
+
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        to: Option<&NodeId>,
+        body: Bytes,
+    ) -> Result<Gossip, CallError> {
+        let base = format!("http://{addr}");
+        let (signed, answer) = self
+            .call_signed(reqwest::Method::POST, &base, path, to, body)
             .await?;
         let gossip: Gossip =
             serde_json::from_slice(&answer).map_err(|e| CallError::Unexpected(e.to_string()))?;
+        // The body's description must be the signer's own, and the one we addressed.
+        if gossip.from.id.0 != signed.node || to.is_some_and(|id| *id != gossip.from.id) {
+            return Err(CallError::Unexpected(format!(
+                "the answer describes node {}, is signed by {}, and was meant to come from {}",
+                gossip.from.id,
+                signed.node,
+                to.map_or("whoever answers", |id| id.0.as_str())
+            )));
+        }
         check_compatible(&self.version, &gossip.from.version).map_err(CallError::Refused)?;
         Ok(gossip)
     }
 
-    /// The peer's view of the cluster. `base_url` is like `http://10.0.0.2:8080`.
+    /// The peer's view of the cluster. `base_url` is like `http://10.0.0.2:8080`;
+    /// which node answers there is not known, so the request names none.
     pub async fn view(&self, base_url: &str) -> Result<ClusterView, CallError> {
         let answer = self
             .call(
                 reqwest::Method::GET,
                 base_url.trim_end_matches('/'),
                 VIEW_PATH,
+                None,
                 Bytes::new(),
             )
             .await?;
@@ -113,11 +147,25 @@ impl PeerClient {
         method: reqwest::Method,
         base: &str,
         path: &str,
+        to: Option<&NodeId>,
         body: Bytes,
     ) -> Result<Bytes, CallError> {
-        let auth = self
-            .creds
-            .sign_request(method.as_str(), path, &self.node, &self.version, &body);
+        let (_, answer) = self.call_signed(method, base, path, to, body).await?;
+        Ok(answer)
+    }
+
+    /// A signed call and its whole answer, with the answer's signature.
+    async fn call_signed(
+        &self,
+        method: reqwest::Method,
+        base: &str,
+        path: &str,
+        to: Option<&NodeId>,
+        body: Bytes,
+    ) -> Result<(ResponseAuth, Bytes), CallError> {
+        let auth =
+            self.creds
+                .sign_request(method.as_str(), path, to, &self.node, &self.version, &body);
         let mut req = self
             .http
             .request(method, format!("{base}{path}"))
@@ -140,7 +188,10 @@ impl PeerClient {
             .verify_response(&auth.nonce, status, &headers, &answer)
             .map_err(|_| CallError::Unsigned)?;
         match status {
-            200 => Ok(answer),
+            200 => Ok((signed, answer)),
+            401 => Err(CallError::Misaddressed {
+                answered: NodeId(signed.node),
+            }),
             409 => {
                 let refusal: Option<Refusal> = serde_json::from_slice(&answer).ok();
                 let message = refusal.map_or_else(

@@ -4,7 +4,6 @@
 //! found addresses become candidates, and nothing about them is believed until
 //! they answer a MACed heartbeat.
 
-use crate::agent::Command;
 use crate::config::ClusterError;
 use crate::membership::{Event, Source};
 use crate::node::{NodeId, NodeInfo};
@@ -24,7 +23,7 @@ impl Discovery {
     pub(crate) fn start(
         me: &NodeInfo,
         cluster: &str,
-        tx: mpsc::Sender<Command>,
+        tx: mpsc::Sender<Event>,
     ) -> Result<Self, ClusterError> {
         let err = |e: mdns_sd::Error| ClusterError::Discovery(e.to_string());
         let daemon = ServiceDaemon::new().map_err(err)?;
@@ -86,7 +85,7 @@ impl Discovery {
                         addrs,
                         source: Source::Discovery,
                     };
-                    if tx.blocking_send(Command::Event(event)).is_err() {
+                    if tx.blocking_send(event).is_err() {
                         break;
                     }
                 }

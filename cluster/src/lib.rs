@@ -27,8 +27,8 @@ pub mod worker;
 pub use agent::Agent;
 pub use auth::Credentials;
 pub use config::{parse_memory_budget, AgentConfig, ClusterError, Role, Secret, Timeouts};
-pub use membership::{Change, MemberState};
-pub use node::{NodeId, NodeInfo};
+pub use membership::Change;
+pub use node::{MemberState, NodeId, NodeInfo};
 pub use peer_api::VerifiedPeer;
 pub use wire::{ClusterView, DeploymentView, NodeView, ShardView};
 
@@ -39,4 +39,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// request and response there is MACed with the cluster secret).
 pub const PEER_PREFIX: &str = "/_herd/v1";
 pub const GOSSIP_PATH: &str = "/_herd/v1/gossip";
+/// A heartbeat's stand-in for an address that has not proved the secret yet:
+/// an empty body, answered with the node's description only.
+pub const PROBE_PATH: &str = "/_herd/v1/probe";
 pub const VIEW_PATH: &str = "/_herd/v1/view";

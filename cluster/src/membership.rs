@@ -4,40 +4,22 @@
 //! A peer is a member only after an authenticated exchange with it (an
 //! inbound heartbeat, or an answer to ours). Addresses learned any other way
 //! (static peers, mDNS, other members' gossip) are *candidates* that get
-//! probed; a candidate that never answers never shows up. A member that goes
-//! silent turns suspect, then dead, then is removed; its address stays a
-//! candidate, so it rejoins as soon as it answers again.
+//! probed (`candidates.rs`); a candidate that never answers never shows up. A
+//! member that goes silent turns suspect, then dead, then is removed; its
+//! address stays a candidate, so it rejoins as soon as it answers again.
 
 use crate::config::Timeouts;
 use crate::node::{NodeId, NodeInfo};
 use crate::wire::{ClusterView, NodeView};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A candidate nobody mentioned for this long is forgotten (static peers never are).
-pub const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// Longest wait between probes of an unreachable candidate.
-const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(4);
+mod candidates;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberState {
-    Alive,
-    Suspect,
-    Dead,
-}
-
-impl std::fmt::Display for MemberState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Alive => "alive",
-            Self::Suspect => "suspect",
-            Self::Dead => "dead",
-        })
-    }
-}
+pub use crate::node::MemberState;
+use candidates::Candidate;
+pub use candidates::{Target, FORGET_AFTER, MAX_CANDIDATES};
 
 /// Where we learned an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,15 +45,6 @@ pub struct Member {
 }
 
 #[derive(Debug, Clone)]
-struct Candidate {
-    source: Source,
-    last_mentioned: Instant,
-    next_probe: Instant,
-    failures: u32,
-    known_id: Option<NodeId>,
-}
-
-#[derive(Debug, Clone)]
 pub enum Event {
     /// An authenticated message from `info.id`; `via` is the address we
     /// reached it on when it answered our heartbeat.
@@ -88,6 +61,9 @@ pub enum Event {
     },
     /// A heartbeat to this address got no valid answer.
     ContactFailed { addr: SocketAddr },
+    /// The secret holder `answered` refused a message we addressed to
+    /// another node at `addr`: probe it there under its own id.
+    Misaddressed { addr: SocketAddr, answered: NodeId },
     /// Our own description changed (free memory).
     Local(NodeInfo),
     /// Time passed: apply the timeouts.
@@ -188,14 +164,11 @@ impl Membership {
                 Vec::new()
             }
             Event::ContactFailed { addr } => {
-                if let Some(c) = self.candidates.get_mut(&addr) {
-                    c.failures = c.failures.saturating_add(1);
-                    let backoff = self
-                        .timeouts
-                        .heartbeat
-                        .saturating_mul(1 << c.failures.min(4));
-                    c.next_probe = now + backoff.min(MAX_PROBE_BACKOFF);
-                }
+                self.contact_failed(addr, now);
+                Vec::new()
+            }
+            Event::Misaddressed { addr, answered } => {
+                self.misaddressed(addr, answered, now);
                 Vec::new()
             }
             Event::Local(info) => {
@@ -223,11 +196,7 @@ impl Membership {
             return changes;
         }
         for addr in via.iter().chain([&info.addr]) {
-            if let Some(c) = self.candidates.get_mut(addr) {
-                c.failures = 0;
-                c.known_id = Some(info.id.clone());
-                c.last_mentioned = now;
-            }
+            self.answered(*addr, &info.id, now);
         }
         let replaced: Vec<NodeId> = self
             .members
@@ -295,36 +264,15 @@ impl Membership {
         changes
     }
 
-    fn mention(&mut self, addr: SocketAddr, id: Option<NodeId>, source: Source, now: Instant) {
-        if self.self_addrs.contains(&addr) || id.as_ref() == Some(&self.me.id) {
-            return;
-        }
-        let c = self.candidates.entry(addr).or_insert_with(|| Candidate {
-            source,
-            last_mentioned: now,
-            next_probe: now,
-            failures: 0,
-            known_id: None,
-        });
-        c.source = c.source.min(source);
-        c.last_mentioned = now;
-        if id.is_some() {
-            c.known_id = id;
-        }
-    }
-
     fn remove(&mut self, id: &NodeId, reason: RemoveReason, now: Instant) -> Option<Change> {
         let m = self.members.remove(id)?;
         // Keep probing where it was, so it rejoins when it answers again.
+        let next_probe = match reason {
+            RemoveReason::Left => now + candidates::MAX_PROBE_BACKOFF,
+            RemoveReason::Timeout | RemoveReason::Replaced => now,
+        };
         for addr in [m.contact, m.info.addr] {
-            self.mention(addr, Some(m.info.id.clone()), Source::FormerMember, now);
-            if let Some(c) = self.candidates.get_mut(&addr) {
-                c.failures = 0;
-                c.next_probe = match reason {
-                    RemoveReason::Left => now + MAX_PROBE_BACKOFF,
-                    RemoveReason::Timeout | RemoveReason::Replaced => now,
-                };
-            }
+            self.keep_probing(addr, &m.info.id, next_probe, now);
         }
         Some(Change::Removed {
             id: m.info.id,
@@ -357,40 +305,8 @@ impl Membership {
         for id in expired {
             changes.extend(self.remove(&id, RemoveReason::Timeout, now));
         }
-        self.candidates.retain(|_, c| {
-            c.source == Source::Static
-                || now.saturating_duration_since(c.last_mentioned) < FORGET_AFTER
-        });
+        self.forget_candidates(now);
         changes
-    }
-
-    /// Addresses to send a heartbeat to now: every member, plus the
-    /// candidates that are due and not already known as a member.
-    pub fn targets(&mut self, now: Instant) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = self.members.values().map(|m| m.contact).collect();
-        out.sort();
-        out.dedup();
-        let member_addrs: BTreeSet<SocketAddr> = self
-            .members
-            .values()
-            .flat_map(|m| [m.contact, m.info.addr])
-            .collect();
-        for (addr, c) in &mut self.candidates {
-            let is_member = c
-                .known_id
-                .as_ref()
-                .is_some_and(|id| self.members.contains_key(id));
-            if is_member
-                || member_addrs.contains(addr)
-                || self.self_addrs.contains(addr)
-                || c.next_probe > now
-            {
-                continue;
-            }
-            c.next_probe = now + self.timeouts.heartbeat;
-            out.push(*addr);
-        }
-        out
     }
 
     /// This node first, then the others by name.

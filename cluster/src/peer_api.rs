@@ -1,9 +1,11 @@
 //! Node-to-node endpoints that live outside the cluster crate (placement
 //! plans, forwarded requests, model copies) use the same authentication as
 //! heartbeats: [`Agent::verify_peer`] checks a request's MAC, freshness,
-//! nonce and version; [`Agent::signed`] answers with a MAC bound to that
-//! request's nonce; a streamed answer carries a MAC over its status only
-//! (its bytes are then checked by what they carry: a sha256, an SSE stream).
+//! nonce, destination and version; [`Agent::signed`] answers with a MAC bound
+//! to that request's nonce; a streamed answer carries a MAC over its status
+//! only (its bytes are then checked by what they carry: a sha256, an SSE
+//! stream). Their callers always know which node they address, so these
+//! endpoints refuse a message that names none.
 
 use crate::agent::Agent;
 use crate::auth::{unix_ms, AuthError, H_MAC};
@@ -21,12 +23,45 @@ pub struct VerifiedPeer {
     pub node: NodeId,
     pub version: String,
     pub(crate) nonce: String,
+    /// False for a probe that names no destination: it may be a copy of one
+    /// sent to another node, so it earns an answer and nothing else.
+    pub(crate) addressed: bool,
 }
 
 impl Agent {
-    /// Checks a node-to-node request. `Err` is the answer to send as is: an
-    /// empty 401 for anyone without the secret, a signed 409 for another version.
+    /// Checks a node-to-node request addressed to this node. `Err` is the
+    /// answer to send as is: an empty 401 for anyone without the secret, a
+    /// signed 401 for a message addressed to another node (or to none), a
+    /// signed 409 for another version.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the error is the HTTP answer itself, sent as is"
+    )]
     pub fn verify_peer(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<VerifiedPeer, Response<Bytes>> {
+        let peer = self.verify_signed(method, path, headers, body)?;
+        if !peer.addressed {
+            return Err(self.refusal(
+                &peer,
+                StatusCode::UNAUTHORIZED,
+                format!("{method} {path} must be addressed to this node"),
+            ));
+        }
+        Ok(peer)
+    }
+
+    /// [`Agent::verify_peer`], but a probe that names no node passes too
+    /// (with `addressed: false`).
+    #[expect(
+        clippy::result_large_err,
+        reason = "the error is the HTTP answer itself, sent as is"
+    )]
+    pub(crate) fn verify_signed(
         &self,
         method: &str,
         path: &str,
@@ -40,6 +75,22 @@ impl Agent {
         let auth = match verifier.verify_request(method, path, headers, body, unix_ms()) {
             Ok(a) => a,
             Err(AuthError::NonceCacheFull) => return Err(empty(StatusCode::SERVICE_UNAVAILABLE)),
+            Err(AuthError::Misaddressed(auth)) => {
+                // Signed, so an honest sender learns who answers at the
+                // address now; a replayer learns an id that mDNS shows anyway.
+                let peer = VerifiedPeer {
+                    node: NodeId(auth.node),
+                    version: auth.version,
+                    nonce: auth.nonce,
+                    addressed: false,
+                };
+                tracing::debug!(peer = %peer.node, to = auth.to, "refused a message for another node");
+                return Err(self.refusal(
+                    &peer,
+                    StatusCode::UNAUTHORIZED,
+                    "the message is addressed to another node".into(),
+                ));
+            }
             Err(e @ (AuthError::Stale { .. } | AuthError::Replay)) => {
                 // The MAC was valid, so the sender id is genuine.
                 let node = headers
@@ -57,6 +108,7 @@ impl Agent {
             }
         };
         let peer = VerifiedPeer {
+            addressed: !auth.to.is_empty(),
             node: NodeId(auth.node),
             version: auth.version,
             nonce: auth.nonce,
@@ -136,32 +188,41 @@ impl Agent {
 }
 
 impl PeerClient {
-    /// A signed call whose whole answer (≤ 1 MiB, MAC-checked) is returned;
-    /// a signed non-200 answer becomes `CallError::Refused` with its message.
+    /// A signed call to the node `dest` at `addr`, whose whole answer (≤ 1
+    /// MiB, MAC-checked) is returned; a signed non-200 answer becomes
+    /// `CallError::Refused` with its message.
     pub async fn call_peer(
         &self,
         addr: SocketAddr,
+        dest: &NodeId,
         method: reqwest::Method,
         path: &str,
         body: Bytes,
     ) -> Result<Bytes, CallError> {
-        self.call(method, &format!("http://{addr}"), path, body)
+        self.call(method, &format!("http://{addr}"), path, Some(dest), body)
             .await
     }
 
-    /// Starts a signed request whose answer is streamed: returns the response
-    /// once its status is MAC-checked (the caller reads the body).
+    /// Starts a signed request to the node `dest` at `addr` whose answer is
+    /// streamed: returns the response once its status is MAC-checked (the
+    /// caller reads the body).
     pub async fn open_stream(
         &self,
         addr: SocketAddr,
+        dest: &NodeId,
         method: reqwest::Method,
         path: &str,
         body: Bytes,
         extra: &[(&str, String)],
     ) -> Result<reqwest::Response, CallError> {
-        let auth = self
-            .creds
-            .sign_request(method.as_str(), path, &self.node, &self.version, &body);
+        let auth = self.creds.sign_request(
+            method.as_str(),
+            path,
+            Some(dest),
+            &self.node,
+            &self.version,
+            &body,
+        );
         let mut req = self
             .stream_http
             .request(method, format!("http://{addr}{path}"))
@@ -180,9 +241,15 @@ impl PeerClient {
         if status == 401 && !resp.headers().contains_key(H_MAC) {
             return Err(CallError::Rejected);
         }
-        self.creds
+        let signed = self
+            .creds
             .verify_response(&auth.nonce, status, resp.headers(), b"")
             .map_err(|_| CallError::Unsigned)?;
+        if status == 401 {
+            return Err(CallError::Misaddressed {
+                answered: NodeId(signed.node),
+            });
+        }
         Ok(resp)
     }
 }
@@ -197,7 +264,7 @@ fn empty(status: StatusCode) -> Response<Bytes> {
 #[derive(Debug, Clone)]
 pub struct LiveNode {
     pub info: crate::node::NodeInfo,
-    pub state: crate::membership::MemberState,
+    pub state: crate::node::MemberState,
     /// Where to reach it (the address it answered on).
     pub contact: SocketAddr,
 }
@@ -210,11 +277,11 @@ impl Agent {
         let mut out = vec![LiveNode {
             contact: me.addr,
             info: me,
-            state: crate::membership::MemberState::Alive,
+            state: crate::node::MemberState::Alive,
         }];
         out.extend(
             m.members()
-                .filter(|x| x.state != crate::membership::MemberState::Dead)
+                .filter(|x| x.state != crate::node::MemberState::Dead)
                 .map(|x| LiveNode {
                     info: x.info.clone(),
                     state: x.state,

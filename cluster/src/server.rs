@@ -3,11 +3,16 @@
 //!
 //! Anyone without a valid MAC gets `401` with an empty body and no herd
 //! headers: it learns nothing, not even the cluster's name or our node id.
+//! A signed message that names no destination (a probe of an address whose
+//! node the sender does not know) may be a copy of one sent to another node:
+//! it is answered with our description, so the prober learns who we are, but
+//! it never makes or keeps its sender a member, and the answer lists no one.
 
-use crate::agent::{Agent, Command};
+use crate::agent::Agent;
 use crate::membership::{Event, Source};
+use crate::peer_api::VerifiedPeer;
 use crate::wire::Gossip;
-use crate::{GOSSIP_PATH, VIEW_PATH};
+use crate::{GOSSIP_PATH, PROBE_PATH, VIEW_PATH};
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use std::time::{Duration, Instant};
@@ -24,72 +29,88 @@ impl Agent {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Response<Bytes> {
-        let inner = &self.inner;
-        let peer = match self.verify_peer(method, path, headers, body) {
+        let peer = match self.verify_signed(method, path, headers, body) {
             Ok(p) => p,
             Err(answer) => return answer,
         };
-        let sign = |status: StatusCode, body: Vec<u8>| self.signed(&peer, status, body);
-        let refuse = |status: StatusCode, error: String| self.refusal(&peer, status, error);
-        let auth = &peer;
         match (method, path) {
-            ("POST", GOSSIP_PATH) => {
-                let gossip: Gossip = match serde_json::from_slice(body) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        return refuse(StatusCode::BAD_REQUEST, format!("bad heartbeat: {e}"))
-                    }
-                };
-                if gossip.from.id != auth.node || gossip.from.version != auth.version {
-                    return refuse(
-                        StatusCode::BAD_REQUEST,
-                        "heartbeat body does not match its signed sender".into(),
-                    );
-                }
-                let from = gossip.from.id.clone();
-                let events = if gossip.leaving {
-                    vec![Event::Left { id: from }]
-                } else {
-                    let refs = gossip
-                        .members
-                        .into_iter()
-                        .map(|r| (r.addr, Some(r.id)))
-                        .collect();
-                    vec![
-                        Event::Heard {
-                            info: gossip.from,
-                            via: None,
-                        },
-                        Event::Mentioned {
-                            addrs: refs,
-                            source: Source::Gossip,
-                        },
-                    ]
-                };
-                for event in events {
-                    // Never block a handler on the actor: a heartbeat dropped under load is resent next interval.
-                    let _ = inner.tx.try_send(Command::Event(event));
-                }
-                let view = self.view();
-                let answer = Gossip {
-                    from: self.me(),
-                    members: view.peer_refs(),
-                    leaving: false,
-                };
-                sign(
-                    StatusCode::OK,
-                    serde_json::to_vec(&answer).unwrap_or_default(),
-                )
-            }
-            ("GET", VIEW_PATH) => sign(
+            ("POST", GOSSIP_PATH) if peer.addressed => self.heartbeat(&peer, body),
+            ("POST", GOSSIP_PATH | PROBE_PATH) => self.answer_probe(&peer),
+            ("GET", VIEW_PATH) => self.signed(
+                &peer,
                 StatusCode::OK,
                 serde_json::to_vec(&self.view()).unwrap_or_default(),
             ),
-            _ => refuse(
+            _ => self.refusal(
+                &peer,
                 StatusCode::NOT_FOUND,
                 format!("no such peer endpoint: {method} {path}"),
             ),
         }
+    }
+
+    /// A member's heartbeat, addressed to us: it is heard, and hears us back.
+    fn heartbeat(&self, peer: &VerifiedPeer, body: &[u8]) -> Response<Bytes> {
+        let gossip: Gossip = match serde_json::from_slice(body) {
+            Ok(g) => g,
+            Err(e) => {
+                return self.refusal(peer, StatusCode::BAD_REQUEST, format!("bad heartbeat: {e}"))
+            }
+        };
+        if gossip.from.id != peer.node || gossip.from.version != peer.version {
+            return self.refusal(
+                peer,
+                StatusCode::BAD_REQUEST,
+                "heartbeat body does not match its signed sender".into(),
+            );
+        }
+        let events = if gossip.leaving {
+            vec![Event::Left { id: gossip.from.id }]
+        } else {
+            let refs = gossip
+                .members
+                .into_iter()
+                .map(|r| (r.addr, Some(r.id)))
+                .collect();
+            vec![
+                Event::Heard {
+                    info: gossip.from,
+                    via: None,
+                },
+                Event::Mentioned {
+                    addrs: refs,
+                    source: Source::Gossip,
+                },
+            ]
+        };
+        for event in events {
+            // Never block a handler on the actor: a heartbeat dropped under load is resent next interval.
+            let _ = self.inner.events.try_send(event);
+        }
+        let answer = Gossip {
+            from: self.me(),
+            members: self.view().peer_refs(),
+            leaving: false,
+        };
+        self.signed(
+            peer,
+            StatusCode::OK,
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        )
+    }
+
+    /// Who we are, and nothing else.
+    fn answer_probe(&self, peer: &VerifiedPeer) -> Response<Bytes> {
+        let answer = Gossip {
+            from: self.me(),
+            members: Vec::new(),
+            leaving: false,
+        };
+        self.signed(
+            peer,
+            StatusCode::OK,
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        )
     }
 
     pub(crate) fn warn_once(&self, key: &str, log: impl FnOnce()) {

@@ -49,7 +49,8 @@ impl ModelStore {
         };
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            // Follows symlinks: a store may link to files kept elsewhere.
+            .filter(|e| e.path().is_file())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n.ends_with(".gguf") && valid_name(n))
             .collect();

@@ -1,15 +1,17 @@
 //! What travels between nodes (`/_herd/v1/...`) and what `GET /cluster` shows.
 
-use crate::membership::MemberState;
-use crate::node::{NodeId, NodeInfo};
+use crate::node::{MemberState, NodeId, NodeInfo};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
-/// A heartbeat: sent to every peer each interval, answered with the peer's own.
+/// A heartbeat: sent to every member each interval, answered with the
+/// member's own. It is also the answer to a probe, then without members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gossip {
     pub from: NodeInfo,
-    /// Peers the sender currently hears from: how one seed teaches the whole membership.
+    /// Peers the sender currently hears from: how one seed teaches the whole
+    /// membership. Empty in the answer to a probe: a prober has not shown
+    /// which node it meant to reach, so it learns who answers and no more.
     pub members: Vec<PeerRef>,
     /// The sender is shutting down: drop it now instead of waiting for the timeout.
     #[serde(default)]
@@ -65,6 +67,9 @@ pub struct ShardView {
     pub layers: std::ops::Range<u32>,
     /// `CPU`/`MTL0` on the head, the worker's device on other nodes.
     pub device: String,
+    /// The layers llama.cpp actually put on this shard's device, as the
+    /// head's engine reported while loading (absent until it has loaded).
+    pub loaded: Option<std::ops::Range<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,6 +71,7 @@ async fn supervise(spec: WorkerSpec, port: u16, pid: watch::Sender<Option<u32>>)
     loop {
         let started = tokio::time::Instant::now();
         let child = Command::new(&spec.exe)
+            .env("GGML_NO_BACKTRACE", "1")
             .arg("rpc-worker")
             .args(["--port", &port.to_string()])
             .arg("--cache-dir")

@@ -1,128 +1,13 @@
 //! Several agents in one process, each behind its own HTTP server on
 //! 127.0.0.1:0: seeds, refusals, replays and the lone mode, end to end.
 
-use herd_cluster::auth::Credentials;
+mod common;
+
+use common::{creds, names, node, node_in, wait_for, Node, TestResult, SECRET};
 use herd_cluster::client::{CallError, PeerClient};
-use herd_cluster::{Agent, AgentConfig, MemberState, Role, Secret, GOSSIP_PATH, VIEW_PATH};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use herd_cluster::{MemberState, GOSSIP_PATH, VIEW_PATH};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-const SECRET: &str = "test-secret-0123456789abcdef";
-
-struct Node {
-    agent: Agent,
-    addr: SocketAddr,
-    state: std::path::PathBuf,
-    _state_dir: Option<tempfile::TempDir>,
-    /// When false the server hangs every request, like a machine asleep.
-    up: Arc<AtomicBool>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl std::ops::Deref for Node {
-    type Target = Agent;
-    fn deref(&self) -> &Agent {
-        &self.agent
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-async fn node(
-    name: &str,
-    secret: Option<&str>,
-    peers: &[SocketAddr],
-    version: &str,
-) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
-    let dir = tempfile::tempdir()?;
-    let mut n = node_in(name, secret, peers, version, dir.path().to_path_buf()).await?;
-    n._state_dir = Some(dir);
-    Ok(n)
-}
-
-async fn node_in(
-    name: &str,
-    secret: Option<&str>,
-    peers: &[SocketAddr],
-    version: &str,
-    state: std::path::PathBuf,
-) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let mut config = AgentConfig::new(name, addr, state.clone(), Role::Node);
-    config.cluster = "test".into();
-    config.secret = secret.map(|s| Secret::from_text(s, "test")).transpose()?;
-    config.peers = peers.iter().map(ToString::to_string).collect();
-    config.discovery = false;
-    config.version = version.into();
-    let agent = Agent::start(config).await?;
-    let up = Arc::new(AtomicBool::new(true));
-    let (handler_agent, handler_up) = (agent.clone(), up.clone());
-    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let (agent, up) = (handler_agent.clone(), handler_up.clone());
-        async move {
-            if !up.load(Ordering::SeqCst) {
-                std::future::pending::<()>().await;
-            }
-            let (parts, body) = req.into_parts();
-            let body = axum::body::to_bytes(body, 1 << 20)
-                .await
-                .unwrap_or_default();
-            let resp = agent
-                .handle_peer(
-                    parts.method.as_str(),
-                    parts.uri.path(),
-                    &parts.headers,
-                    &body,
-                )
-                .await;
-            resp.map(axum::body::Body::from)
-        }
-    });
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(Node {
-        agent,
-        addr,
-        state,
-        _state_dir: None,
-        up,
-        server,
-    })
-}
-
-fn names(agent: &Agent) -> Vec<(String, MemberState)> {
-    agent
-        .view()
-        .nodes
-        .into_iter()
-        .map(|n| (n.name, n.state))
-        .collect()
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> TestResult {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("timed out waiting for {what}").into())
-}
-
-fn creds(secret: &str) -> Result<Credentials, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(Credentials::new(Secret::from_text(secret, "test")?, "test"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_seed_is_enough_to_learn_the_whole_cluster() -> TestResult {
@@ -261,7 +146,7 @@ async fn outsiders_learn_nothing_and_replays_fail() -> TestResult {
 
     // A captured valid request cannot be replayed.
     let c = creds(SECRET)?;
-    let auth = c.sign_request("GET", VIEW_PATH, "status", "0.1.0", b"");
+    let auth = c.sign_request("GET", VIEW_PATH, None, "status", "0.1.0", b"");
     let send = || {
         let mut req = http.get(format!("http://{}{VIEW_PATH}", a.addr));
         for (k, v) in auth.headers() {

@@ -42,6 +42,11 @@ pub struct ModelConfig {
     /// faster and shares the pages with the OS file cache. A model larger than
     /// the available memory is mapped whatever this says.
     pub mmap: Option<bool>,
+    /// Let llama.cpp repack Q4_0/Q4_K/IQ4_NL weights for its faster CPU kernels
+    /// (default true). A split deployment never does (its RPC workers cannot),
+    /// so `false` here gives a one-node deployment the same arithmetic, and the
+    /// same greedy output, as the model split across nodes.
+    pub cpu_repack: Option<bool>,
 }
 
 /// `nodes = 2` or `nodes = ["a", "b"]`.
@@ -77,6 +82,7 @@ pub struct ValidModel {
     pub max_tokens_limit: u32,
     pub progress_timeout: Duration,
     pub mmap: bool,
+    pub cpu_repack: bool,
 }
 
 fn default_threads() -> u32 {
@@ -216,6 +222,7 @@ impl ModelConfig {
             max_tokens_limit,
             progress_timeout: Duration::from_secs(progress),
             mmap: self.mmap.unwrap_or(false),
+            cpu_repack: self.cpu_repack.unwrap_or(true),
         })
     }
 }

@@ -32,6 +32,12 @@ enum Command {
     /// Internal: a shard worker, llama.cpp's RPC server on loopback (spawned by the node agent).
     #[command(hide = true)]
     RpcWorker(herd_engines::llama::worker::WorkerArgs),
+    /// Measurement tool: a tunnel responder in front of loopback services.
+    #[command(hide = true)]
+    TunnelServe(cli::tunnel_tools::TunnelServeArgs),
+    /// Measurement tool: a loopback listener whose connections go through a tunnel.
+    #[command(hide = true)]
+    TunnelForward(cli::tunnel_tools::TunnelForwardArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +55,8 @@ fn main() -> ExitCode {
         Command::Node(args) => cli::block_on(cli::node::run(args)),
         Command::Status(args) => cli::block_on(cli::status::run(args)),
         Command::Bench(args) => cli::block_on(bench::run(args)),
+        Command::TunnelServe(args) => cli::block_on(cli::tunnel_tools::serve(args)),
+        Command::TunnelForward(args) => cli::block_on(cli::tunnel_tools::forward(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! Signing and verifying cluster requests and answers.
 
+use super::verify::NonceCache;
 use super::*;
 use http::HeaderValue;
 
@@ -22,11 +23,23 @@ fn to_map(pairs: &[(&'static str, String)]) -> HeaderMap {
 
 const S: &str = "correct horse battery staple";
 
+/// The node the verifiers in these tests run on.
+fn me() -> NodeId {
+    NodeId("0".repeat(31) + "1")
+}
+
 #[test]
 fn a_signed_request_verifies_once() {
     let c = creds(S, "home");
-    let v = Verifier::new(c.clone());
-    let a = c.sign_request("POST", "/_herd/v1/gossip", "n1", "0.1.0", b"{}");
+    let v = Verifier::new(c.clone(), me());
+    let a = c.sign_request(
+        "POST",
+        "/_herd/v1/gossip",
+        Some(&me()),
+        "n1",
+        "0.1.0",
+        b"{}",
+    );
     let h = to_map(&a.headers());
     let now = a.ts_ms;
     assert_eq!(
@@ -43,10 +56,10 @@ fn a_signed_request_verifies_once() {
 #[test]
 fn anything_changed_breaks_the_mac() {
     let c = creds(S, "home");
-    let a = c.sign_request("POST", "/p", "n1", "0.1.0", b"body");
+    let a = c.sign_request("POST", "/p", Some(&me()), "n1", "0.1.0", b"body");
     let h = to_map(&a.headers());
     let now = a.ts_ms;
-    let fresh = || Verifier::new(c.clone());
+    let fresh = || Verifier::new(c.clone(), me());
     assert_eq!(
         fresh().verify_request("POST", "/p", &h, b"bodY", now),
         Err(AuthError::BadMac)
@@ -59,12 +72,12 @@ fn anything_changed_breaks_the_mac() {
         fresh().verify_request("POST", "/q", &h, b"body", now),
         Err(AuthError::BadMac)
     );
-    let other_secret = Verifier::new(creds("another secret of enough length", "home"));
+    let other_secret = Verifier::new(creds("another secret of enough length", "home"), me());
     assert_eq!(
         other_secret.verify_request("POST", "/p", &h, b"body", now),
         Err(AuthError::BadMac)
     );
-    let other_cluster = Verifier::new(creds(S, "work"));
+    let other_cluster = Verifier::new(creds(S, "work"), me());
     assert_eq!(
         other_cluster.verify_request("POST", "/p", &h, b"body", now),
         Err(AuthError::BadMac)
@@ -85,9 +98,10 @@ fn anything_changed_breaks_the_mac() {
 #[test]
 fn old_or_future_timestamps_are_refused() {
     let c = creds(S, "home");
-    let v = Verifier::new(c.clone());
+    let v = Verifier::new(c.clone(), me());
     let fields = RequestAuth {
         node: "n1".into(),
+        to: String::new(),
         version: "0.1.0".into(),
         ts_ms: 1_000_000,
         nonce: "0".repeat(32),
@@ -161,5 +175,47 @@ fn responses_are_bound_to_their_request() {
     assert_eq!(
         outsider.verify_response("nonce-1", 200, &h, b"view"),
         Err(AuthError::BadMac)
+    );
+}
+
+#[test]
+fn the_destination_is_signed_and_checked() {
+    let c = creds(S, "home");
+    let other = NodeId("0".repeat(31) + "2");
+    let for_other = c.sign_request("POST", "/p", Some(&other), "n1", "0.1.0", b"");
+    let h = to_map(&for_other.headers());
+    let v = Verifier::new(c.clone(), me());
+    assert_eq!(
+        v.verify_request("POST", "/p", &h, b"", for_other.ts_ms),
+        Err(AuthError::Misaddressed(Box::new(for_other.clone()))),
+        "a message for another node is refused"
+    );
+    assert_eq!(
+        v.verify_request("POST", "/p", &h, b"", for_other.ts_ms),
+        Err(AuthError::Replay),
+        "and its nonce is used up"
+    );
+    let mut redirected = for_other.clone();
+    redirected.to = me().0;
+    let h = to_map(&redirected.headers());
+    assert_eq!(
+        Verifier::new(c.clone(), me()).verify_request("POST", "/p", &h, b"", for_other.ts_ms),
+        Err(AuthError::BadMac),
+        "the destination is under the MAC"
+    );
+    let probe = c.sign_request("POST", "/p", None, "n1", "0.1.0", b"");
+    let h = to_map(&probe.headers());
+    assert_eq!(
+        v.verify_request("POST", "/p", &h, b"", probe.ts_ms)
+            .map(|a| a.to),
+        Ok(String::new()),
+        "an unaddressed probe passes, marked as such"
+    );
+    let again = c.sign_request("POST", "/p", None, "n1", "0.1.0", b"");
+    let mut h = to_map(&again.headers());
+    h.remove(H_TO);
+    assert!(
+        v.verify_request("POST", "/p", &h, b"", again.ts_ms).is_ok(),
+        "no header is the same as an empty one"
     );
 }

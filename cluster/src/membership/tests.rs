@@ -2,6 +2,8 @@ use super::*;
 use crate::config::Role;
 use proptest::prelude::*;
 
+mod candidates;
+
 fn info(n: u8, started: u64) -> NodeInfo {
     NodeInfo {
         id: NodeId(format!("{n:032x}")),
@@ -36,6 +38,22 @@ fn fresh() -> (Membership, Instant) {
         Membership::new(info(1, 1), Timeouts::default()),
         Instant::now(),
     )
+}
+
+/// A probe of node `n`'s address, addressed to node `to` (if known).
+fn probe(n: u8, to: Option<u8>) -> Target {
+    Target::Candidate {
+        addr: addr(n),
+        id: to.map(|t| info(t, 1).id),
+    }
+}
+
+/// A heartbeat to member `n` at its own address.
+fn member(n: u8) -> Target {
+    Target::Member {
+        addr: addr(n),
+        id: info(n, 1).id,
+    }
 }
 
 fn states(m: &Membership) -> Vec<(String, MemberState)> {
@@ -127,8 +145,8 @@ fn silence_walks_alive_suspect_dead_removed() {
         "{c:?}"
     );
     assert!(states(&m).is_empty(), "no ghost");
-    // Its address is still probed, so it can come back.
-    assert_eq!(m.targets(t0 + ms_(3500)), vec![addr(2)]);
+    // Its address is still probed (under its id), so it can come back.
+    assert_eq!(m.targets(t0 + ms_(3500)), vec![probe(2, Some(2))]);
 }
 
 #[test]
@@ -223,7 +241,7 @@ fn a_removed_peer_rejoins_cleanly_and_a_restart_is_noticed() {
     );
     assert!(matches!(c.as_slice(), [Change::Restarted { .. }]), "{c:?}");
     assert!(
-        m.targets(t0 + ms_(6000)) == vec![addr(2)],
+        m.targets(t0 + ms_(6000)) == vec![member(2)],
         "probed once, as a member"
     );
 }
@@ -302,7 +320,7 @@ fn mentioned_addresses_are_probed_until_they_answer() {
     );
     assert_eq!(
         m.targets(t0),
-        vec![addr(2)],
+        vec![probe(2, None)],
         "our own address is never a target"
     );
     assert!(
@@ -314,7 +332,7 @@ fn mentioned_addresses_are_probed_until_they_answer() {
         m.targets(t0 + ms_(1000)).is_empty(),
         "backs off after a failure"
     );
-    assert_eq!(m.targets(t0 + ms_(1500)), vec![addr(2)]);
+    assert_eq!(m.targets(t0 + ms_(1500)), vec![probe(2, None)]);
     assert!(
         states(&m).is_empty(),
         "an address that never answered is not a member"
@@ -328,8 +346,8 @@ fn mentioned_addresses_are_probed_until_they_answer() {
     );
     assert_eq!(
         m.targets(t0 + ms_(2200)),
-        vec![addr(2)],
-        "once a member, probed as one"
+        vec![member(2)],
+        "once a member, sent heartbeats as one"
     );
 }
 
@@ -344,7 +362,13 @@ fn heartbeats_go_where_the_peer_answered() {
         },
         t0,
     );
-    assert_eq!(m.targets(t0), vec![bridge]);
+    assert_eq!(
+        m.targets(t0),
+        vec![Target::Candidate {
+            addr: bridge,
+            id: None
+        }]
+    );
     m.apply(
         Event::Heard {
             info: info(2, 1),
@@ -354,7 +378,10 @@ fn heartbeats_go_where_the_peer_answered() {
     );
     assert_eq!(
         m.targets(t0 + ms_(600)),
-        vec![bridge],
+        vec![Target::Member {
+            addr: bridge,
+            id: info(2, 1).id
+        }],
         "not its advertised Wi-Fi address"
     );
     assert_eq!(
@@ -375,7 +402,13 @@ fn gossip_about_ourselves_is_ignored_but_an_id_clash_is_reported() {
         },
         t0,
     );
-    assert_eq!(m.targets(t0), vec![alias]);
+    assert_eq!(
+        m.targets(t0),
+        vec![Target::Candidate {
+            addr: alias,
+            id: None
+        }]
+    );
     assert!(m
         .apply(
             Event::Heard {
@@ -418,7 +451,7 @@ fn gossip_candidates_are_forgotten_static_peers_are_not() {
         t0,
     );
     m.apply(Event::Tick, t0 + FORGET_AFTER + ms_(1));
-    assert_eq!(m.targets(t0 + FORGET_AFTER + ms_(1)), vec![addr(3)]);
+    assert_eq!(m.targets(t0 + FORGET_AFTER + ms_(1)), vec![probe(3, None)]);
 }
 
 #[test]
@@ -455,6 +488,7 @@ enum Op {
     Left(u8),
     Mention(u8),
     Failed(u8),
+    Misaddressed(u8, u8),
     Tick,
     Wait(u64),
 }
@@ -465,6 +499,7 @@ fn op() -> impl Strategy<Value = Op> {
         (1u8..6).prop_map(Op::Left),
         (1u8..6).prop_map(Op::Mention),
         (1u8..6).prop_map(Op::Failed),
+        (1u8..6, 1u8..6).prop_map(|(a, n)| Op::Misaddressed(a, n)),
         Just(Op::Tick),
         (0u64..4000).prop_map(Op::Wait),
     ]
@@ -481,6 +516,7 @@ proptest! {
                 Op::Left(n) => Event::Left { id: info(n, 1).id },
                 Op::Mention(n) => Event::Mentioned { addrs: vec![(addr(n), None)], source: Source::Gossip },
                 Op::Failed(n) => Event::ContactFailed { addr: addr(n) },
+                Op::Misaddressed(a, n) => Event::Misaddressed { addr: addr(a), answered: info(n, 1).id },
                 Op::Tick => Event::Tick,
                 Op::Wait(d) => { now += ms_(d); continue; }
             };
@@ -498,9 +534,14 @@ proptest! {
                 }
             }
             let targets = m.targets(now);
-            prop_assert!(!targets.contains(&addr(1)), "never probe ourselves");
+            prop_assert!(targets.iter().all(|t| t.addr() != addr(1) && t.id() != Some(&m.me().id)), "never probe ourselves");
             let unique: BTreeSet<_> = targets.iter().collect();
             prop_assert_eq!(unique.len(), targets.len());
+            for t in &targets {
+                let is_member = t.id().is_some_and(|id| m.members().any(|x| &x.info.id == id));
+                prop_assert_eq!(matches!(t, Target::Member { .. }), is_member, "only members get heartbeats: {:?}", t);
+            }
+            prop_assert!(m.candidates.len() <= MAX_CANDIDATES);
         }
     }
 }

@@ -123,7 +123,12 @@ async fn open(
     let node = dest.0.clone();
     let service = service.to_string();
     match status {
-        Some(Status::Ok) => Ok(TunnelStream { tcp, tx, rx }),
+        Some(Status::Ok) => Ok(TunnelStream {
+            tcp,
+            tx,
+            rx,
+            service,
+        }),
         Some(Status::UnknownService) => Err(TunnelError::UnknownService { node, service }),
         Some(Status::TargetRefused) => Err(TunnelError::TargetRefused { node, service }),
         Some(Status::Busy) => Err(TunnelError::Busy { node }),

@@ -189,9 +189,14 @@ impl Responder {
         }
         tracing::debug!(%peer, %initiator, %service, "tunnel open");
         let (target_r, target_w) = target.into_split();
-        let result = TunnelStream { tcp, tx, rx }
-            .splice_halves(target_r, target_w)
-            .await;
+        let result = TunnelStream {
+            tcp,
+            tx,
+            rx,
+            service: service.clone(),
+        }
+        .splice_halves(target_r, target_w)
+        .await;
         tracing::debug!(%peer, %initiator, %service, "tunnel closed: {result:?}");
     }
 

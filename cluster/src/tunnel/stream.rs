@@ -1,11 +1,14 @@
 //! An open tunnel: Noise transport messages in both directions, and the
-//! splice that carries a local connection's bytes through it.
+//! splice that carries a local connection's bytes through it (and logs, once,
+//! how many bytes it carried).
 
 use super::wire::{read_frame, MAX_CHUNK, MAX_FRAME};
 use super::TunnelError;
 use snow::StatelessTransportState;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -82,6 +85,8 @@ pub struct TunnelStream {
     pub(super) tcp: TcpStream,
     pub(super) tx: Sender,
     pub(super) rx: Receiver,
+    /// The service carried, for the log line when the tunnel closes.
+    pub(super) service: String,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -112,13 +117,71 @@ impl TunnelStream {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let traffic = Traffic::new(self.tcp.peer_addr().ok(), self.service);
         let (tunnel_r, tunnel_w) = self.tcp.into_split();
         // A half-close ends both directions: llama.cpp RPC never half-closes,
         // and a tunnel must not outlive either of its ends.
         tokio::select! {
-            r = outbound(local_r, tunnel_w, self.tx) => r,
-            r = inbound(tunnel_r, local_w, self.rx) => r,
+            r = outbound(local_r, tunnel_w, self.tx, &traffic.sent) => r,
+            r = inbound(tunnel_r, local_w, self.rx, &traffic.received) => r,
         }
+    }
+}
+
+/// Bytes (plaintext, as the service sent them) and messages one way.
+#[derive(Default)]
+struct Count {
+    bytes: AtomicU64,
+    messages: AtomicU64,
+}
+
+impl Count {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A splice's traffic, logged once when it ends, however it ends (an EOF, an
+/// error, or the future dropped with the node shutting down): a model load's
+/// weights and a decode's per-token round trips can be read from the log
+/// without any per-message logging. Each message also costs 18 bytes on the
+/// wire (length and AEAD tag).
+struct Traffic {
+    peer: Option<SocketAddr>,
+    service: String,
+    opened: Instant,
+    /// Local service → tunnel.
+    sent: Count,
+    /// Tunnel → local service.
+    received: Count,
+}
+
+impl Traffic {
+    fn new(peer: Option<SocketAddr>, service: String) -> Self {
+        Self {
+            peer,
+            service,
+            opened: Instant::now(),
+            sent: Count::default(),
+            received: Count::default(),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            peer = %self.peer.map_or_else(|| "?".to_string(), |a| a.to_string()),
+            service = %self.service,
+            sent_bytes = load(&self.sent.bytes),
+            sent_messages = load(&self.sent.messages),
+            received_bytes = load(&self.received.bytes),
+            received_messages = load(&self.received.messages),
+            secs = format_args!("{:.3}", self.opened.elapsed().as_secs_f64()),
+            "tunnel closed"
+        );
     }
 }
 
@@ -127,6 +190,7 @@ async fn outbound<R: AsyncRead + Unpin>(
     mut local: R,
     mut tunnel: OwnedWriteHalf,
     mut tx: Sender,
+    sent: &Count,
 ) -> Result<(), TunnelError> {
     let mut buf = vec![0u8; MAX_CHUNK];
     loop {
@@ -135,6 +199,7 @@ async fn outbound<R: AsyncRead + Unpin>(
             return Ok(());
         }
         tunnel.write_all(tx.seal(&buf[..n])?).await?;
+        sent.add(n);
     }
 }
 
@@ -142,10 +207,12 @@ async fn inbound<W: AsyncWrite + Unpin>(
     tunnel: OwnedReadHalf,
     mut local: W,
     mut rx: Receiver,
+    received: &Count,
 ) -> Result<(), TunnelError> {
     // Buffered: a frame's length and body then usually cost one read.
     let mut tunnel = BufReader::with_capacity(2 + MAX_FRAME, tunnel);
     while let Some(plain) = rx.recv(&mut tunnel).await? {
+        received.add(plain.len());
         local.write_all(plain).await?;
         local.flush().await?;
     }

@@ -40,6 +40,9 @@ pub struct HostArgs {
     /// Layer counts: this process first, then one per `--rpc` server (e.g. `15,15`).
     #[arg(long, value_delimiter = ',')]
     pub split: Vec<u32>,
+    /// Allow llama.cpp's repacked CPU weight layouts (always off for a split model).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub cpu_repack: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,10 @@ fn load(backend: &LlamaBackend, args: &HostArgs) -> Result<LlamaModel, HostError
         path: args.model.clone(),
         message,
     };
+    if args.rpc.is_empty() && !args.cpu_repack {
+        return super::rpc::load_raw(backend, &args.model, args.mmap, false, 0, &[], &[])
+            .map_err(|e| load_error(e.to_string()));
+    }
     if args.rpc.is_empty() {
         let params = LlamaModelParams::default().with_use_mmap(args.mmap);
         return LlamaModel::load_from_file(backend, &args.model, &params)
@@ -132,15 +139,14 @@ fn load(backend: &LlamaBackend, args: &HostArgs) -> Result<LlamaModel, HostError
             args.rpc.len()
         )));
     }
-    let n_layers = args.split.iter().sum();
-    super::rpc::load_split(
+    super::rpc::load_raw(
         backend,
         &args.model,
         args.mmap,
+        false,
         local,
         &args.rpc,
         remote,
-        n_layers,
     )
     .map_err(|e| load_error(e.to_string()))
 }

@@ -175,17 +175,29 @@ pub fn device_of_layer(p: &SplitParams, il: u32, n_layers: u32) -> Option<usize>
 }
 
 /// Loads `path` with layers `[0, local)` here and `remote[i]` layers on the
-/// RPC server `endpoints[i]`.
-pub fn load_split(
+/// RPC server `endpoints[i]` (none: the whole model here). `repack` allows
+/// llama.cpp's repacked CPU weight layouts (faster Q4_0/Q4_K kernels); an RPC
+/// worker cannot use them, so a split model is loaded without them on every
+/// shard, which keeps its arithmetic (and greedy output) independent of
+/// where the split falls.
+pub fn load_raw(
     _backend: &LlamaBackend,
     path: &Path,
     mmap: bool,
+    repack: bool,
     local: u32,
     endpoints: &[String],
     remote: &[u32],
-    n_layers: u32,
 ) -> Result<LlamaModel, RpcError> {
-    let split = split_params(local, remote, n_layers)?;
+    let n_layers = local + remote.iter().sum::<u32>();
+    let split = if endpoints.is_empty() {
+        SplitParams {
+            n_gpu_layers: 0,
+            tensor_split: Vec::new(),
+        }
+    } else {
+        split_params(local, remote, n_layers)?
+    };
     let mut devices = endpoints
         .iter()
         .map(|e| add_server(e))
@@ -212,7 +224,10 @@ pub fn load_split(
         params.devices = devices.as_mut_ptr();
         params.tensor_buft_overrides = overrides.as_ptr();
         params.n_gpu_layers = split.n_gpu_layers;
-        params.tensor_split = split.tensor_split.as_ptr();
+        if !split.tensor_split.is_empty() {
+            params.tensor_split = split.tensor_split.as_ptr();
+        }
+        params.use_extra_bufts = repack && endpoints.is_empty();
         params.load_mode = if mmap {
             sys::LLAMA_LOAD_MODE_MMAP
         } else {

@@ -43,6 +43,8 @@ pub struct LlamaEngineConfig {
     /// later layers, and the layer counts (this host first, then each server).
     pub rpc: Vec<String>,
     pub split: Vec<u32>,
+    /// Allow llama.cpp's repacked CPU weight layouts (ignored for a split model).
+    pub cpu_repack: bool,
 }
 
 /// Events buffered per request before the client is considered too slow.

@@ -6,6 +6,7 @@ pub mod node;
 pub mod runtime;
 pub mod serve;
 pub mod status;
+pub mod tunnel_tools;
 
 use std::future::Future;
 

@@ -3,13 +3,14 @@
 //! this node's part of the cluster's plan running and publishes the routes.
 
 use super::cluster_args::{agent_config, ClusterArgs};
+use crate::deploy::copy::serve_model;
 use crate::deploy::forward::{receive_plan, serve_forwarded};
 use crate::deploy::plan::{DeploySpec, PLAN_PATH};
 use crate::deploy::{DeploySettings, Deployer};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use anyhow::Context;
-use axum::routing::{any, post};
+use axum::routing::{any, get, post};
 use futures::FutureExt;
 use herd_cluster::store::ModelStore;
 use herd_cluster::{tunnel, Agent, Role};
@@ -77,6 +78,7 @@ pub async fn start(p: RuntimeParts<'_>) -> anyhow::Result<Runtime> {
         worker_threads: p.models.iter().map(|m| m.threads).max().unwrap_or(1),
         settle: Duration::from_secs(3),
     };
+    let store_for_peers = settings.store.clone();
     let deployer = Deployer::start(settings, agent.clone(), p.router, p.metrics);
     let tunnel = match (tunnel_listener, agent.tunnel_keys()) {
         (Some(listener), Some(keys)) => {
@@ -102,6 +104,11 @@ pub async fn start(p: RuntimeParts<'_>) -> anyhow::Result<Runtime> {
             axum::Router::new()
                 .route("/_herd/v1/forward/{*rest}", any(serve_forwarded))
                 .with_state((agent.clone(), p.openai)),
+        )
+        .merge(
+            axum::Router::new()
+                .route("/_herd/v1/models/{*rest}", get(serve_model))
+                .with_state((agent.clone(), store_for_peers)),
         );
     Ok(Runtime {
         agent,

@@ -154,6 +154,45 @@ pub fn render(view: &ClusterView) -> String {
             ]
         })
         .collect();
+    out.push_str(&table(&header, &rows));
+    if !view.deployments.is_empty() {
+        out.push('\n');
+        let header = ["DEPLOYMENT", "MODEL", "STATE", "HEAD", "SHARDS", "REASON"];
+        let rows: Vec<Vec<String>> = view
+            .deployments
+            .iter()
+            .map(|d| {
+                let shards: Vec<String> = d
+                    .shards
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}[{}..{}) {}",
+                            s.node, s.layers.start, s.layers.end, s.device
+                        )
+                    })
+                    .collect();
+                vec![
+                    d.id.clone(),
+                    d.model.clone(),
+                    d.state.clone(),
+                    d.head.clone().unwrap_or_else(|| "-".into()),
+                    if shards.is_empty() {
+                        "-".into()
+                    } else {
+                        shards.join(", ")
+                    },
+                    d.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&header, &rows));
+    }
+    out
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             rows.iter()
@@ -171,8 +210,8 @@ pub fn render(view: &ClusterView) -> String {
             .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
-    out.push_str(&line(header.to_vec()));
-    for r in &rows {
+    let mut out = line(header.to_vec());
+    for r in rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
@@ -254,12 +293,66 @@ mod tests {
     }
 
     #[test]
+    fn deployments_show_state_head_and_each_shard() {
+        let shard = |node: &str, layers: std::ops::Range<u32>| herd_cluster::ShardView {
+            node: node.into(),
+            node_id: NodeId(format!("{node:0>32}")),
+            layers,
+            device: "CPU".into(),
+            loaded: None,
+        };
+        let view = ClusterView {
+            cluster: "home".into(),
+            self_id: NodeId("0".repeat(32)),
+            clustered: true,
+            nodes: vec![node("studio", MemberState::Alive, true)],
+            deployments: vec![
+                herd_cluster::DeploymentView {
+                    id: "smollm".into(),
+                    model: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+                    state: "ready".into(),
+                    reason: None,
+                    head: Some("studio".into()),
+                    shards: vec![shard("studio", 0..15), shard("mini", 15..30)],
+                },
+                herd_cluster::DeploymentView {
+                    id: "big".into(),
+                    model: "big.gguf".into(),
+                    state: "refused".into(),
+                    reason: Some("does not fit: mini needs 9.00 GiB, offers 4.00 GiB".into()),
+                    head: None,
+                    shards: Vec::new(),
+                },
+            ],
+        };
+        let text = render(&view);
+        assert!(text.contains("DEPLOYMENT"), "{text}");
+        let smol = text
+            .lines()
+            .find(|l| l.starts_with("smollm"))
+            .unwrap_or_default();
+        assert!(
+            smol.contains("ready") && smol.contains("studio[0..15) CPU, mini[15..30) CPU"),
+            "{text}"
+        );
+        let big = text
+            .lines()
+            .find(|l| l.starts_with("big"))
+            .unwrap_or_default();
+        assert!(
+            big.contains("refused") && big.ends_with("offers 4.00 GiB"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_lone_node_says_so() {
         let view = ClusterView {
             cluster: "herd".into(),
             self_id: NodeId("0".repeat(32)),
             clustered: false,
             nodes: vec![node("solo", MemberState::Alive, true)],
+            deployments: Vec::new(),
         };
         assert!(render(&view).starts_with("solo: a lone node"));
     }

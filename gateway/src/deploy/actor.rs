@@ -37,6 +37,10 @@ pub struct Actor {
     views: Arc<ArcSwap<Vec<DeploymentView>>>,
     /// Peers a plan is being sent to right now (one send in flight each).
     sending: Arc<Mutex<HashSet<NodeId>>>,
+    /// sha256 of the model files in this node's store, computed in the
+    /// background (a large file takes minutes), by file name.
+    checksums: Arc<Mutex<BTreeMap<String, String>>>,
+    hashing: HashSet<String>,
 }
 
 impl Actor {
@@ -62,6 +66,8 @@ impl Actor {
             local,
             views,
             sending: Arc::default(),
+            checksums: Arc::default(),
+            hashing: HashSet::new(),
         }
     }
 
@@ -119,10 +125,13 @@ impl Actor {
             .map(|p| p.placement.clone())
             .unwrap_or_default();
         let placement = decide(&specs, nodes, &current);
-        let changed = self
-            .plan
-            .as_ref()
-            .is_none_or(|p| p.leader != self.me || p.placement != placement || p.specs != specs);
+        let checksums = self.checksums(&specs);
+        let changed = self.plan.as_ref().is_none_or(|p| {
+            p.leader != self.me
+                || p.placement != placement
+                || p.specs != specs
+                || p.checksums != checksums
+        });
         if changed {
             self.epoch += 1;
             let me = &lead.info;
@@ -133,6 +142,7 @@ impl Actor {
                 epoch: self.epoch,
                 specs,
                 placement,
+                checksums,
             };
             log_plan(&plan);
             self.plan = Some(plan);
@@ -170,7 +180,7 @@ impl Actor {
             );
             tokio::spawn(async move {
                 let result = client
-                    .call_peer(addr, reqwest::Method::POST, PLAN_PATH, body)
+                    .call_peer(addr, &id, reqwest::Method::POST, PLAN_PATH, body)
                     .await;
                 if let Err(e) = result {
                     tracing::debug!(peer = %id, "plan not delivered: {e}");
@@ -180,6 +190,43 @@ impl Actor {
                 }
             });
         }
+    }
+
+    /// The checksums known so far of the specs' files; starts hashing the rest.
+    fn checksums(&mut self, specs: &[DeploySpec]) -> BTreeMap<String, String> {
+        for spec in specs {
+            if self.hashing.contains(&spec.model) {
+                continue;
+            }
+            let Some(path) = self
+                .settings
+                .store
+                .path(&spec.model)
+                .or_else(|| spec.path.clone().filter(|p| p.is_file()))
+            else {
+                continue;
+            };
+            self.hashing.insert(spec.model.clone());
+            let (sums, name) = (self.checksums.clone(), spec.model.clone());
+            tokio::task::spawn_blocking(move || match super::copy::sha256_file(&path) {
+                Ok(sum) => {
+                    if let Ok(mut s) = sums.lock() {
+                        s.insert(name, sum);
+                    }
+                }
+                Err(e) => tracing::warn!(model = %name, "cannot hash the model file: {e}"),
+            });
+        }
+        let mut sums = self.checksums.lock().map(|s| s.clone()).unwrap_or_default();
+        // Files this node lacks keep the checksum the plan in force has for them.
+        if let Some(plan) = &self.plan {
+            for (name, sum) in &plan.checksums {
+                if specs.iter().any(|s| &s.model == name) {
+                    sums.entry(name.clone()).or_insert_with(|| sum.clone());
+                }
+            }
+        }
+        sums
     }
 
     /// This node's specs, with facts read from the model store's files.
@@ -201,7 +248,14 @@ impl Actor {
                     self.facts.insert(spec.model.clone(), facts.clone());
                     facts
                 }
-                (None, None) => None,
+                // Not in this node's store: the facts the previous leader put
+                // in the plan in force (a new leader after a failover).
+                (None, None) => self
+                    .plan
+                    .as_ref()
+                    .and_then(|p| p.spec(&spec.id))
+                    .filter(|s| s.model == spec.model)
+                    .and_then(|s| s.facts.clone()),
             };
         }
         specs

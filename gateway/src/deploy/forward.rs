@@ -87,6 +87,7 @@ pub async fn forward_remote(
     let resp = match client
         .open_stream(
             remote.addr,
+            &remote.head,
             reqwest::Method::POST,
             &path,
             bytes,

@@ -62,6 +62,8 @@ pub(super) struct Local {
     workers: BTreeMap<String, ShardWorker>,
     worker_addrs: WorkerAddrs,
     pub(super) created: BTreeMap<String, u64>,
+    /// Model files being copied here from a peer, by file name.
+    pub(super) copies: BTreeMap<String, (super::copy::Copy, std::time::Instant)>,
 }
 
 impl Local {
@@ -85,6 +87,7 @@ impl Local {
             workers: BTreeMap::new(),
             worker_addrs,
             created: BTreeMap::new(),
+            copies: BTreeMap::new(),
         }
     }
 
@@ -115,6 +118,7 @@ impl Local {
             if self.heads.contains_key(&id) {
                 continue;
             }
+            let key = key.and_then(|k| self.ensure_file(&k.spec, plan, nodes).map(|()| k));
             match key.and_then(|k| self.start_head(&id, k)) {
                 Ok(run) => {
                     self.head_errors.remove(&id);
@@ -155,6 +159,32 @@ impl Local {
                 .collect();
             self.worker_addrs.store(Arc::new(addrs));
         }
+    }
+
+    /// Ok when the model file is here; else starts (or reports) a copy from a peer.
+    fn ensure_file(
+        &mut self,
+        spec: &DeploySpec,
+        plan: &Plan,
+        nodes: &[LiveNode],
+    ) -> Result<(), String> {
+        if spec.path.as_ref().is_some_and(|p| p.is_file()) || self.store.path(&spec.model).is_some()
+        {
+            self.copies.remove(&spec.model);
+            return Ok(());
+        }
+        if let Some((copy, since)) = self.copies.get(&spec.model) {
+            // A failed copy is retried (and resumes) after a pause.
+            if !(copy.finished() && since.elapsed() >= Duration::from_secs(3)) {
+                return Err(copy.status());
+            }
+        }
+        let sha = plan.checksums.get(&spec.model).cloned();
+        let copy = super::copy::Copy::start(&self.agent, &self.store, &spec.model, sha, nodes)?;
+        let status = copy.status();
+        self.copies
+            .insert(spec.model.clone(), (copy, std::time::Instant::now()));
+        Err(status)
     }
 
     fn head_key(
@@ -239,6 +269,7 @@ impl Local {
             mmap: spec.mmap,
             rpc: endpoints,
             split,
+            cpu_repack: spec.cpu_repack,
         });
         tracing::info!(deployment = %id, model = %spec.model, shards = key.shards.len(), "starting the engine (this node is the head)");
         self.metrics.add_model(id, u64::from(spec.slots));

@@ -7,6 +7,7 @@
 //! elsewhere are forwarded there ([`forward`]).
 
 mod actor;
+pub mod copy;
 pub mod forward;
 mod local;
 pub mod plan;

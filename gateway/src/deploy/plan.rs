@@ -32,6 +32,7 @@ pub struct DeploySpec {
     pub max_tokens_limit: u32,
     pub progress_timeout_ms: u64,
     pub mmap: bool,
+    pub cpu_repack: bool,
     /// Read from the GGUF header (by the leader or a peer that has the file).
     pub facts: Option<ModelFacts>,
 }
@@ -61,6 +62,7 @@ impl DeploySpec {
             max_tokens_limit: m.max_tokens_limit,
             progress_timeout_ms: u64::try_from(m.progress_timeout.as_millis()).unwrap_or(u64::MAX),
             mmap: m.mmap,
+            cpu_repack: m.cpu_repack,
             facts: None,
         }
     }
@@ -91,6 +93,10 @@ pub struct Plan {
     pub epoch: u64,
     pub specs: Vec<DeploySpec>,
     pub placement: Placement,
+    /// sha256 of each model file, as the leader's store has it: a copy from
+    /// a peer is checked against it.
+    #[serde(default)]
+    pub checksums: std::collections::BTreeMap<String, String>,
 }
 
 impl Plan {

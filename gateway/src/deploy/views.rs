@@ -76,15 +76,17 @@ impl Local {
                             node: s.name.clone(),
                             node_id: s.node.clone(),
                             layers: s.layers.clone(),
-                            device: status
+                            loaded: status
                                 .as_ref()
-                                .and_then(|st| st.layout.get(i).map(|(d, _)| d.clone()))
-                                .unwrap_or_else(|| {
-                                    nodes
-                                        .iter()
-                                        .find(|n| n.info.id == s.node)
-                                        .map_or_else(String::new, |n| n.info.shard_device.clone())
-                                }),
+                                .and_then(|st| st.layout.get(i).map(|(_, r)| r.clone())),
+                            // The head names its own device; a shard's is what its worker serves.
+                            device: match (i, &status) {
+                                (0, Some(st)) if !st.layout.is_empty() => st.layout[0].0.clone(),
+                                _ => nodes
+                                    .iter()
+                                    .find(|n| n.info.id == s.node)
+                                    .map_or_else(String::new, |n| n.info.shard_device.clone()),
+                            },
                         })
                         .collect();
                     match (self.heads.get(&id), head) {
@@ -114,9 +116,12 @@ impl Local {
 
     fn head_status(&self, id: &str) -> HeadStatus {
         let Some(run) = self.heads.get(id) else {
+            let copying = self.copies.values().any(|(c, _)| {
+                !c.finished() && self.head_errors.get(id).is_some_and(|e| *e == c.status())
+            });
             return HeadStatus {
                 id: id.to_string(),
-                state: "failed".into(),
+                state: if copying { "loading" } else { "failed" }.into(),
                 reason: self.head_errors.get(id).cloned(),
                 layout: Vec::new(),
             };

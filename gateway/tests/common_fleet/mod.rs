@@ -23,7 +23,8 @@ pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 pub fn cache_models() -> PathBuf {
     let cache = std::env::var_os("HERD_CACHE").map_or_else(
         || {
-            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
             home.join(".cache/herd")
         },
         PathBuf::from,
@@ -49,9 +50,14 @@ impl Fleet {
     /// `--memory-budget`; `stores[i]` the model files node i's store holds.
     pub fn start(config: &str, budgets: &[&str], stores: &[&[&str]]) -> Result<Self, Error> {
         let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("secret"), format!("{}\n", "s9".repeat(20)))?;
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, format!("{}\n", "s9".repeat(20)))?;
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         std::fs::write(dir.path().join("herd.toml"), config)?;
-        let mut fleet = Self { dir, nodes: Vec::new() };
+        let mut fleet = Self {
+            dir,
+            nodes: Vec::new(),
+        };
         for (i, budget) in budgets.iter().enumerate() {
             let name = format!("n{}", i + 1);
             let store = fleet.dir.path().join(format!("store-{name}"));
@@ -59,7 +65,11 @@ impl Fleet {
             for file in stores.get(i).copied().unwrap_or(&[]) {
                 let src = cache_models().join(file);
                 if !src.is_file() {
-                    return Err(format!("test model missing at {} (run the README setup)", src.display()).into());
+                    return Err(format!(
+                        "test model missing at {} (run the README setup)",
+                        src.display()
+                    )
+                    .into());
                 }
                 std::os::unix::fs::symlink(&src, store.join(file))?;
             }
@@ -76,7 +86,12 @@ impl Fleet {
                 "--secret-file".into(),
                 fleet.dir.path().join("secret").display().to_string(),
                 "--state-dir".into(),
-                fleet.dir.path().join(format!("state-{name}")).display().to_string(),
+                fleet
+                    .dir
+                    .path()
+                    .join(format!("state-{name}"))
+                    .display()
+                    .to_string(),
                 "--model-dir".into(),
                 store.display().to_string(),
                 "--memory-budget".into(),
@@ -94,11 +109,17 @@ impl Fleet {
     }
 
     pub fn node(&self, name: &str) -> Result<&FleetNode, Error> {
-        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| format!("no node {name}").into())
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| format!("no node {name}").into())
     }
 
     pub fn node_mut(&mut self, name: &str) -> Result<&mut FleetNode, Error> {
-        self.nodes.iter_mut().find(|n| n.name == name).ok_or_else(|| format!("no node {name}").into())
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| format!("no node {name}").into())
     }
 
     pub fn store(&self, name: &str) -> PathBuf {
@@ -124,7 +145,13 @@ impl FleetNode {
     fn spawn(name: &str, args: Vec<String>) -> Result<Self, Error> {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (child, url) = launch(name, &args, &log)?;
-        Ok(Self { name: name.to_string(), child: Some(child), url, log, args })
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            url,
+            log,
+            args,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -133,8 +160,14 @@ impl FleetNode {
 
     /// Sends `sig` to the node's whole process group (agent, engine hosts, shard workers).
     pub fn signal_group(&self, sig: &str) -> Result<(), Error> {
-        let ok = Command::new("kill").args([&format!("-{sig}"), "--", &format!("-{}", self.pid())]).status()?;
-        if ok.success() { Ok(()) } else { Err(format!("kill -{sig} -{} failed", self.pid()).into()) }
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), "--", &format!("-{}", self.pid())])
+            .status()?;
+        if ok.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -{sig} -{} failed", self.pid()).into())
+        }
     }
 
     pub fn kill(&mut self) {
@@ -146,7 +179,9 @@ impl FleetNode {
     }
 
     fn signal_group_of(&self, pid: u32, sig: &str) -> Result<(), Error> {
-        Command::new("kill").args([&format!("-{sig}"), "--", &format!("-{pid}")]).status()?;
+        Command::new("kill")
+            .args([&format!("-{sig}"), "--", &format!("-{pid}")])
+            .status()?;
         Ok(())
     }
 
@@ -164,7 +199,10 @@ impl FleetNode {
     }
 
     pub async fn cluster(&self) -> Result<Value, Error> {
-        Ok(reqwest::get(format!("{}/cluster", self.url)).await?.json().await?)
+        Ok(reqwest::get(format!("{}/cluster", self.url))
+            .await?
+            .json()
+            .await?)
     }
 
     /// One deployment's entry in this node's `/cluster`.
@@ -177,7 +215,12 @@ impl FleetNode {
     }
 
     /// A greedy completion through this node's gateway.
-    pub async fn complete(&self, model: &str, prompt: &str, max_tokens: u32) -> Result<(u16, Value), Error> {
+    pub async fn complete(
+        &self,
+        model: &str,
+        prompt: &str,
+        max_tokens: u32,
+    ) -> Result<(u16, Value), Error> {
         let r = reqwest::Client::new()
             .post(format!("{}/v1/completions", self.url))
             .json(&serde_json::json!({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}))
@@ -194,7 +237,11 @@ impl Drop for FleetNode {
     }
 }
 
-fn launch(name: &str, args: &[String], log: &Arc<Mutex<Vec<String>>>) -> Result<(Child, String), Error> {
+fn launch(
+    name: &str,
+    args: &[String],
+    log: &Arc<Mutex<Vec<String>>>,
+) -> Result<(Child, String), Error> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(args)
         .env("HERD_LOG", "info")
@@ -228,7 +275,11 @@ fn launch(name: &str, args: &[String], log: &Arc<Mutex<Vec<String>>>) -> Result<
 }
 
 /// Polls `check` until it returns `Ok(true)`; fails with the last error seen.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<Duration, Error>
+pub async fn wait_for<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> Result<Duration, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool, Error>>,
@@ -248,7 +299,10 @@ where
 
 /// The text of a completion answer.
 pub fn text(v: &Value) -> String {
-    v["choices"][0]["text"].as_str().unwrap_or_default().to_string()
+    v["choices"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub fn path_of(p: &Path) -> String {

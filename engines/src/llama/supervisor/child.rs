@@ -39,6 +39,8 @@ impl ChildConn {
             .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
         let mmap = super::memory::decide(config.mmap, &config.model);
         let mut command = Command::new(&config.exe);
+        // ggml's abort (an RPC peer lost) would otherwise attach gdb for a backtrace.
+        command.env("GGML_NO_BACKTRACE", "1");
         if !mmap {
             // Weights read into memory come from malloc; this glibc tunable
             // (2.35+; ignored elsewhere) has malloc ask for transparent huge
@@ -59,6 +61,10 @@ impl ChildConn {
             .args(["--slots", &config.slots.to_string()])
             .args(["--ctx-size", &config.ctx_size.to_string()])
             .args(["--mmap", if mmap { "true" } else { "false" }])
+            .args([
+                "--cpu-repack",
+                if config.cpu_repack { "true" } else { "false" },
+            ])
             .args(config.rpc.iter().flat_map(|r| ["--rpc", r.as_str()]))
             .args(if split.is_empty() {
                 Vec::new()

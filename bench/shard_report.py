@@ -1,0 +1,176 @@
+"""The "Sharded deployments (P5, P6, load)" section of docs/benchmarks.md from
+bench/shard.py's results (kept as bench/results/shard-latest.json). Only that
+section is rewritten; bench/shard-analysis.md (hand-written: what bounds each
+number) is appended to it."""
+import os
+import statistics
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TITLE = "## Sharded deployments (P5, P6, load)"
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def verdict(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def fmt(xs, digits=1):
+    return ", ".join(f"{x:.{digits}f}" for x in xs)
+
+
+def plan_text(counts):
+    """[15, 15] → n1[0,15) n2[15,30)"""
+    out, start = [], 0
+    for i, n in enumerate(counts):
+        out.append(f"n{i + 1}[{start},{start + n})")
+        start += n
+    return " ".join(out)
+
+
+def per_token_us(p):
+    return 1e6 / med(p["tunnel"]) - 1e6 / med(p["direct"])
+
+
+def by_n(d, n):
+    """JSON turns the int keys into strings."""
+    return d.get(n, d.get(str(n)))
+
+
+def summary(r):
+    rows = []
+    if "P5" in r:
+        p = r["P5"]
+        for n, goal in ((2, 0.95), (3, 0.90)):
+            h, l = by_n(p["herd_ratio"], n), by_n(p["llama_ratio"], n)
+            rows.append((f"P5 ({n} nodes)",
+                         f"decode tok/s, herd split {plan_text(by_n(p['plans'], n))} ÷ herd on 1 "
+                         "node; reference: llama-bench `--rpc` to "
+                         f"{n - 1} ggml-rpc-server{'s' if n > 2 else ''}, same layers ÷ llama-bench",
+                         f"{med(by_n(p['herd_tok_s'], n)):.1f} / {med(by_n(p['herd_tok_s'], 1)):.1f}",
+                         f"{h:.2f}",
+                         f"{med(by_n(p['llama_bench_tok_s'], n)):.1f} / "
+                         f"{med(by_n(p['llama_bench_tok_s'], 1)):.1f} = {l:.2f}",
+                         f"≥ {goal:.2f}", verdict(h >= goal)))
+    if "P6" in r:
+        p = r["P6"]
+        rows.append(("P6", "llama-bench tg128 tok/s, `--rpc` to a herd rpc-worker through "
+                     "tunnel-forward → tunnel-serve ÷ direct to the same worker "
+                     f"({p['remote_layers']} layers on the worker)",
+                     f"{med(p['tunnel']):.1f} / {med(p['direct']):.1f}", f"{p['ratio']:.3f}", "—",
+                     "≥ 0.97", verdict(p["ratio"] >= 0.97)))
+    if "LOAD" in r:
+        runs = r["LOAD"]["runs"]
+        for kind in ("first", "reload"):
+            ready = med([x[kind]["ready_s"] for x in runs])
+            load = med([x[kind]["load_s"] for x in runs])
+            sent = med([x[kind]["sent_bytes"] for x in runs]) / 1e6
+            what = ("first load (empty tensor cache on the shard node)" if kind == "first" else
+                    "reload (head restarted, shard node and its cache kept)")
+            rows.append((f"Load, {kind}", f"2-node split, {what}: seconds from starting to "
+                         "`ready` (of which: head starting its engine → ready); MB the head "
+                         "sent through the tunnel", f"{ready:.2f} s ({load:.2f} s); {sent:.1f} MB",
+                         "", "", "—", ""))
+        first = med([x["first"]["sent_bytes"] for x in runs])
+        again = med([x["reload"]["sent_bytes"] for x in runs])
+        rows.append(("Load", "reload ÷ first load: bytes the head sent", "",
+                     f"{again / first:.2f}" if first else "—", "", "—", ""))
+    return rows
+
+
+def section(r):
+    m = r["machine"]
+    out = [TITLE, "",
+           f"Regenerate with `{r.get('command', 'bench/shard.py')}` (this run took "
+           f"{r.get('minutes', float('nan')):.0f} minutes on 2 cores; the first run also builds "
+           "llama.cpp b11434 with its RPC server, ~10 minutes more). Every node is a separate "
+           "process on this one machine (herd nodes on 127.0.88.x, loopback TCP between them), "
+           f"and every process gets {r['threads']} thread(s): herd's engine host and shard "
+           "workers, ggml-rpc-server, llama-bench. Variants alternate within each of "
+           f"{r['reps']} repetitions (P6: {3 * r['reps']}); ratios are medians of the "
+           "per-repetition ratios. The measurement tools `herd tunnel-serve` and "
+           "`herd tunnel-forward` (hidden subcommands) put herd's Noise tunnel in front of any "
+           "loopback service, here llama.cpp's own RPC client talking to a herd shard worker.", "",
+           f"- date: {m['date']}; commit `{m['commit']}`"
+           f"{' (with uncommitted changes)' if m['tree_dirty'] else ''}; herd binary built "
+           f"{r.get('herd_built', '?')}",
+           f"- machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; load average "
+           f"{m['load_before']:.1f} before, {m['load_after']:.1f} after (a shared machine)",
+           f"- model: {r['model']} ({r['model_bytes'] / 1e6:.0f} MB), 30 layers", "",
+           "| # | what | measured | ratio | llama.cpp's own | goal | |",
+           "|---|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(row) + " |" for row in summary(r)]
+    out.append("")
+    if "P5" in r:
+        p = r["P5"]
+        out += ["### P5: split decode, per repetition",
+                "herd: `herd bench -c 1 -n 3 --max-tokens 128 --warmup 1` against the head of a "
+                "fresh deployment (per-stream decode rate after the first token, through HTTP + "
+                "SSE). llama.cpp: `llama-bench -p 0 -n 128 -r 2`, with `--rpc`, `-ngl`, `-ts` "
+                "and `-ot` giving the RPC servers exactly herd's layer counts and keeping the "
+                "token embedding and output layer on the client, as herd does.", "",
+                "| nodes | herd plan | herd tok/s | llama-bench tok/s | herd ÷ llama-bench | "
+                "herd ready after start, s |", "|---|---|---|---|---|---|"]
+        for n in (1, 2, 3):
+            out.append(f"| {n} | {plan_text(by_n(p['plans'], n))} | "
+                       f"{fmt(by_n(p['herd_tok_s'], n))} | "
+                       f"{fmt(by_n(p['llama_bench_tok_s'], n))} | "
+                       f"{by_n(p['herd_vs_llama'], n):.2f} | "
+                       f"{fmt(by_n(p['herd_ready_s'], n))} |")
+        out.append("")
+    if "P6" in r:
+        p = r["P6"]
+        t = p["per_token"]
+        out += ["### P6: tunnel ÷ direct RPC, per repetition",
+                f"direct: {fmt(p['direct'])} tok/s; through the tunnel: {fmt(p['tunnel'])} tok/s.",
+                f"Through the tunnel, per decoded token (difference of a 1- and a 3-repetition "
+                f"tg128 run, 256 tokens): {t['sent_bytes']:.0f} bytes in "
+                f"{t['sent_messages']:.1f} messages to the worker, {t['received_bytes']:.0f} "
+                f"bytes in {t['received_messages']:.1f} messages back (each message adds 18 "
+                f"bytes of framing and tag on the wire). One llama-bench load sent "
+                f"{p['per_run_load']['sent_bytes'] / 1e6:.1f} MB of weights to the worker.",
+                f"Per decoded token the tunnel added {per_token_us(p):.0f} µs (1/tok/s, medians). "
+                "One synchronous round trip of 2,304 bytes (a token's hidden state) to an echo "
+                f"server took {med(p['rtt_direct_us']):.0f} µs direct and "
+                f"{med(p['rtt_tunnel_us']):.0f} µs through the same pair of tunnel ends "
+                f"(+{med(p['rtt_tunnel_us']) - med(p['rtt_direct_us']):.0f} µs; runs: direct "
+                f"{fmt(p['rtt_direct_us'], 0)}, tunnel {fmt(p['rtt_tunnel_us'], 0)}).", ""]
+    if "LOAD" in r:
+        out += ["### Load: first load and reload, per repetition",
+                "Start → `ready` in `/cluster` with every shard loaded as planned, polled every "
+                "50 ms. Bytes: the head's `tunnel closed` log lines (written as each tunnel "
+                "closes: the head is stopped after each measurement), summed over the "
+                "deployment's tunnels (the load's device probes plus the weight stream).", "",
+                "| rep | plan | first: ready s (engine start → ready) | first: MB sent | "
+                "shard cache after it | reload: ready s (engine start → ready) | "
+                "reload: MB sent |", "|---|---|---|---|---|---|---|"]
+        for i, x in enumerate(r["LOAD"]["runs"]):
+            f, g = x["first"], x["reload"]
+            out.append(f"| {i} | {plan_text(f['plan'])} | {f['ready_s']:.2f} ({f['load_s']:.2f}) | "
+                       f"{f['sent_bytes'] / 1e6:.1f} | {x['cache_files']} files, "
+                       f"{x['cache_bytes'] / 1e6:.1f} MB | {g['ready_s']:.2f} ({g['load_s']:.2f}) | "
+                       f"{g['sent_bytes'] / 1e6:.1f} |")
+        out.append("")
+    out += ["### Commands (P5, P6, load)", "", "```"] + r.get("commands", []) + ["```", ""]
+    notes = os.path.join(HERE, "shard-analysis.md")
+    if os.path.isfile(notes):
+        with open(notes) as f:
+            out.append(f.read().rstrip() + "\n")
+    return "\n".join(out)
+
+
+def write(path, r):
+    """Replaces this section of `path` (from its title to the next `## `
+    heading or the end), or appends it."""
+    text = open(path).read() if os.path.isfile(path) else ""
+    new = section(r).rstrip() + "\n"
+    start = text.find(TITLE)
+    if start < 0:
+        text = text.rstrip() + "\n\n" + new
+    else:
+        end = text.find("\n## ", start + len(TITLE))
+        text = text[:start] + new + (text[end:] if end >= 0 else "")
+    with open(path, "w") as f:
+        f.write(text)
