@@ -120,12 +120,15 @@ while True:
 """
 
 
-def round_trip_us(port, n=2000, size=2304):
-    """Median µs to send `size` bytes to the echo server at `port` and read them back."""
+def round_trip_us(port, n=2000, size=2304, idle_ms=0):
+    """Median µs to send `size` bytes to the echo server at `port` and read
+    them back, each round trip `idle_ms` after the last."""
     msg, times = b"h" * size, []
     with socket.create_connection(("127.0.0.1", port)) as c:
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(n + 100):
+            if idle_ms:
+                time.sleep(idle_ms / 1e3)
             t = time.perf_counter()
             c.sendall(msg)
             got = 0
@@ -256,9 +259,10 @@ class Cluster:
                 "--model-dir", os.path.join(self.base, f"s{i + 1}"), "--no-discovery"]
         if i > 0:
             argv += ["--peer", self.addrs[0]]
+        # Up once it answers /cluster: /health stays 503 until the deployment is ready.
+        env = {"HERD_LOG": "info,herd_gateway::access_log=warn", "NO_COLOR": "1"}
         self.nodes[i] = Node(f"n{i + 1}", argv, url="http://" + self.addrs[i],
-                             env={"HERD_LOG": "info,herd_gateway::access_log=warn",
-                                  "NO_COLOR": "1"})
+                             health="/cluster", env=env)
 
     def start(self):
         for i in range(self.n):
@@ -409,6 +413,9 @@ class Bench:
     # --- P6: the tunnel's cost on llama.cpp's own RPC traffic ------------------------------
     def p6(self, remote=15):
         worker, wport = self.herd_worker("rpc-worker")
+        # llama.cpp's own server too: is herd's worker (the same ggml RPC
+        # server code, in herd's process) as fast as it?
+        upstream, uport = self.rpc_server("ggml-rpc-server")
         eport = free_port()
         echo = Proc("echo", [sys.executable, "-c", ECHO_SERVER, str(eport)], port=eport)
         tport = free_port()
@@ -427,31 +434,41 @@ class Bench:
                                            f"127.0.0.1:{port}"], ready_re=r"forwarding 127"), port
         fwd, fport = forward("rpc/bench")
         efwd, efport = forward("echo")
-        out = {"direct": [], "tunnel": [], "remote_layers": remote,
-               "rtt_direct_us": [], "rtt_tunnel_us": []}
+        variants = [("direct", rpc_args([remote], [f"127.0.0.1:{wport}"])),
+                    ("tunnel", rpc_args([remote], [f"127.0.0.1:{fport}"])),
+                    ("ggml_rpc_server", rpc_args([remote], [f"127.0.0.1:{uport}"]))]
+        out = {name: [] for name, _ in variants}
+        out["remote_layers"] = remote
         try:
             # What one synchronous round trip costs, without llama.cpp: a
-            # token's hidden state (576 floats) echoed back, direct vs tunnel.
+            # token's hidden state (576 floats) echoed back, direct vs tunnel,
+            # back to back and to a far end that has been idle for 5 ms (as a
+            # shard is while the head computes its layers).
+            for key in ("rtt_direct_us", "rtt_tunnel_us", "rtt_direct_idle_us",
+                        "rtt_tunnel_idle_us"):
+                out[key] = []
             for _ in range(3):
                 out["rtt_direct_us"].append(round_trip_us(eport))
                 out["rtt_tunnel_us"].append(round_trip_us(efport))
-            log(f"P6 round trip of 2304 bytes: direct {fmt_us(out['rtt_direct_us'])} µs, "
-                f"tunnel {fmt_us(out['rtt_tunnel_us'])} µs")
-            direct = rpc_args([remote], [f"127.0.0.1:{wport}"])
-            tunnel = rpc_args([remote], [f"127.0.0.1:{fport}"])
-            # Cheap (~5 s a pair) and noisy: three pairs per repetition.
+                out["rtt_direct_idle_us"].append(round_trip_us(eport, n=300, idle_ms=5))
+                out["rtt_tunnel_idle_us"].append(round_trip_us(efport, n=300, idle_ms=5))
+            log(f"P6 round trip of 2304 bytes, µs: direct {fmt_us(out['rtt_direct_us'])}, "
+                f"tunnel {fmt_us(out['rtt_tunnel_us'])}; after 5 ms idle: direct "
+                f"{fmt_us(out['rtt_direct_idle_us'])}, tunnel {fmt_us(out['rtt_tunnel_idle_us'])}")
+            # Cheap (~5 s a run) and noisy: three rounds per repetition, the
+            # order rotating so that each variant runs first as often.
             for rep in range(3 * self.reps):
-                pair = [("direct", direct), ("tunnel", tunnel)]
-                for name, args in (pair if rep % 2 == 0 else pair[::-1]):
+                for name, args in variants[rep % 3:] + variants[:rep % 3]:
                     out[name].append(self.llama_bench(*args))
-                log(f"P6 rep {rep}: direct {out['direct'][-1]:.1f} tok/s, "
-                    f"tunnel {out['tunnel'][-1]:.1f} tok/s")
+                log(f"P6 rep {rep}: direct {out['direct'][-1]:.1f} tok/s, tunnel "
+                    f"{out['tunnel'][-1]:.1f} tok/s, ggml-rpc-server "
+                    f"{out['ggml_rpc_server'][-1]:.1f} tok/s")
             # Traffic per token: one run of 1 and one of 3 repetitions of
             # tg128; their difference is 256 decoded tokens, load and warm-up cancel.
             before = len(tunnel_lines(fwd.log_text()))
             counts = []
             for reps in (1, 3):
-                self.llama_bench(*tunnel, reps=reps)
+                self.llama_bench(*variants[1][1], reps=reps)
                 time.sleep(0.5)
                 lines = tunnel_lines(fwd.log_text())[before:]
                 before += len(lines)
@@ -461,10 +478,13 @@ class Bench:
             out["per_token"] = {k: (counts[1][k] - counts[0][k]) / 256 for k in counts[0]}
             out["per_run_load"] = counts[0]
         finally:
-            for p in (efwd, fwd, serve, echo, worker):
+            for p in (efwd, fwd, serve, echo, upstream, worker):
                 p.stop()
-        out["ratio"] = median([t / d for t, d in zip(out["tunnel"], out["direct"])])
-        log(f"P6 tunnel ÷ direct {out['ratio']:.3f}; per token through the tunnel: "
+        ratio = lambda xs, ys: median([x / y for x, y in zip(xs, ys)])  # noqa: E731
+        out["ratio"] = ratio(out["tunnel"], out["direct"])
+        out["worker_vs_ggml_rpc_server"] = ratio(out["direct"], out["ggml_rpc_server"])
+        log(f"P6 tunnel ÷ direct {out['ratio']:.3f}; herd worker ÷ ggml-rpc-server "
+            f"{out['worker_vs_ggml_rpc_server']:.3f}; per token through the tunnel: "
             f"{out['per_token']}")
         return out
 

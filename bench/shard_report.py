@@ -30,10 +30,6 @@ def plan_text(counts):
     return " ".join(out)
 
 
-def per_token_us(p):
-    return 1e6 / med(p["tunnel"]) - 1e6 / med(p["direct"])
-
-
 def by_n(d, n):
     """JSON turns the int keys into strings."""
     return d.get(n, d.get(str(n)))
@@ -48,8 +44,10 @@ def summary(r):
             rows.append((f"P5 ({n} nodes)",
                          f"decode tok/s, herd split {plan_text(by_n(p['plans'], n))} ÷ herd on 1 "
                          "node; reference: llama-bench `--rpc` to "
-                         f"{n - 1} ggml-rpc-server{'s' if n > 2 else ''}, same layers ÷ llama-bench",
-                         f"{med(by_n(p['herd_tok_s'], n)):.1f} / {med(by_n(p['herd_tok_s'], 1)):.1f}",
+                         f"{n - 1} ggml-rpc-server{'s' if n > 2 else ''}, same layers "
+                         "÷ llama-bench",
+                         f"{med(by_n(p['herd_tok_s'], n)):.1f} / "
+                         f"{med(by_n(p['herd_tok_s'], 1)):.1f}",
                          f"{h:.2f}",
                          f"{med(by_n(p['llama_bench_tok_s'], n)):.1f} / "
                          f"{med(by_n(p['llama_bench_tok_s'], 1)):.1f} = {l:.2f}",
@@ -124,33 +122,51 @@ def section(r):
         p = r["P6"]
         t = p["per_token"]
         out += ["### P6: tunnel ÷ direct RPC, per repetition",
-                f"direct: {fmt(p['direct'])} tok/s; through the tunnel: {fmt(p['tunnel'])} tok/s.",
-                f"Through the tunnel, per decoded token (difference of a 1- and a 3-repetition "
+                f"llama-bench tg128 tok/s with {p['remote_layers']} layers on the RPC server; "
+                "the three variants rotate within each round.", "",
+                "| RPC server | tok/s | median |", "|---|---|---|",
+                f"| herd rpc-worker, direct | {fmt(p['direct'])} | {med(p['direct']):.1f} |",
+                "| herd rpc-worker, through tunnel-forward → tunnel-serve | "
+                f"{fmt(p['tunnel'])} | {med(p['tunnel']):.1f} |"]
+        if "ggml_rpc_server" in p:
+            out += [f"| llama.cpp's ggml-rpc-server, direct | {fmt(p['ggml_rpc_server'])} | "
+                    f"{med(p['ggml_rpc_server']):.1f} |", "",
+                    "herd's worker (the same ggml RPC server code, inside `herd rpc-worker`) ÷ "
+                    f"ggml-rpc-server: {p['worker_vs_ggml_rpc_server']:.2f}."]
+        out += ["",
+                "Through the tunnel, per decoded token (difference of a 1- and a 3-repetition "
                 f"tg128 run, 256 tokens): {t['sent_bytes']:.0f} bytes in "
                 f"{t['sent_messages']:.1f} messages to the worker, {t['received_bytes']:.0f} "
                 f"bytes in {t['received_messages']:.1f} messages back (each message adds 18 "
-                f"bytes of framing and tag on the wire). One llama-bench load sent "
-                f"{p['per_run_load']['sent_bytes'] / 1e6:.1f} MB of weights to the worker.",
-                f"Per decoded token the tunnel added {per_token_us(p):.0f} µs (1/tok/s, medians). "
+                "bytes of length and AEAD tag on the wire). One llama-bench load sent "
+                f"{p['per_run_load']['sent_bytes'] / 1e6:.1f} MB of weights to the worker.", "",
                 "One synchronous round trip of 2,304 bytes (a token's hidden state) to an echo "
-                f"server took {med(p['rtt_direct_us']):.0f} µs direct and "
-                f"{med(p['rtt_tunnel_us']):.0f} µs through the same pair of tunnel ends "
-                f"(+{med(p['rtt_tunnel_us']) - med(p['rtt_direct_us']):.0f} µs; runs: direct "
-                f"{fmt(p['rtt_direct_us'], 0)}, tunnel {fmt(p['rtt_tunnel_us'], 0)}).", ""]
+                "server, median µs of 2,000 (back to back) or 300 (each 5 ms after the last, "
+                "as a shard waits while the head computes), three runs each:", "",
+                "| | back to back | after 5 ms idle |", "|---|---|---|",
+                f"| direct | {fmt(p['rtt_direct_us'], 0)} | "
+                f"{fmt(p.get('rtt_direct_idle_us', []), 0)} |",
+                f"| through the tunnel | {fmt(p['rtt_tunnel_us'], 0)} | "
+                f"{fmt(p.get('rtt_tunnel_idle_us', []), 0)} |", ""]
     if "LOAD" in r:
         out += ["### Load: first load and reload, per repetition",
+                f"Plan: {plan_text(r['LOAD']['runs'][0]['first']['plan'])}.",
                 "Start → `ready` in `/cluster` with every shard loaded as planned, polled every "
                 "50 ms. Bytes: the head's `tunnel closed` log lines (written as each tunnel "
                 "closes: the head is stopped after each measurement), summed over the "
                 "deployment's tunnels (the load's device probes plus the weight stream).", "",
-                "| rep | plan | first: ready s (engine start → ready) | first: MB sent | "
-                "shard cache after it | reload: ready s (engine start → ready) | "
-                "reload: MB sent |", "|---|---|---|---|---|---|---|"]
+                "Seconds are split at the head's `starting the engine` log line: before it, "
+                "membership and placement; after it, the engine host loading the model and "
+                "streaming the shard's weights through the tunnel.", "",
+                "| rep | first: ready s = placement + load | first: MB sent | "
+                "shard's tensor cache after it | reload: ready s = placement + load | "
+                "reload: MB sent |", "|---|---|---|---|---|---|"]
         for i, x in enumerate(r["LOAD"]["runs"]):
             f, g = x["first"], x["reload"]
-            out.append(f"| {i} | {plan_text(f['plan'])} | {f['ready_s']:.2f} ({f['load_s']:.2f}) | "
+            out.append(f"| {i} | {f['ready_s']:.2f} = {f['plan_s']:.2f} + {f['load_s']:.2f} | "
                        f"{f['sent_bytes'] / 1e6:.1f} | {x['cache_files']} files, "
-                       f"{x['cache_bytes'] / 1e6:.1f} MB | {g['ready_s']:.2f} ({g['load_s']:.2f}) | "
+                       f"{x['cache_bytes'] / 1e6:.1f} MB | "
+                       f"{g['ready_s']:.2f} = {g['plan_s']:.2f} + {g['load_s']:.2f} | "
                        f"{g['sent_bytes'] / 1e6:.1f} |")
         out.append("")
     out += ["### Commands (P5, P6, load)", "", "```"] + r.get("commands", []) + ["```", ""]

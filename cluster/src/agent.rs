@@ -36,6 +36,7 @@ pub(crate) enum Command {
     SetLocal {
         models: Vec<String>,
         heads: Vec<crate::node::HeadStatus>,
+        specs: Vec<crate::spec::DeploySpec>,
     },
 }
 
@@ -58,6 +59,9 @@ pub(crate) struct Inner {
     changes: broadcast::Sender<Change>,
     /// Per peer, when a refusal was last logged.
     pub(crate) warned: Mutex<HashMap<String, Instant>>,
+    /// The cluster's deployments as this node knows them (set by the
+    /// deployment layer), included in every view.
+    pub(crate) deployments: Mutex<Vec<crate::wire::DeploymentView>>,
 }
 
 impl Agent {
@@ -103,6 +107,7 @@ impl Agent {
             shard_device: config.shard_device.clone(),
             models: config.models.clone(),
             heads: Vec::new(),
+            specs: Vec::new(),
         };
         let creds = config
             .secret
@@ -174,6 +179,7 @@ impl Agent {
                 snapshot,
                 changes,
                 warned: Mutex::new(HashMap::new()),
+                deployments: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -181,7 +187,18 @@ impl Agent {
     /// This node's view of the cluster, as of now.
     pub fn view(&self) -> ClusterView {
         let m = self.inner.snapshot.borrow().clone();
-        m.view(&self.inner.cluster, self.is_clustered(), Instant::now())
+        let mut view = m.view(&self.inner.cluster, self.is_clustered(), Instant::now());
+        if let Ok(d) = self.inner.deployments.lock() {
+            view.deployments = d.clone();
+        }
+        view
+    }
+
+    /// What views report under `deployments` from now on.
+    pub fn set_deployments(&self, deployments: Vec<crate::wire::DeploymentView>) {
+        if let Ok(mut d) = self.inner.deployments.lock() {
+            *d = deployments;
+        }
     }
 
     /// What this node announces about itself.

@@ -18,6 +18,7 @@ pub mod node;
 pub mod peer_api;
 pub mod placement;
 mod server;
+pub mod spec;
 pub mod store;
 pub mod tunnel;
 pub mod version;

@@ -112,6 +112,9 @@ pub struct NodeInfo {
     /// The deployments this node heads, and how their engines are doing.
     #[serde(default)]
     pub heads: Vec<HeadStatus>,
+    /// This node's `[[models]]`: its proposal of the cluster's deployments.
+    #[serde(default)]
+    pub specs: Vec<crate::spec::DeploySpec>,
 }
 
 /// A head's report on one deployment's engine.

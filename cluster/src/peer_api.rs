@@ -302,10 +302,18 @@ impl Agent {
 
 impl Agent {
     /// Updates what heartbeats say about this node's store and heads.
-    pub fn set_local(&self, models: Vec<String>, heads: Vec<crate::node::HeadStatus>) {
-        let _ = self
-            .inner
-            .tx
-            .try_send(crate::agent::Command::SetLocal { models, heads });
+    /// Updates what heartbeats say about this node: its store, the engines
+    /// it heads, and its `[[models]]` (with facts).
+    pub fn set_local(
+        &self,
+        models: Vec<String>,
+        heads: Vec<crate::node::HeadStatus>,
+        specs: Vec<crate::spec::DeploySpec>,
+    ) {
+        let _ = self.inner.tx.try_send(crate::agent::Command::SetLocal {
+            models,
+            heads,
+            specs,
+        });
     }
 }

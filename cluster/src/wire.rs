@@ -57,6 +57,10 @@ pub struct DeploymentView {
     pub reason: Option<String>,
     pub head: Option<String>,
     pub shards: Vec<ShardView>,
+    /// Set when nodes define this id differently (the oldest node's
+    /// definition is the one running).
+    #[serde(default)]
+    pub conflict: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,11 +45,12 @@ impl Actor {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Exchanged { target, outcome }) => self.exchanged(target, outcome),
-                    Some(Command::SetLocal { models, heads }) => {
+                    Some(Command::SetLocal { models, heads, specs }) => {
                         let mut me = self.membership.me().clone();
-                        if me.models != models || me.heads != heads {
+                        if me.models != models || me.heads != heads || me.specs != specs {
                             me.models = models;
                             me.heads = heads;
+                            me.specs = specs;
                             self.apply(Event::Local(me));
                         }
                     }

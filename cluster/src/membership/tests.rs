@@ -22,6 +22,7 @@ fn info(n: u8, started: u64) -> NodeInfo {
         shard_device: String::new(),
         models: Vec::new(),
         heads: Vec::new(),
+        specs: Vec::new(),
     }
 }
 

@@ -86,7 +86,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .clone()
         .merge(peer_routes(agent.clone()));
     if let Some(keys) = keys {
-        let protected = public_routes(agent.clone(), runtime.deployer.clone()).route_layer(
+        let protected = public_routes(agent.clone()).route_layer(
             axum::middleware::from_fn_with_state(Arc::new(keys), require_key),
         );
         app = app.merge(protected);

@@ -5,7 +5,7 @@
 use super::cluster_args::{agent_config, ClusterArgs};
 use crate::deploy::copy::serve_model;
 use crate::deploy::forward::{receive_plan, serve_forwarded};
-use crate::deploy::plan::{DeploySpec, PLAN_PATH};
+use crate::deploy::plan::{spec_from_config, PLAN_PATH};
 use crate::deploy::{DeploySettings, Deployer};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -74,7 +74,7 @@ pub async fn start(p: RuntimeParts<'_>) -> anyhow::Result<Runtime> {
     let settings = DeploySettings {
         exe,
         store,
-        specs: p.models.iter().map(DeploySpec::from_config).collect(),
+        specs: p.models.iter().map(spec_from_config).collect(),
         worker_threads: p.models.iter().map(|m| m.threads).max().unwrap_or(1),
         settle: Duration::from_secs(3),
     };

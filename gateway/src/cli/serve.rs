@@ -147,7 +147,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         open: crate::metrics::routes(metrics)
             .merge(runtime.peer_routes.clone())
             .merge(cluster::peer_routes(agent.clone())),
-        protected: cluster::public_routes(agent.clone(), runtime.deployer.clone()),
+        protected: cluster::public_routes(agent.clone()),
         forward: Some(ForwardState {
             router,
             agent: agent.clone(),

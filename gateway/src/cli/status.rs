@@ -182,7 +182,11 @@ pub fn render(view: &ClusterView) -> String {
                     } else {
                         shards.join(", ")
                     },
-                    d.reason.clone().unwrap_or_default(),
+                    [d.reason.clone(), d.conflict.clone()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join("; "),
                 ]
             })
             .collect();
@@ -314,6 +318,7 @@ mod tests {
                     reason: None,
                     head: Some("studio".into()),
                     shards: vec![shard("studio", 0..15), shard("mini", 15..30)],
+                    conflict: None,
                 },
                 herd_cluster::DeploymentView {
                     id: "big".into(),
@@ -322,6 +327,7 @@ mod tests {
                     reason: Some("does not fit: mini needs 9.00 GiB, offers 4.00 GiB".into()),
                     head: None,
                     shards: Vec::new(),
+                    conflict: None,
                 },
             ],
         };

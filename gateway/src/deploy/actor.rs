@@ -5,15 +5,15 @@
 //! table and the views.
 
 use super::local::Local;
-use super::plan::{decide, leader, DeploySpec, Plan, PLAN_PATH};
+use super::plan::{decide, leader, merge_specs, Plan, PLAN_PATH};
+use herd_cluster::spec::DeploySpec;
 use super::{DeploySettings, WorkerAddrs};
 use crate::metrics::Metrics;
 use crate::router::Router;
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use herd_cluster::gguf::{read_facts, ModelFacts};
 use herd_cluster::peer_api::LiveNode;
-use herd_cluster::{Agent, DeploymentView, NodeId, VerifiedPeer};
+use herd_cluster::{Agent, NodeId, VerifiedPeer};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +34,6 @@ pub struct Actor {
     /// Facts read from GGUF headers in this node's store, by file name.
     facts: BTreeMap<String, Option<ModelFacts>>,
     local: Local,
-    views: Arc<ArcSwap<Vec<DeploymentView>>>,
     /// Peers a plan is being sent to right now (one send in flight each).
     sending: Arc<Mutex<HashSet<NodeId>>>,
     /// sha256 of the model files in this node's store, computed in the
@@ -49,7 +48,6 @@ impl Actor {
         agent: Agent,
         router: Router,
         metrics: Arc<Metrics>,
-        views: Arc<ArcSwap<Vec<DeploymentView>>>,
         workers: WorkerAddrs,
     ) -> Self {
         let me = agent.node_id().clone();
@@ -64,7 +62,6 @@ impl Actor {
             last_sent: None,
             facts: BTreeMap::new(),
             local,
-            views,
             sending: Arc::default(),
             checksums: Arc::default(),
             hashing: HashSet::new(),
@@ -83,15 +80,15 @@ impl Actor {
                 _ = tick.tick() => {}
             }
             let nodes = self.agent.live_nodes();
-            self.lead(&nodes);
+            let mine = self.own_specs();
+            self.lead(&nodes, &mine);
             if let Some(plan) = &self.plan {
                 self.local.reconcile(plan, &nodes);
             }
-            self.views.store(Arc::new(self.local.publish(
-                self.plan.as_ref(),
-                &nodes,
-                &self.settings.specs,
-            )));
+            let views = self
+                .local
+                .publish(self.plan.as_ref(), &nodes, &mine);
+            self.agent.set_deployments(views);
         }
     }
 
@@ -110,7 +107,7 @@ impl Actor {
     }
 
     /// On the leader: decide, and send the plan to every other live node.
-    fn lead(&mut self, nodes: &[LiveNode]) {
+    fn lead(&mut self, nodes: &[LiveNode], mine: &[DeploySpec]) {
         let Some(lead) = leader(nodes) else { return };
         if lead.info.id != self.me {
             return;
@@ -118,23 +115,39 @@ impl Actor {
         if self.agent.is_clustered() && self.started.elapsed() < self.settings.settle {
             return;
         }
-        let specs = self.specs_with_facts();
+        let (mut specs, conflicts) = merge_specs(&self.me, mine, nodes);
+        // What no live node can tell (a file only a departed node had) is
+        // kept from the plan in force, so a failover does not lose it.
+        if let Some(plan) = &self.plan {
+            for spec in &mut specs {
+                if let Some(old) = plan.spec(&spec.id).filter(|o| o.model == spec.model) {
+                    if spec.facts.is_none() {
+                        spec.facts.clone_from(&old.facts);
+                    }
+                    if spec.sha256.is_none() {
+                        spec.sha256.clone_from(&old.sha256);
+                    }
+                }
+            }
+        }
         let current = self
             .plan
             .as_ref()
             .map(|p| p.placement.clone())
             .unwrap_or_default();
         let placement = decide(&specs, nodes, &current);
-        let checksums = self.checksums(&specs);
         let changed = self.plan.as_ref().is_none_or(|p| {
             p.leader != self.me
                 || p.placement != placement
                 || p.specs != specs
-                || p.checksums != checksums
+                || p.conflicts != conflicts
         });
         if changed {
             self.epoch += 1;
             let me = &lead.info;
+            for (id, why) in &conflicts {
+                tracing::warn!(deployment = %id, "{why}");
+            }
             let plan = Plan {
                 leader: self.me.clone(),
                 leader_name: me.name.clone(),
@@ -142,7 +155,7 @@ impl Actor {
                 epoch: self.epoch,
                 specs,
                 placement,
-                checksums,
+                conflicts,
             };
             log_plan(&plan);
             self.plan = Some(plan);
@@ -192,71 +205,43 @@ impl Actor {
         }
     }
 
-    /// The checksums known so far of the specs' files; starts hashing the rest.
-    fn checksums(&mut self, specs: &[DeploySpec]) -> BTreeMap<String, String> {
-        for spec in specs {
-            if self.hashing.contains(&spec.model) {
-                continue;
-            }
-            let Some(path) = self
-                .settings
-                .store
-                .path(&spec.model)
-                .or_else(|| spec.path.clone().filter(|p| p.is_file()))
-            else {
-                continue;
-            };
-            self.hashing.insert(spec.model.clone());
-            let (sums, name) = (self.checksums.clone(), spec.model.clone());
-            tokio::task::spawn_blocking(move || match super::copy::sha256_file(&path) {
-                Ok(sum) => {
-                    if let Ok(mut s) = sums.lock() {
-                        s.insert(name, sum);
-                    }
-                }
-                Err(e) => tracing::warn!(model = %name, "cannot hash the model file: {e}"),
-            });
-        }
-        let mut sums = self.checksums.lock().map(|s| s.clone()).unwrap_or_default();
-        // Files this node lacks keep the checksum the plan in force has for them.
-        if let Some(plan) = &self.plan {
-            for (name, sum) in &plan.checksums {
-                if specs.iter().any(|s| &s.model == name) {
-                    sums.entry(name.clone()).or_insert_with(|| sum.clone());
-                }
-            }
-        }
-        sums
-    }
-
-    /// This node's specs, with facts read from the model store's files.
-    fn specs_with_facts(&mut self) -> Vec<DeploySpec> {
+    /// This node's own specs, with what its store tells: the facts from
+    /// each file's header, and its sha256 once hashed (in the background:
+    /// a large file takes minutes).
+    fn own_specs(&mut self) -> Vec<DeploySpec> {
         let mut specs = self.settings.specs.clone();
         for spec in &mut specs {
-            let path = spec
+            let Some(path) = spec
                 .path
                 .clone()
                 .filter(|p| p.is_file())
-                .or_else(|| self.settings.store.path(&spec.model));
-            let cached = self.facts.get(&spec.model).cloned().flatten();
-            spec.facts = match (cached, path) {
-                (Some(f), _) => Some(f),
-                (None, Some(path)) => {
-                    let facts = read_facts(&path)
-                        .map_err(|e| tracing::warn!(model = %spec.model, "cannot read the model's header: {e}"))
-                        .ok();
-                    self.facts.insert(spec.model.clone(), facts.clone());
-                    facts
-                }
-                // Not in this node's store: the facts the previous leader put
-                // in the plan in force (a new leader after a failover).
-                (None, None) => self
-                    .plan
-                    .as_ref()
-                    .and_then(|p| p.spec(&spec.id))
-                    .filter(|s| s.model == spec.model)
-                    .and_then(|s| s.facts.clone()),
+                .or_else(|| self.settings.store.path(&spec.model))
+            else {
+                continue;
             };
+            if !self.facts.contains_key(&spec.model) {
+                let facts = read_facts(&path)
+                    .map_err(|e| tracing::warn!(model = %spec.model, "cannot read the model's header: {e}"))
+                    .ok();
+                self.facts.insert(spec.model.clone(), facts);
+            }
+            spec.facts = self.facts.get(&spec.model).cloned().flatten();
+            if self.hashing.insert(spec.model.clone()) {
+                let (sums, name) = (self.checksums.clone(), spec.model.clone());
+                tokio::task::spawn_blocking(move || match super::copy::sha256_file(&path) {
+                    Ok(sum) => {
+                        if let Ok(mut s) = sums.lock() {
+                            s.insert(name, sum);
+                        }
+                    }
+                    Err(e) => tracing::warn!(model = %name, "cannot hash the model file: {e}"),
+                });
+            }
+            spec.sha256 = self
+                .checksums
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&spec.model).cloned());
         }
         specs
     }

@@ -4,7 +4,8 @@
 //! them, stopped (in-flight requests end with an error) when it takes them
 //! away or changes their layout.
 
-use super::plan::{DeploySpec, Plan};
+use super::plan::Plan;
+use herd_cluster::spec::DeploySpec;
 use super::{DeploySettings, WorkerAddrs};
 use crate::metrics::Metrics;
 use crate::router::{Deployment, Router};
@@ -179,7 +180,7 @@ impl Local {
                 return Err(copy.status());
             }
         }
-        let sha = plan.checksums.get(&spec.model).cloned();
+        let sha = plan.spec(&spec.id).and_then(|s| s.sha256.clone());
         let copy = super::copy::Copy::start(&self.agent, &self.store, &spec.model, sha, nodes)?;
         let status = copy.status();
         self.copies
@@ -205,7 +206,7 @@ impl Local {
             tunnels.push(SocketAddr::new(node.contact.ip(), node.info.tunnel_port));
         }
         Ok(HeadKey {
-            spec: spec.clone(),
+            spec: spec.runtime(),
             shards: a.shards.clone(),
             tunnels,
         })

@@ -17,8 +17,9 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use arc_swap::ArcSwap;
 use herd_cluster::store::ModelStore;
-use herd_cluster::{Agent, DeploymentView, VerifiedPeer};
-use plan::{DeploySpec, Plan};
+use herd_cluster::{Agent, VerifiedPeer};
+use herd_cluster::spec::DeploySpec;
+use plan::Plan;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,11 +43,11 @@ pub struct DeploySettings {
 /// Shard workers running here, by deployment id: what the tunnel serves.
 pub type WorkerAddrs = Arc<ArcSwap<BTreeMap<String, SocketAddr>>>;
 
-/// The handle: receives plans from the HTTP side, exposes views.
+/// The handle: receives plans from the HTTP side, tells the tunnel where
+/// this node's shard workers listen.
 #[derive(Clone)]
 pub struct Deployer {
     plans: mpsc::Sender<(Plan, VerifiedPeer)>,
-    views: Arc<ArcSwap<Vec<DeploymentView>>>,
     workers: WorkerAddrs,
 }
 
@@ -58,33 +59,25 @@ impl Deployer {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (plans, rx) = mpsc::channel(64);
-        let views: Arc<ArcSwap<Vec<DeploymentView>>> = Arc::default();
-        let workers: WorkerAddrs = Arc::default();
-        let actor = actor::Actor::new(
-            settings,
-            agent,
-            router,
-            metrics,
-            views.clone(),
-            workers.clone(),
-        );
-        tokio::spawn(actor.run(rx));
-        Self {
-            plans,
-            views,
-            workers,
+        // Until the first plan, this node's own deployments are known but down:
+        // a 503 and an unhealthy /health, never a 404 or a vacuous 200.
+        let mut table = crate::router::RouteTable::default();
+        let now = crate::openai::response::unix_now();
+        for spec in &settings.specs {
+            let why = "the deployment is waiting for the cluster's placement".to_string();
+            table.insert(spec.id.clone(), crate::router::Route::Down(why), now);
         }
+        router.publish(table);
+        let workers: WorkerAddrs = Arc::default();
+        let actor = actor::Actor::new(settings, agent, router, metrics, workers.clone());
+        tokio::spawn(actor.run(rx));
+        Self { plans, workers }
     }
 
     /// A plan from a peer (already authenticated); dropped if the actor is busy
     /// (the leader resends every second).
     pub fn offer(&self, plan: Plan, from: VerifiedPeer) {
         let _ = self.plans.try_send((plan, from));
-    }
-
-    /// Every deployment of the cluster as this node sees it, for `/cluster`.
-    pub fn views(&self) -> Vec<DeploymentView> {
-        self.views.load_full().as_ref().clone()
     }
 
     /// The loopback address of this node's shard worker for a deployment.

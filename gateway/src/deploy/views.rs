@@ -2,7 +2,8 @@
 //! node's heartbeats carry, and the per-deployment views of `/cluster`.
 
 use super::local::Local;
-use super::plan::{DeploySpec, Plan};
+use super::plan::Plan;
+use herd_cluster::spec::DeploySpec;
 use crate::router::{RemoteRoute, Route, RouteTable};
 use herd_cluster::node::HeadStatus;
 use herd_cluster::peer_api::LiveNode;
@@ -42,6 +43,7 @@ impl Local {
                 reason: None,
                 head: None,
                 shards: Vec::new(),
+                conflict: plan.and_then(|p| p.conflicts.get(&id).cloned()),
             };
             let route = match decision {
                 None => {
@@ -110,7 +112,7 @@ impl Local {
             views.push(view);
         }
         self.router.publish(table);
-        self.agent.set_local(self.store.list(), heads);
+        self.agent.set_local(self.store.list(), heads, mine.to_vec());
         views
     }
 

@@ -3,7 +3,6 @@
 //! serves outside API-key auth because each message proves itself with the
 //! cluster secret (see herd_cluster::auth).
 
-use crate::deploy::Deployer;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
@@ -14,10 +13,10 @@ use herd_cluster::{Agent, ClusterView};
 
 /// `GET /cluster`: this node's view of the membership and of every
 /// deployment, as JSON.
-pub fn public_routes(agent: Agent, deployer: Deployer) -> Router {
+pub fn public_routes(agent: Agent) -> Router {
     Router::new()
         .route("/cluster", get(cluster_view))
-        .with_state((agent, deployer))
+        .with_state(agent)
 }
 
 /// `/_herd/v1/*`: heartbeats and the signed view; unauthenticated callers get an empty 401.
@@ -27,10 +26,8 @@ pub fn peer_routes(agent: Agent) -> Router {
         .with_state(agent)
 }
 
-async fn cluster_view(State((agent, deployer)): State<(Agent, Deployer)>) -> Json<ClusterView> {
-    let mut view = agent.view();
-    view.deployments = deployer.views();
-    Json(view)
+async fn cluster_view(State(agent): State<Agent>) -> Json<ClusterView> {
+    Json(agent.view())
 }
 
 async fn peer(

@@ -1,0 +1,67 @@
+//! A deployment as the cluster runs it: one `[[models]]` entry, with the
+//! model's facts (read from its GGUF header by the node that declares it)
+//! and, once hashed, its file's sha256. Every node advertises the specs of
+//! its own config in its heartbeats; the leader merges them into the plan.
+
+use crate::gguf::ModelFacts;
+use crate::placement::{DeploymentSpec, NodeWant};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    pub id: String,
+    /// File name in the model store.
+    pub model: String,
+    /// The declaring node's own path for it (used wherever that file exists).
+    pub path: Option<PathBuf>,
+    pub nodes: Wanted,
+    pub threads: u32,
+    pub slots: u32,
+    pub ctx_size: u32,
+    pub max_queue: u32,
+    pub max_queue_wait_ms: u64,
+    pub max_tokens_limit: u32,
+    pub progress_timeout_ms: u64,
+    pub mmap: bool,
+    pub cpu_repack: bool,
+    /// Read from the GGUF header by a node that has the file.
+    pub facts: Option<ModelFacts>,
+    /// The file's sha256, once the declaring node has hashed it: a copy
+    /// made from a peer is checked against it.
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wanted {
+    Count(u32),
+    Names(Vec<String>),
+}
+
+impl DeploySpec {
+    /// The placement input, once the model's facts are known.
+    pub fn placement_spec(&self) -> Option<DeploymentSpec> {
+        Some(DeploymentSpec {
+            id: self.id.clone(),
+            model: self.model.clone(),
+            want: match &self.nodes {
+                Wanted::Count(n) => NodeWant::Count(*n),
+                Wanted::Names(v) => NodeWant::Pinned(v.clone()),
+            },
+            slots: self.slots,
+            ctx_size: self.ctx_size,
+            facts: self.facts.clone()?,
+        })
+    }
+
+    /// What running it depends on: everything but what is learned about the
+    /// file (facts, checksum), so learning those never restarts an engine.
+    pub fn runtime(&self) -> Self {
+        Self {
+            facts: None,
+            sha256: None,
+            ..self.clone()
+        }
+    }
+}
