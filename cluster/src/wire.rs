@@ -90,6 +90,9 @@ pub struct NodeView {
     pub memory_budget: u64,
     pub cores: u32,
     pub engines: Vec<String>,
+    /// The node's tunnel port (0: none), on the host of `addr`.
+    #[serde(default)]
+    pub tunnel_port: u16,
     #[serde(default)]
     pub shard_device: String,
     #[serde(default)]
@@ -116,6 +119,7 @@ impl NodeView {
             memory_budget: info.memory_budget,
             cores: info.cores,
             engines: info.engines.clone(),
+            tunnel_port: info.tunnel_port,
             shard_device: info.shard_device.clone(),
             models: info.models.clone(),
             last_seen_ms,

@@ -84,3 +84,50 @@ fn example_configs_parse_and_validate() {
     }
     assert!(seen >= 2, "expected example configs in {}", dir.display());
 }
+
+#[test]
+fn deployments_name_a_store_file_and_their_nodes() -> Result<(), String> {
+    let parse = |text: &str| {
+        RawConfig::from_toml(text).and_then(|r| r.validate().map_err(|e| e.to_string()))
+    };
+    let c = parse("[[models]]\nmodel = \"m.Q4_1.gguf\"\nnodes = [\"a\", \"b\"]\n")?;
+    assert_eq!(c.models[0].model, "m.Q4_1.gguf");
+    assert_eq!(c.models[0].id, "m");
+    assert_eq!(
+        c.models[0].nodes,
+        NodesWanted::Names(vec!["a".into(), "b".into()])
+    );
+    let c = parse("[[models]]\nmodel = \"m.gguf\"\nnodes = 3\n")?;
+    assert_eq!(c.models[0].nodes, NodesWanted::Count(3));
+    let c = parse("[[models]]\npath = \"/x/m.gguf\"\n")?;
+    assert_eq!(
+        (c.models[0].model.as_str(), &c.models[0].nodes),
+        ("m.gguf", &NodesWanted::Count(1))
+    );
+    for (text, says) in [
+        (
+            "[[models]]\nmodel = \"../m.gguf\"\n",
+            "`models[0].model` must be a file name",
+        ),
+        (
+            "[[models]]\nmodel = \"m.gguf\"\npath = \"/m.gguf\"\n",
+            "`models[0].model` and `path` are both set",
+        ),
+        (
+            "[[models]]\nmodel = \"m.gguf\"\nnodes = 0\n",
+            "`models[0].nodes` must be between 1 and 16",
+        ),
+        (
+            "[[models]]\nmodel = \"m.gguf\"\nnodes = [\"a\", \"a\"]\n",
+            "`models[0].nodes` names \"a\" twice",
+        ),
+        (
+            "[[models]]\nmodel = \"m.gguf\"\nengine = \"mlx\"\n",
+            "`models[0].engine` must be \"llama\"",
+        ),
+    ] {
+        let err = parse(text).err().unwrap_or_default();
+        assert!(err.starts_with(says), "{text}: {err}");
+    }
+    Ok(())
+}

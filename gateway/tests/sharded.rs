@@ -186,6 +186,42 @@ async fn run(fleet: &Fleet) -> TestResult {
         assert!(!text(&body).is_empty(), "{id} via {via}: {body}");
     }
 
+    // A raw TCP client on a shard node's tunnel port (where a ggml RPC server
+    // would be reached) gets nothing: not a byte back, and the cluster serves on.
+    let view = fleet.node("n2")?.cluster().await?;
+    let me = view["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["self"] == true)
+        .cloned()
+        .unwrap_or_default();
+    let port = me["tunnel_port"].as_u64().unwrap_or(0);
+    assert!(port > 0, "{me}");
+    let host = me["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default();
+    for probe in [
+        &b"\x00\x00\x00\x00\x00\x00\x00\x00\x00"[..],
+        b"HERDTUN1 garbage garbage",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), port as u16)).await?;
+        s.write_all(probe).await?;
+        let mut buf = [0u8; 64];
+        let got = tokio::time::timeout(Duration::from_secs(7), s.read(&mut buf)).await;
+        assert!(
+            matches!(got, Ok(Ok(0)) | Ok(Err(_))),
+            "an unauthenticated client got {got:?}"
+        );
+    }
+    let (status, body) = fleet.node("n1")?.complete("smollm", "Hello", 4).await?;
+    assert_eq!(status, 200, "{body}");
+
     // /v1/models on any node lists every deployment of the cluster.
     let models: Value = reqwest::get(format!("{}/v1/models", fleet.node("n4")?.url))
         .await?

@@ -246,6 +246,7 @@ mod tests {
             memory_budget: 12 << 30,
             cores: 8,
             engines: vec!["llama-cpu".into()],
+            tunnel_port: 0,
             shard_device: "CPU".into(),
             models: vec![],
             last_seen_ms: if is_self { 0 } else { 1234 },

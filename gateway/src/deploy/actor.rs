@@ -6,13 +6,13 @@
 
 use super::local::Local;
 use super::plan::{decide, leader, merge_specs, Plan, PLAN_PATH};
-use herd_cluster::spec::DeploySpec;
 use super::{DeploySettings, WorkerAddrs};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use bytes::Bytes;
 use herd_cluster::gguf::{read_facts, ModelFacts};
 use herd_cluster::peer_api::LiveNode;
+use herd_cluster::spec::DeploySpec;
 use herd_cluster::{Agent, NodeId, VerifiedPeer};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -85,9 +85,7 @@ impl Actor {
             if let Some(plan) = &self.plan {
                 self.local.reconcile(plan, &nodes);
             }
-            let views = self
-                .local
-                .publish(self.plan.as_ref(), &nodes, &mine);
+            let views = self.local.publish(self.plan.as_ref(), &nodes, &mine);
             self.agent.set_deployments(views);
         }
     }

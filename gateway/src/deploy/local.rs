@@ -5,13 +5,13 @@
 //! away or changes their layout.
 
 use super::plan::Plan;
-use herd_cluster::spec::DeploySpec;
 use super::{DeploySettings, WorkerAddrs};
 use crate::metrics::Metrics;
 use crate::router::{Deployment, Router};
 use crate::scheduler::Admission;
 use herd_cluster::peer_api::LiveNode;
 use herd_cluster::placement::{Assignment, Decision, Shard};
+use herd_cluster::spec::DeploySpec;
 use herd_cluster::store::ModelStore;
 use herd_cluster::worker::{ShardWorker, WorkerSpec};
 use herd_cluster::{tunnel, Agent, NodeId};

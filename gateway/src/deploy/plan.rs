@@ -73,9 +73,9 @@ impl Plan {
 
 /// The oldest live node: earliest start, then smallest id.
 pub fn leader(nodes: &[LiveNode]) -> Option<&LiveNode> {
-    nodes.iter().min_by(|a, b| {
-        (a.info.started_at_ms, &a.info.id).cmp(&(b.info.started_at_ms, &b.info.id))
-    })
+    nodes
+        .iter()
+        .min_by(|a, b| (a.info.started_at_ms, &a.info.id).cmp(&(b.info.started_at_ms, &b.info.id)))
 }
 
 /// The union of every live node's specs (`mine` for this node, whose
@@ -87,11 +87,17 @@ pub fn merge_specs(
     nodes: &[LiveNode],
 ) -> (Vec<DeploySpec>, BTreeMap<String, String>) {
     let mut order: Vec<&LiveNode> = nodes.iter().collect();
-    order.sort_by(|a, b| (a.info.started_at_ms, &a.info.id).cmp(&(b.info.started_at_ms, &b.info.id)));
+    order.sort_by(|a, b| {
+        (a.info.started_at_ms, &a.info.id).cmp(&(b.info.started_at_ms, &b.info.id))
+    });
     let mut merged: Vec<(DeploySpec, String)> = Vec::new();
     let mut conflicts = BTreeMap::new();
     for node in order {
-        let specs = if &node.info.id == me { mine } else { &node.info.specs };
+        let specs = if &node.info.id == me {
+            mine
+        } else {
+            &node.info.specs
+        };
         for spec in specs {
             match merged.iter_mut().find(|(s, _)| s.id == spec.id) {
                 None => merged.push((spec.clone(), node.info.name.clone())),
@@ -131,7 +137,10 @@ pub fn decide(specs: &[DeploySpec], nodes: &[LiveNode], current: &Placement) -> 
             budget: n.info.memory_budget,
         })
         .collect();
-    let known: Vec<_> = specs.iter().filter_map(DeploySpec::placement_spec).collect();
+    let known: Vec<_> = specs
+        .iter()
+        .filter_map(DeploySpec::placement_spec)
+        .collect();
     let mut placement = placement::place(&known, &caps, current);
     for s in specs.iter().filter(|s| s.facts.is_none()) {
         placement.deployments.insert(
@@ -146,4 +155,95 @@ pub fn decide(specs: &[DeploySpec], nodes: &[LiveNode], current: &Placement) -> 
         );
     }
     placement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_cluster::node::NodeInfo;
+    use herd_cluster::{MemberState, Role};
+
+    fn node(name: &str, started: u64, specs: Vec<DeploySpec>) -> LiveNode {
+        let addr = std::net::SocketAddr::from(([10, 0, 0, 1], 8080));
+        LiveNode {
+            info: NodeInfo {
+                id: NodeId(format!("{name:0>32}")),
+                name: name.into(),
+                role: Role::Node,
+                version: "0.1.0".into(),
+                addr,
+                addrs: vec![addr],
+                memory_total: 16 << 30,
+                memory_free: 8 << 30,
+                memory_budget: 12 << 30,
+                cores: 8,
+                engines: vec![],
+                started_at_ms: started,
+                tunnel_port: 1,
+                shard_device: "CPU".into(),
+                models: vec![],
+                heads: vec![],
+                specs,
+            },
+            state: MemberState::Alive,
+            contact: addr,
+        }
+    }
+
+    fn spec(id: &str, slots: u32) -> DeploySpec {
+        DeploySpec {
+            id: id.into(),
+            model: format!("{id}.gguf"),
+            path: None,
+            nodes: Wanted::Count(1),
+            threads: 1,
+            slots,
+            ctx_size: 512,
+            max_queue: 8,
+            max_queue_wait_ms: 1000,
+            max_tokens_limit: 512,
+            progress_timeout_ms: 1000,
+            mmap: false,
+            cpu_repack: true,
+            facts: None,
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn the_oldest_node_leads() {
+        let nodes = [
+            node("b", 5, vec![]),
+            node("a", 7, vec![]),
+            node("c", 5, vec![]),
+        ];
+        assert_eq!(leader(&nodes).map(|n| n.info.name.as_str()), Some("b"));
+    }
+
+    #[test]
+    fn specs_are_the_union_and_the_oldest_definition_wins() {
+        let mut with_sum = spec("shared", 4);
+        with_sum.sha256 = Some("abc".into());
+        let nodes = [
+            node(
+                "young",
+                9,
+                vec![spec("mine-only", 1), spec("clash", 8), with_sum],
+            ),
+            node("old", 1, vec![spec("clash", 2), spec("shared", 4)]),
+            node("blank", 5, vec![]),
+        ];
+        let me = NodeId(format!("{:0>32}", "blank"));
+        let (specs, conflicts) = merge_specs(&me, &[], &nodes);
+        let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["clash", "shared", "mine-only"]);
+        assert_eq!(specs[0].slots, 2, "the oldest node's definition is used");
+        assert_eq!(
+            specs[1].sha256.as_deref(),
+            Some("abc"),
+            "what the first lacked is learned"
+        );
+        assert_eq!(conflicts.len(), 1);
+        assert!(conflicts["clash"].contains("young defines `clash` differently from old"));
+    }
 }

@@ -3,11 +3,11 @@
 
 use super::local::Local;
 use super::plan::Plan;
-use herd_cluster::spec::DeploySpec;
 use crate::router::{RemoteRoute, Route, RouteTable};
 use herd_cluster::node::HeadStatus;
 use herd_cluster::peer_api::LiveNode;
 use herd_cluster::placement::Decision;
+use herd_cluster::spec::DeploySpec;
 use herd_cluster::{DeploymentView, ShardView};
 use herd_engines::{Engine, EngineState};
 
@@ -112,7 +112,8 @@ impl Local {
             views.push(view);
         }
         self.router.publish(table);
-        self.agent.set_local(self.store.list(), heads, mine.to_vec());
+        self.agent
+            .set_local(self.store.list(), heads, mine.to_vec());
         views
     }
 
