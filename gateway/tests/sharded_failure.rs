@@ -2,7 +2,9 @@
 //! (a Mac asleep) then SIGCONT. The stream in flight ends with an OpenAI
 //! error event within 5 s, the deployment is re-placed on the remaining
 //! nodes and answers again within 15 s, the other deployment's streams never
-//! notice, and the node's return moves nothing.
+//! notice, and the node's return moves nothing. The same for the shard
+//! worker process alone (SIGKILL; SIGSTOP, which its node's agent turns into
+//! a kill): error event, then served again from the same nodes.
 
 mod common_fleet;
 
@@ -30,6 +32,9 @@ threads = 1
 slots = 2
 ctx_size = 512
 "#;
+
+/// One cluster at a time: this machine has 2 cores, and the tests time detection.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BUDGETS: [&str; 4] = ["8GiB", "6GiB", "4GiB", "4GiB"];
 
@@ -119,8 +124,6 @@ async fn ready_on(node: &FleetNode, id: &str) -> Result<Value, Error> {
 /// Loses n2 (smollm's shard) while both models stream; `lose` does it and
 /// returns how to bring it back.
 async fn lose_a_shard_node(sig: &str) -> TestResult {
-    // One 4-node cluster at a time: this machine has 2 cores, and the test times detection.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let both: &[&str] = &[SMOL, GEMMA];
     let mut fleet = Fleet::start(CONFIG, &BUDGETS, &[both, both, both, both])?;
@@ -240,4 +243,66 @@ async fn shard_node_killed() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_node_stopped_then_continued() -> TestResult {
     lose_a_shard_node("STOP").await
+}
+
+/// The shard worker process(es) under a node: children running `rpc-worker`.
+fn workers_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains("rpc-worker") {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Only the shard worker process is lost (its node stays up): SIGKILL, then
+/// SIGSTOP (its node's agent kills a worker that stays stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_worker_process_killed_then_stopped() -> TestResult {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let config = CONFIG.replace("nodes = 2", "nodes = [\"n1\", \"n2\"]");
+    let both: &[&str] = &[SMOL, GEMMA];
+    let fleet = Fleet::start(&config, &BUDGETS[..2], &[both, both])?;
+    let result = worker_scenario(&fleet).await;
+    if result.is_err() {
+        fleet.dump_logs();
+    }
+    result
+}
+
+async fn worker_scenario(fleet: &Fleet) -> TestResult {
+    let n1 = fleet.node("n1")?;
+    ready_on(n1, "smollm").await?;
+    for sig in ["KILL", "STOP"] {
+        let pids = workers_of(fleet.node("n2")?.pid());
+        let [worker] = pids[..] else {
+            return Err(format!("expected one shard worker under n2, found {pids:?}").into());
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let streaming = tokio::spawn(stream(n1.url.clone(), "smollm", tx));
+        let _ = rx.await;
+        let lost_at = Instant::now();
+        let ok = std::process::Command::new("kill").args([format!("-{sig}"), worker.to_string()]).status()?;
+        assert!(ok.success());
+        let s = streaming.await??;
+        let detected = s.at.duration_since(lost_at);
+        assert!(s.error.is_some(), "worker {sig}: the stream ended without an error event: {s:?}");
+        assert!(detected <= Duration::from_secs(5), "worker {sig}: error event after {detected:?}");
+        wait_for("smollm answering again", Duration::from_secs(15).saturating_sub(lost_at.elapsed()), || async {
+            let (status, body) = n1.complete("smollm", "The capital of France is", 8).await?;
+            if status == 200 { Ok(true) } else { Err(body.to_string().into()) }
+        })
+        .await?;
+        eprintln!("worker {sig}: error event {detected:?}, serving again {:?} after the loss", lost_at.elapsed());
+        let replaced = workers_of(fleet.node("n2")?.pid());
+        assert!(replaced.len() == 1 && replaced[0] != worker, "a new worker replaced the lost one: {replaced:?}");
+        let d = n1.deployment("smollm").await?;
+        assert_eq!(shards(&d), ["n1", "n2"], "the node is alive: nothing was re-placed: {d}");
+    }
+    Ok(())
 }
