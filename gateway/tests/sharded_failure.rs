@@ -249,9 +249,15 @@ async fn shard_node_stopped_then_continued() -> TestResult {
 fn workers_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
         let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
         if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains("rpc-worker") {
             out.push(child);
@@ -287,22 +293,48 @@ async fn worker_scenario(fleet: &Fleet) -> TestResult {
         let streaming = tokio::spawn(stream(n1.url.clone(), "smollm", tx));
         let _ = rx.await;
         let lost_at = Instant::now();
-        let ok = std::process::Command::new("kill").args([format!("-{sig}"), worker.to_string()]).status()?;
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{sig}"), worker.to_string()])
+            .status()?;
         assert!(ok.success());
         let s = streaming.await??;
         let detected = s.at.duration_since(lost_at);
-        assert!(s.error.is_some(), "worker {sig}: the stream ended without an error event: {s:?}");
-        assert!(detected <= Duration::from_secs(5), "worker {sig}: error event after {detected:?}");
-        wait_for("smollm answering again", Duration::from_secs(15).saturating_sub(lost_at.elapsed()), || async {
-            let (status, body) = n1.complete("smollm", "The capital of France is", 8).await?;
-            if status == 200 { Ok(true) } else { Err(body.to_string().into()) }
-        })
+        assert!(
+            s.error.is_some(),
+            "worker {sig}: the stream ended without an error event: {s:?}"
+        );
+        assert!(
+            detected <= Duration::from_secs(5),
+            "worker {sig}: error event after {detected:?}"
+        );
+        wait_for(
+            "smollm answering again",
+            Duration::from_secs(15).saturating_sub(lost_at.elapsed()),
+            || async {
+                let (status, body) = n1.complete("smollm", "The capital of France is", 8).await?;
+                if status == 200 {
+                    Ok(true)
+                } else {
+                    Err(body.to_string().into())
+                }
+            },
+        )
         .await?;
-        eprintln!("worker {sig}: error event {detected:?}, serving again {:?} after the loss", lost_at.elapsed());
+        eprintln!(
+            "worker {sig}: error event {detected:?}, serving again {:?} after the loss",
+            lost_at.elapsed()
+        );
         let replaced = workers_of(fleet.node("n2")?.pid());
-        assert!(replaced.len() == 1 && replaced[0] != worker, "a new worker replaced the lost one: {replaced:?}");
+        assert!(
+            replaced.len() == 1 && replaced[0] != worker,
+            "a new worker replaced the lost one: {replaced:?}"
+        );
         let d = n1.deployment("smollm").await?;
-        assert_eq!(shards(&d), ["n1", "n2"], "the node is alive: nothing was re-placed: {d}");
+        assert_eq!(
+            shards(&d),
+            ["n1", "n2"],
+            "the node is alive: nothing was re-placed: {d}"
+        );
     }
     Ok(())
 }

@@ -69,25 +69,21 @@ impl Copy {
             "copying {name} from {}",
             source.info.name
         )));
-        let (from_name, from_id, addr) = (
-            source.info.name.clone(),
-            source.info.id.clone(),
-            source.contact,
-        );
+        let from_name = source.info.name.clone();
+        let job = Fetch {
+            client,
+            addr: source.contact,
+            from: source.info.id.clone(),
+            name: name.to_string(),
+            partial,
+            dest,
+            sha256,
+            status: status.clone(),
+        };
         let (name, s) = (name.to_string(), status.clone());
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let result = fetch(
-                &client,
-                addr,
-                &from_id,
-                &name,
-                &partial,
-                &dest,
-                sha256.as_deref(),
-                &s,
-            )
-            .await;
+            let result = job.run().await;
             let text = match result {
                 Ok(bytes) => {
                     let secs = started.elapsed().as_secs_f64();
@@ -118,91 +114,107 @@ impl Copy {
     }
 }
 
-/// Copies into `partial` (resuming), checks, renames to `dest`; returns the bytes received.
-#[allow(clippy::too_many_arguments)]
-async fn fetch(
-    client: &herd_cluster::client::PeerClient,
+/// One copy: from `from` at `addr` into `partial`, checked, then renamed to `dest`.
+struct Fetch {
+    client: herd_cluster::client::PeerClient,
     addr: std::net::SocketAddr,
-    from: &NodeId,
-    name: &str,
-    partial: &Path,
-    dest: &Path,
-    sha256: Option<&str>,
-    status: &Mutex<String>,
-) -> Result<u64, String> {
-    let offset = tokio::fs::metadata(partial)
-        .await
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let path = format!("{MODELS_PREFIX}{name}/from/{offset}");
-    let resp = client
-        .open_stream(
+    from: NodeId,
+    name: String,
+    partial: PathBuf,
+    dest: PathBuf,
+    sha256: Option<String>,
+    status: Arc<Mutex<String>>,
+}
+
+impl Fetch {
+    /// Copies (resuming what `partial` holds); returns the bytes received.
+    async fn run(self) -> Result<u64, String> {
+        let Self {
+            client,
             addr,
             from,
-            reqwest::Method::GET,
-            &path,
-            bytes::Bytes::new(),
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if resp.status() != 200 {
-        return Err(format!("the peer answered {}", resp.status()));
-    }
-    let total: u64 = resp
-        .headers()
-        .get(SIZE_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .ok_or("the peer did not say the file's size")?;
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(partial)
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-    let mut done = offset;
-    let mut received = 0u64;
-    let mut last_log = Instant::now();
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| format!("the transfer broke off at {done} of {total} bytes: {e}"))?;
-        file.write_all(&chunk)
+            name,
+            partial,
+            dest,
+            sha256,
+            status,
+        } = self;
+        let (name, partial, dest, from) = (name.as_str(), partial.as_path(), dest.as_path(), &from);
+        let sha256 = sha256.as_deref();
+        let offset = tokio::fs::metadata(partial)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let path = format!("{MODELS_PREFIX}{name}/from/{offset}");
+        let resp = client
+            .open_stream(
+                addr,
+                from,
+                reqwest::Method::GET,
+                &path,
+                bytes::Bytes::new(),
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != 200 {
+            return Err(format!("the peer answered {}", resp.status()));
+        }
+        let total: u64 = resp
+            .headers()
+            .get(SIZE_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or("the peer did not say the file's size")?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(partial)
             .await
             .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-        done += chunk.len() as u64;
-        received += chunk.len() as u64;
-        if last_log.elapsed() >= PROGRESS_EVERY {
-            last_log = Instant::now();
-            let pct = done as f64 * 100.0 / total.max(1) as f64;
-            tracing::info!(model = %name, done, total, "copying model: {pct:.0} %");
-            if let Ok(mut s) = status.lock() {
-                *s = format!("copying {name}: {pct:.0} % of {total} bytes");
+        let mut done = offset;
+        let mut received = 0u64;
+        let mut last_log = Instant::now();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| format!("the transfer broke off at {done} of {total} bytes: {e}"))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+            done += chunk.len() as u64;
+            received += chunk.len() as u64;
+            if last_log.elapsed() >= PROGRESS_EVERY {
+                last_log = Instant::now();
+                let pct = done as f64 * 100.0 / total.max(1) as f64;
+                tracing::info!(model = %name, done, total, "copying model: {pct:.0} %");
+                if let Ok(mut s) = status.lock() {
+                    *s = format!("copying {name}: {pct:.0} % of {total} bytes");
+                }
             }
         }
-    }
-    file.flush().await.map_err(|e| e.to_string())?;
-    drop(file);
-    if done != total {
-        return Err(format!("got {done} of {total} bytes; will resume"));
-    }
-    let path = partial.to_path_buf();
-    let digest = tokio::task::spawn_blocking(move || sha256_file(&path))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot read the copy back: {e}"))?;
-    if let Some(want) = sha256 {
-        if digest != want {
-            let _ = tokio::fs::remove_file(partial).await;
-            return Err(format!(
-                "sha256 mismatch: got {digest}, the plan says {want}; the copy was deleted"
-            ));
+        file.flush().await.map_err(|e| e.to_string())?;
+        drop(file);
+        if done != total {
+            return Err(format!("got {done} of {total} bytes; will resume"));
         }
+        let path = partial.to_path_buf();
+        let digest = tokio::task::spawn_blocking(move || sha256_file(&path))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read the copy back: {e}"))?;
+        if let Some(want) = sha256 {
+            if digest != want {
+                let _ = tokio::fs::remove_file(partial).await;
+                return Err(format!(
+                    "sha256 mismatch: got {digest}, the plan says {want}; the copy was deleted"
+                ));
+            }
+        }
+        tokio::fs::rename(partial, dest)
+            .await
+            .map_err(|e| format!("cannot move the copy into the store: {e}"))?;
+        Ok(received)
     }
-    tokio::fs::rename(partial, dest)
-        .await
-        .map_err(|e| format!("cannot move the copy into the store: {e}"))?;
-    Ok(received)
 }
 
 /// Hex sha256 of a file, read in 1 MiB blocks.

@@ -49,6 +49,14 @@ impl Drop for HeadRun {
     }
 }
 
+/// Why a deployment this node heads has no engine.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum NotRunning {
+    /// Its model file is being copied here from a peer (progress).
+    Copying(String),
+    Failed(String),
+}
+
 pub(super) struct Local {
     pub(super) agent: Agent,
     me: NodeId,
@@ -58,8 +66,8 @@ pub(super) struct Local {
     pub(super) router: Router,
     pub(super) metrics: Arc<Metrics>,
     pub(super) heads: BTreeMap<String, HeadRun>,
-    /// Why a head this node should run is not running.
-    pub(super) head_errors: BTreeMap<String, String>,
+    /// Why a head this node should run is not running (yet).
+    pub(super) head_errors: BTreeMap<String, NotRunning>,
     workers: BTreeMap<String, ShardWorker>,
     worker_addrs: WorkerAddrs,
     pub(super) created: BTreeMap<String, u64>,
@@ -119,17 +127,22 @@ impl Local {
             if self.heads.contains_key(&id) {
                 continue;
             }
-            let key = key.and_then(|k| self.ensure_file(&k.spec, plan, nodes).map(|()| k));
-            match key.and_then(|k| self.start_head(&id, k)) {
+            let started = key
+                .map_err(NotRunning::Failed)
+                .and_then(|k| self.ensure_file(&k.spec, plan, nodes).map(|()| k))
+                .and_then(|k| self.start_head(&id, k).map_err(NotRunning::Failed));
+            match started {
                 Ok(run) => {
                     self.head_errors.remove(&id);
                     self.heads.insert(id, run);
                 }
-                Err(reason) => {
-                    if self.head_errors.get(&id) != Some(&reason) {
-                        tracing::warn!(deployment = %id, "cannot head the deployment: {reason}");
+                Err(why) => {
+                    if let NotRunning::Failed(reason) = &why {
+                        if self.head_errors.get(&id) != Some(&why) {
+                            tracing::warn!(deployment = %id, "cannot head the deployment: {reason}");
+                        }
                     }
-                    self.head_errors.insert(id, reason);
+                    self.head_errors.insert(id, why);
                 }
             }
         }
@@ -168,24 +181,28 @@ impl Local {
         spec: &DeploySpec,
         plan: &Plan,
         nodes: &[LiveNode],
-    ) -> Result<(), String> {
+    ) -> Result<(), NotRunning> {
         if spec.path.as_ref().is_some_and(|p| p.is_file()) || self.store.path(&spec.model).is_some()
         {
             self.copies.remove(&spec.model);
             return Ok(());
         }
         if let Some((copy, since)) = self.copies.get(&spec.model) {
+            if !copy.finished() {
+                return Err(NotRunning::Copying(copy.status()));
+            }
             // A failed copy is retried (and resumes) after a pause.
-            if !(copy.finished() && since.elapsed() >= Duration::from_secs(3)) {
-                return Err(copy.status());
+            if since.elapsed() < Duration::from_secs(3) {
+                return Err(NotRunning::Failed(copy.status()));
             }
         }
         let sha = plan.spec(&spec.id).and_then(|s| s.sha256.clone());
-        let copy = super::copy::Copy::start(&self.agent, &self.store, &spec.model, sha, nodes)?;
+        let copy = super::copy::Copy::start(&self.agent, &self.store, &spec.model, sha, nodes)
+            .map_err(NotRunning::Failed)?;
         let status = copy.status();
         self.copies
             .insert(spec.model.clone(), (copy, std::time::Instant::now()));
-        Err(status)
+        Err(NotRunning::Copying(status))
     }
 
     fn head_key(

@@ -1,7 +1,7 @@
 //! Publishing: the route table the handlers read, the head statuses this
 //! node's heartbeats carry, and the per-deployment views of `/cluster`.
 
-use super::local::Local;
+use super::local::{Local, NotRunning};
 use super::plan::Plan;
 use crate::router::{RemoteRoute, Route, RouteTable};
 use herd_cluster::node::HeadStatus;
@@ -119,13 +119,15 @@ impl Local {
 
     fn head_status(&self, id: &str) -> HeadStatus {
         let Some(run) = self.heads.get(id) else {
-            let copying = self.copies.values().any(|(c, _)| {
-                !c.finished() && self.head_errors.get(id).is_some_and(|e| *e == c.status())
-            });
+            let (state, reason) = match self.head_errors.get(id) {
+                Some(NotRunning::Copying(progress)) => ("loading", Some(progress.clone())),
+                Some(NotRunning::Failed(why)) => ("failed", Some(why.clone())),
+                None => ("loading", None),
+            };
             return HeadStatus {
                 id: id.to_string(),
-                state: if copying { "loading" } else { "failed" }.into(),
-                reason: self.head_errors.get(id).cloned(),
+                state: state.into(),
+                reason,
                 layout: Vec::new(),
             };
         };
