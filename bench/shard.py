@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -121,8 +122,8 @@ while True:
 
 
 def round_trip_us(port, n=2000, size=2304, idle_ms=0):
-    """Median µs to send `size` bytes to the echo server at `port` and read
-    them back, each round trip `idle_ms` after the last."""
+    """µs (median and mean) to send `size` bytes to the echo server at
+    `port` and read them back, each round trip `idle_ms` after the last."""
     msg, times = b"h" * size, []
     with socket.create_connection(("127.0.0.1", port)) as c:
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -136,11 +137,18 @@ def round_trip_us(port, n=2000, size=2304, idle_ms=0):
                 got += len(c.recv(65536))
             if i >= 100:  # the first ones open the tunnel and warm up
                 times.append(time.perf_counter() - t)
-    return median(times) * 1e6
+    return {"p50": median(times) * 1e6, "mean": statistics.mean(times) * 1e6}
 
 
 def fmt_us(xs):
-    return ", ".join(f"{x:.0f}" for x in xs)
+    return ", ".join(f"{x['p50']:.0f} (mean {x['mean']:.0f})" for x in xs)
+
+
+def cpu_seconds(pid) -> float:
+    """User + system CPU time of a running process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tunnel_lines(text: str):
@@ -378,6 +386,7 @@ class Bench:
         herd = {1: [], 2: [], 3: []}
         ref = {1: [], 2: [], 3: []}
         plans, ready = {}, {1: [], 2: [], 3: []}
+        cpu = {"single": [], "split": []}
         servers = [self.rpc_server(f"ggml-rpc-server-{i}") for i in (1, 2)]
         try:
             endpoints = [f"127.0.0.1:{port}" for _, port in servers]
@@ -400,6 +409,15 @@ class Bench:
                         plan = plans[n]
                         ref[n].append(self.llama_bench(*rpc_args(plan[1:], endpoints[:n - 1])))
                     log(f"P5 rep {rep} llama-bench {n} process(es): {ref[n][-1]:.1f} tok/s")
+                # Where a split token's time goes: working or waiting.
+                for name, args, pids in (("single", [], []),
+                                         ("split", rpc_args(plans[2][1:], endpoints[:1]),
+                                          [servers[0][0].proc.pid])):
+                    cpu[name].append(self.cpu_per_token(args, pids))
+                    c = cpu[name][-1]
+                    log(f"P5 rep {rep} llama-bench {name}, ms per token: wall {c['wall_ms']:.2f}, "
+                        f"CPU {c['client_cpu_ms']:.2f} (client) + {c['server_cpu_ms']:.2f} "
+                        "(RPC server)")
         finally:
             for s, _ in servers:
                 s.stop()
@@ -408,7 +426,27 @@ class Bench:
                 "herd_ready_s": ready,
                 "herd_ratio": {n: ratio(herd[n], herd[1]) for n in (2, 3)},
                 "llama_ratio": {n: ratio(ref[n], ref[1]) for n in (2, 3)},
-                "herd_vs_llama": {n: ratio(herd[n], ref[n]) for n in (1, 2, 3)}}
+                "herd_vs_llama": {n: ratio(herd[n], ref[n]) for n in (1, 2, 3)},
+                "llama_bench_ms_per_token": cpu}
+
+    def cpu_per_token(self, args, server_pids):
+        """Wall and CPU ms per decoded token of llama-bench (and of its RPC
+        servers): the difference of a 288- and a 32-token run, so that loading
+        and warm-up cancel."""
+        runs = []
+        for n in (32, 288):
+            argv = [os.path.join(self.llama_bin, "llama-bench"), "-m", MODEL, "-t", str(self.t),
+                    "-p", "0", "-n", str(n), "-r", "1", "-o", "json", *args]
+            servers = sum(cpu_seconds(p) for p in server_pids)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.time()
+            sh(argv)
+            wall = time.time() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            runs.append((wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+                         sum(cpu_seconds(p) for p in server_pids) - servers))
+        per = [(b - a) / 256 * 1e3 for a, b in zip(*runs)]
+        return {"wall_ms": per[0], "client_cpu_ms": per[1], "server_cpu_ms": per[2]}
 
     # --- P6: the tunnel's cost on llama.cpp's own RPC traffic ------------------------------
     def p6(self, remote=15):

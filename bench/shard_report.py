@@ -30,6 +30,10 @@ def plan_text(counts):
     return " ".join(out)
 
 
+def rtts(xs):
+    return ", ".join(f"{x['p50']:.0f} ({x['mean']:.0f})" for x in xs)
+
+
 def by_n(d, n):
     """JSON turns the int keys into strings."""
     return d.get(n, d.get(str(n)))
@@ -118,6 +122,23 @@ def section(r):
                        f"{by_n(p['herd_vs_llama'], n):.2f} | "
                        f"{fmt(by_n(p['herd_ready_s'], n))} |")
         out.append("")
+        cpu = p.get("llama_bench_ms_per_token")
+        if cpu:
+            out += ["Working or waiting: llama-bench's wall and CPU time per decoded token on "
+                    f"one process and split as herd's 2-node plan "
+                    f"({plan_text(by_n(p['plans'], 2))}), from the difference of a 288- and a "
+                    "32-token run (`-r 1`), CPU from the kernel's accounting of llama-bench and "
+                    "of the ggml-rpc-server process. Medians over the repetitions:", "",
+                    "| | wall ms/token | CPU ms/token, client | CPU ms/token, RPC server | "
+                    "wall − CPU |", "|---|---|---|---|---|"]
+            for name in ("single", "split"):
+                xs = cpu[name]
+                wall = med([x["wall_ms"] for x in xs])
+                c = med([x["client_cpu_ms"] for x in xs])
+                sv = med([x["server_cpu_ms"] for x in xs])
+                gap = med([x["wall_ms"] - x["client_cpu_ms"] - x["server_cpu_ms"] for x in xs])
+                out.append(f"| {name} | {wall:.2f} | {c:.2f} | {sv:.2f} | {gap:.2f} |")
+            out.append("")
     if "P6" in r:
         p = r["P6"]
         t = p["per_token"]
@@ -141,13 +162,13 @@ def section(r):
                 "bytes of length and AEAD tag on the wire). One llama-bench load sent "
                 f"{p['per_run_load']['sent_bytes'] / 1e6:.1f} MB of weights to the worker.", "",
                 "One synchronous round trip of 2,304 bytes (a token's hidden state) to an echo "
-                "server, median µs of 2,000 (back to back) or 300 (each 5 ms after the last, "
-                "as a shard waits while the head computes), three runs each:", "",
+                "server (bench/shard.py's `ECHO_SERVER`), µs, median (mean) of 2,000 back to "
+                "back or of 300 each 5 ms after the last (as a shard waits while the head "
+                "computes), three runs each:", "",
                 "| | back to back | after 5 ms idle |", "|---|---|---|",
-                f"| direct | {fmt(p['rtt_direct_us'], 0)} | "
-                f"{fmt(p.get('rtt_direct_idle_us', []), 0)} |",
-                f"| through the tunnel | {fmt(p['rtt_tunnel_us'], 0)} | "
-                f"{fmt(p.get('rtt_tunnel_idle_us', []), 0)} |", ""]
+                f"| direct | {rtts(p['rtt_direct_us'])} | {rtts(p['rtt_direct_idle_us'])} |",
+                f"| through the tunnel | {rtts(p['rtt_tunnel_us'])} | "
+                f"{rtts(p['rtt_tunnel_idle_us'])} |", ""]
     if "LOAD" in r:
         out += ["### Load: first load and reload, per repetition",
                 f"Plan: {plan_text(r['LOAD']['runs'][0]['first']['plan'])}.",

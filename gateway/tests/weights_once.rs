@@ -1,7 +1,8 @@
 //! Weights cross the network once: a node that must head a deployment but
 //! lacks the model file copies it from a peer's store (sha256-checked, over
 //! the authenticated channel), once; after a re-placement the next head does
-//! the same, and a node that already has its copy never fetches it again.
+//! the same (resuming a partial copy it already had), and a node that already
+//! has its copy never fetches it again.
 
 mod common_fleet;
 
@@ -68,7 +69,21 @@ async fn scenario(fleet: &mut Fleet) -> TestResult {
             "no partial file is left behind"
         );
         if head == "n2" {
+            // n3 already holds the first 40 MB of the file from an earlier,
+            // broken copy: its copy must resume there, not start over.
+            let partial = fleet.store("n3").join(format!(".{SMOL}.part"));
+            std::fs::write(&partial, &original[..40_000_000])?;
             fleet.node("n2")?.signal_group("KILL")?;
+        } else {
+            let line = log
+                .lines()
+                .find(|l| l.contains("model copied from a peer"))
+                .unwrap_or_default();
+            let want = format!("bytes={}", original.len() - 40_000_000);
+            assert!(
+                line.contains(&want),
+                "{head} resumed the partial copy ({want}): {line}"
+            );
         }
     }
     // n1 sent the file twice in all (once to each head), never more.

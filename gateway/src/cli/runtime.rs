@@ -76,7 +76,7 @@ pub async fn start(p: RuntimeParts<'_>) -> anyhow::Result<Runtime> {
         store,
         specs: p.models.iter().map(spec_from_config).collect(),
         worker_threads: p.models.iter().map(|m| m.threads).max().unwrap_or(1),
-        settle: Duration::from_secs(3),
+        settle: Duration::from_secs(2),
     };
     let store_for_peers = settings.store.clone();
     let deployer = Deployer::start(settings, agent.clone(), p.router, p.metrics);

@@ -27,7 +27,8 @@ pub struct Actor {
     settings: DeploySettings,
     agent: Agent,
     me: NodeId,
-    started: Instant,
+    /// Since when this node has seen itself as the leader, without a break.
+    leading_since: Option<Instant>,
     plan: Option<Plan>,
     epoch: u64,
     last_sent: Option<Instant>,
@@ -56,7 +57,7 @@ impl Actor {
             settings,
             me,
             agent,
-            started: Instant::now(),
+            leading_since: None,
             plan: None,
             epoch: 0,
             last_sent: None,
@@ -108,9 +109,14 @@ impl Actor {
     fn lead(&mut self, nodes: &[LiveNode], mine: &[DeploySpec]) {
         let Some(lead) = leader(nodes) else { return };
         if lead.info.id != self.me {
+            self.leading_since = None;
             return;
         }
-        if self.agent.is_clustered() && self.started.elapsed() < self.settings.settle {
+        // Lead only after seeing ourselves as leader for a while: a node just
+        // started, or just woken from SIGSTOP with a stale view, first hears
+        // the older nodes instead of deciding a plan alone.
+        let since = *self.leading_since.get_or_insert_with(Instant::now);
+        if self.agent.is_clustered() && since.elapsed() < self.settings.settle {
             return;
         }
         let (mut specs, conflicts) = merge_specs(&self.me, mine, nodes);

@@ -35,8 +35,9 @@ pub struct DeploySettings {
     pub specs: Vec<DeploySpec>,
     /// Threads for a shard worker here.
     pub worker_threads: u32,
-    /// How long a new node listens before it may lead (so a node joining an
-    /// existing cluster adopts its plan instead of deciding one alone).
+    /// How long a node must see itself as the leader before it decides (so a
+    /// node joining a cluster, or waking with a stale view, adopts the
+    /// cluster's plan instead of deciding one alone).
     pub settle: Duration,
 }
 
