@@ -1,9 +1,11 @@
 //! The HTTP surface, built in one function so the middleware order is visible.
 
 pub mod cluster;
+mod conn_watch;
 mod health;
 mod openai_api;
 mod respond;
+pub mod server;
 
 use crate::auth::{require_key, ApiKeys};
 use crate::metrics::{count_unauthorized, Metrics};

@@ -32,6 +32,8 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("no response within {} s (the server's request_timeout_secs); for long generations send \"stream\": true", .0.as_secs())]
+    RequestTimeout(std::time::Duration),
 }
 
 /// The `error` object OpenAI clients parse.
@@ -135,6 +137,12 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 INVALID,
                 Some("method_not_allowed"),
+                None,
+            ),
+            Self::RequestTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                Some("request_timeout"),
                 None,
             ),
         }
