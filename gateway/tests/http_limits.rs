@@ -45,7 +45,11 @@ fn get_health(s: &mut TcpStream, within: Duration) -> Result<Option<u16>, std::i
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let length = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(0);
             if body.len() >= length {
@@ -65,12 +69,20 @@ fn get_health(s: &mut TcpStream, within: Duration) -> Result<Option<u16>, std::i
 
 #[test]
 fn a_half_sent_request_head_is_closed_after_the_header_timeout() -> TestResult {
-    let server = Server::start(&["--header-read-timeout-secs", "1", "--idle-timeout-secs", "60"])?;
+    let server = Server::start(&[
+        "--header-read-timeout-secs",
+        "1",
+        "--idle-timeout-secs",
+        "60",
+    ])?;
     let mut s = connect(&server)?;
     s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: herd\r\nContent-Ty")?;
     let closed = closed_within(&mut s, Duration::from_secs(15))?;
     let after = closed.ok_or("a half-sent request head was still open after 15 s")?;
-    assert!(after < Duration::from_secs(10), "closed only after {after:?}");
+    assert!(
+        after < Duration::from_secs(10),
+        "closed only after {after:?}"
+    );
     // A connection that sends nothing at all owes a head just the same.
     let mut silent = connect(&server)?;
     assert!(closed_within(&mut silent, Duration::from_secs(15))?.is_some());
@@ -79,14 +91,25 @@ fn a_half_sent_request_head_is_closed_after_the_header_timeout() -> TestResult {
 
 #[test]
 fn a_quiet_keep_alive_is_closed_after_the_idle_timeout_not_the_header_timeout() -> TestResult {
-    let server = Server::start(&["--header-read-timeout-secs", "1", "--idle-timeout-secs", "4"])?;
+    let server = Server::start(&[
+        "--header-read-timeout-secs",
+        "1",
+        "--idle-timeout-secs",
+        "4",
+    ])?;
     let mut s = connect(&server)?;
     assert_eq!(get_health(&mut s, Duration::from_secs(10))?, Some(200));
     let after = closed_within(&mut s, Duration::from_secs(30))?
         .ok_or("an idle keep-alive connection was still open after 30 s")?;
     // Timers never fire early: at least the idle timeout, so the header timeout did not close it.
-    assert!(after >= Duration::from_millis(3500), "closed after {after:?}, before the idle timeout");
-    assert!(after < Duration::from_secs(20), "closed only after {after:?}");
+    assert!(
+        after >= Duration::from_millis(3500),
+        "closed after {after:?}, before the idle timeout"
+    );
+    assert!(
+        after < Duration::from_secs(20),
+        "closed only after {after:?}"
+    );
     Ok(())
 }
 
@@ -109,7 +132,11 @@ fn connections_over_the_cap_wait_until_one_closes() -> TestResult {
     }
     // A fourth connects (the kernel's backlog takes it) but is not served yet.
     let mut fourth = connect(&server)?;
-    assert_eq!(get_health(&mut fourth, Duration::from_millis(1500))?, None, "served over the cap");
+    assert_eq!(
+        get_health(&mut fourth, Duration::from_millis(1500))?,
+        None,
+        "served over the cap"
+    );
     // One closes: the fourth is served, its request already sent.
     drop(held.remove(0));
     let mut rest = Vec::new();
@@ -137,8 +164,14 @@ fn connections_over_the_cap_wait_until_one_closes() -> TestResult {
     let mut good = connect(&server)?;
     assert_eq!(get_health(&mut good, Duration::from_secs(20))?, Some(200));
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(1000), "served after {waited:?}: the cap did not hold");
-    assert!(waited < Duration::from_secs(15), "served only after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "served after {waited:?}: the cap did not hold"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "served only after {waited:?}"
+    );
     Ok(())
 }
 
@@ -161,8 +194,16 @@ async fn a_slow_non_stream_request_gets_504_and_a_long_stream_is_not_cut() -> Te
     let error: Value = resp.json().await?;
     assert_eq!(error["error"]["code"], "request_timeout", "{error}");
     assert_eq!(error["error"]["type"], "server_error", "{error}");
-    assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("stream")), "{error}");
-    assert!(waited < Duration::from_secs(15), "504 only after {waited:?}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stream")),
+        "{error}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "504 only after {waited:?}"
+    );
 
     let started = Instant::now();
     let text = client

@@ -96,7 +96,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         app = app.merge(protected);
     }
     tracing::info!("herd node listening on http://{addr}");
-    let served = super::serve::serve_until_signal(listener, app, limits, Duration::from_secs(2)).await;
+    let served =
+        super::serve::serve_until_signal(listener, app, limits, Duration::from_secs(2)).await;
     agent.shutdown().await;
     drop(runtime);
     served

@@ -27,10 +27,16 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// A request head is due; bytes may have started to arrive.
-    Head { since: Instant },
+    Head {
+        since: Instant,
+    },
     /// Nothing in flight and nothing sent since the last response.
-    Idle { since: Instant },
-    Busy { requests: usize },
+    Idle {
+        since: Instant,
+    },
+    Busy {
+        requests: usize,
+    },
 }
 
 /// Why a connection was closed by the watch.
