@@ -10,7 +10,7 @@ use crate::http::{app, AppState, ExtraRoutes};
 use crate::router::Router;
 use anyhow::Context;
 use clap::Args;
-use herd_cluster::Role;
+use herd_cluster::{Agent, Role};
 use herd_config::{Config, HttpLimits, ModelConfig, RawConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -145,24 +145,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     let agent = runtime.agent.clone();
-    let extra = ExtraRoutes {
-        // Node-to-node routes authenticate every message with the cluster secret themselves.
-        open: crate::metrics::routes(metrics)
-            .merge(runtime.peer_routes.clone())
-            .merge(cluster::peer_routes(agent.clone())),
-        protected: cluster::public_routes(agent.clone()),
-        forward: Some(ForwardState {
-            router,
-            agent: agent.clone(),
-            max_body: config.max_body_bytes,
-        }),
-    };
-    let app = app(state, extra).layer(axum::middleware::from_fn(crate::access_log::access_log));
+    let app = gateway_app(state, agent.clone(), runtime.peer_routes.clone());
     tracing::info!("herd listening on http://{addr}");
     let served = serve_until_signal(listener, app, config.http, config.shutdown_grace).await;
     agent.shutdown().await;
     drop(runtime);
     served
+}
+
+/// Everything `herd serve` answers: the OpenAI API and `/cluster` (behind
+/// API keys), `/health`, `/metrics`, `/openapi.json`, and the node-to-node
+/// routes (`peer_routes` and the agent's), which sign every message themselves.
+pub fn gateway_app(state: AppState, agent: Agent, peer_routes: axum::Router) -> axum::Router {
+    let extra = ExtraRoutes {
+        open: crate::metrics::routes(state.metrics.clone())
+            .merge(peer_routes)
+            .merge(cluster::peer_routes(agent.clone())),
+        protected: cluster::public_routes(agent.clone()),
+        forward: Some(ForwardState {
+            router: state.router.clone(),
+            agent,
+            max_body: state.max_body_bytes,
+        }),
+    };
+    app(state, extra).layer(axum::middleware::from_fn(crate::access_log::access_log))
 }
 
 /// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight

@@ -4,6 +4,7 @@ pub mod cluster;
 mod conn_watch;
 mod health;
 mod openai_api;
+pub mod openapi;
 mod respond;
 pub mod server;
 
@@ -83,6 +84,7 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
         ));
     Router::new()
         .route("/health", get(health::health))
+        .route("/openapi.json", get(openapi::document))
         .with_state(state)
         .merge(api)
         .merge(extra.open)
