@@ -5,9 +5,13 @@
 
 pub mod cluster;
 mod model;
+pub mod routing;
+pub mod upstream;
 
 pub use cluster::ClusterConfig;
-pub use model::{model_id_from_path, EngineKind, ModelConfig, NodesWanted};
+pub use model::{model_id_from_path, EngineKind, ModelConfig, NodesWanted, ValidEntry};
+pub use routing::{Alias, AliasConfig, AliasTargetConfig, Policy, Routing};
+pub use upstream::{HealthPolicy, KeySource, UpstreamTimeouts, ValidUpstream};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -53,6 +57,9 @@ pub struct RawConfig {
     pub shutdown_grace_secs: Option<u64>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Names that map to several deployments (see `routing.rs`).
+    #[serde(default)]
+    pub aliases: Vec<AliasConfig>,
     #[serde(default)]
     pub cluster: ClusterConfig,
 }
@@ -90,24 +97,36 @@ impl RawConfig {
                 format!("must be at least 1024, got {max_body_bytes}"),
             ));
         }
-        let mut models = Vec::with_capacity(self.models.len());
+        let mut models = Vec::new();
+        let mut upstreams = Vec::new();
+        let mut ids: Vec<(String, Vec<String>)> = Vec::with_capacity(self.models.len());
         for (i, m) in self.models.into_iter().enumerate() {
-            models.push(m.validate(i)?);
-        }
-        for (i, m) in models.iter().enumerate() {
-            if models[..i].iter().any(|o| o.id == m.id) {
+            let (entry, fallbacks) = m.validate(i)?;
+            let id = match &entry {
+                ValidEntry::Local(m) => m.id.clone(),
+                ValidEntry::Upstream(u) => u.id.clone(),
+            };
+            if ids.iter().any(|(o, _)| *o == id) {
                 return Err(ConfigError::invalid(
                     format!("models[{i}].id"),
-                    format!("{:?} is used by two models", m.id),
+                    format!("{id:?} is used by two models"),
                 ));
             }
+            ids.push((id, fallbacks));
+            match entry {
+                ValidEntry::Local(m) => models.push(m),
+                ValidEntry::Upstream(u) => upstreams.push(u),
+            }
         }
+        let routing = routing::validate(self.aliases, &ids)?;
         Ok(Config {
             listen,
             api_key_file: self.api_key_file,
             max_body_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(30)),
             models,
+            upstreams,
+            routing,
             cluster: self.cluster,
         })
     }
@@ -120,7 +139,11 @@ pub struct Config {
     pub api_key_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Deployments of GGUF files (llama.cpp engines, possibly split across nodes).
     pub models: Vec<model::ValidModel>,
+    /// Deployments served by other OpenAI-compatible servers.
+    pub upstreams: Vec<ValidUpstream>,
+    pub routing: Routing,
     pub cluster: ClusterConfig,
 }
 
