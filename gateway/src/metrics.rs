@@ -28,6 +28,7 @@
 //! `respond` moves the timer into the response stream, next to the slot permit,
 //! so its life is the request's life.
 
+mod backend;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -100,6 +101,7 @@ pub(crate) struct Series {
     pub kv_capacity_tokens: IntGaugeVec,
     pub engine_up: IntGaugeVec,
     pub engine_restarts: IntCounterVec,
+    pub backend: backend::BackendSeries,
 }
 
 const SECONDS_TTFT: &[f64] = &[
@@ -192,6 +194,7 @@ impl Series {
             kv_capacity_tokens: gauge(r, "herd_kv_cache_capacity_tokens", "KV cache size, in tokens", m)?,
             engine_up: gauge(r, "herd_engine_up", "1 when the model's engine host is ready, else 0", m)?,
             engine_restarts: counter(r, "herd_engine_restarts_total", "Times the model's engine host was restarted", m)?,
+            backend: backend::BackendSeries::register(r)?,
         })
     }
 }
@@ -251,9 +254,11 @@ impl Metrics {
             &s.kv_used_tokens,
             &s.kv_capacity_tokens,
             &s.engine_up,
+            &s.backend.up,
         ] {
             g.with_label_values(l);
         }
+        s.backend.retries.with_label_values(l);
         s.slots_total
             .with_label_values(l)
             .set(i64::try_from(slots).unwrap_or(i64::MAX));
@@ -315,10 +320,16 @@ impl Metrics {
         }
     }
 
-    /// Reads every deployment's engine: the usual scrape hook.
+    /// Reads every deployment's engine, and every upstream's circuit: the usual scrape hook.
     pub fn observe_router(&self, router: &ModelRouter) {
-        for d in router.all() {
-            self.set_engine(&d.id, &snapshot(&d));
+        let table = router.current();
+        for d in table.local() {
+            let snap = snapshot(d);
+            self.set_backend_up(&d.id, snap.up);
+            self.set_engine(&d.id, &snap);
+        }
+        for u in table.upstreams() {
+            self.set_backend_up(&u.id, u.is_up());
         }
     }
 

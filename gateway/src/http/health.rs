@@ -1,6 +1,9 @@
 //! `GET /health`: 200 only when every deployment this node knows is served
 //! (its engine here is ready, or it is headed by another node); otherwise 503
-//! with what is wrong, so load balancers and tests see the truth.
+//! with what is wrong, so load balancers and tests see the truth. An
+//! upstream shows its circuit (`closed`, `open`, `half_open`,
+//! `rate_limited`) but never makes this node unhealthy: restarting or
+//! draining herd cannot mend another server, and its other models still serve.
 
 use super::AppState;
 use crate::router::Route;
@@ -33,6 +36,18 @@ pub async fn health(axum::extract::State(state): axum::extract::State<AppState>)
                     "slots_busy": stats.slots_busy,
                     "free_slots": d.admission.free_slots(),
                     "waiting": d.admission.waiting(),
+                })
+            }
+            Route::Upstream(u) => {
+                let s = u.status();
+                json!({
+                    "id": id,
+                    "status": if u.is_up() { "ready" } else { "unhealthy" },
+                    "upstream": u.base_url,
+                    "circuit": s.circuit,
+                    "in_flight": s.in_flight,
+                    "consecutive_failures": s.consecutive_failures,
+                    "last_failure": s.last_failure,
                 })
             }
             Route::Remote(r) => json!({ "id": id, "status": "remote", "head": r.head_name }),

@@ -3,6 +3,7 @@
 pub mod cluster;
 mod health;
 mod openai_api;
+mod relay;
 mod respond;
 
 use crate::auth::{require_key, ApiKeys};

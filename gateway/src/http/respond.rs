@@ -1,7 +1,8 @@
 //! Turns a running [`Generation`] into OpenAI's JSON body or SSE stream.
 //! In a stream, an engine failure becomes an error event followed by `[DONE]`.
+//! An upstream's answer is relayed instead (`relay.rs`).
 
-use crate::generate::Generation;
+use crate::generate::{Answer, Generation};
 use crate::metrics::RequestTimer;
 use crate::openai::response::{
     unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion,
@@ -17,7 +18,14 @@ use herd_engines::{EngineError, FinishReason, TokenEvent, Usage};
 use std::convert::Infallible;
 
 /// `timer` records the request's metrics; it lives as long as the response.
-pub async fn respond(gen: Generation, timer: RequestTimer) -> Response {
+pub async fn respond(answer: Answer, timer: RequestTimer) -> Response {
+    match answer {
+        Answer::Local(gen) => local(gen, timer).await,
+        Answer::Upstream(opened) => super::relay::relay(opened, timer),
+    }
+}
+
+async fn local(gen: Generation, timer: RequestTimer) -> Response {
     if gen.stream {
         stream(gen, timer).into_response()
     } else {
@@ -166,7 +174,7 @@ impl Chunker {
     }
 }
 
-fn error_event(e: &ApiError) -> Event {
+pub(super) fn error_event(e: &ApiError) -> Event {
     Event::default().data(serde_json::to_string(&e.envelope()).unwrap_or_default())
 }
 

@@ -4,6 +4,7 @@
 
 use super::Metrics;
 use crate::openai::ApiError;
+use crate::upstream::UpstreamError;
 use herd_engines::{EngineError, FinishReason, Usage};
 use prometheus::{Histogram, IntGauge};
 use std::sync::Arc;
@@ -22,11 +23,15 @@ pub enum ErrorType {
     EngineUnavailable,
     /// The engine crashed mid-request or failed internally.
     EngineError,
+    /// An upstream server could not be reached, failed, or broke off.
+    UpstreamError,
+    /// An upstream server did not answer in time.
+    UpstreamTimeout,
     Cancelled,
 }
 
 impl ErrorType {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::None,
         Self::InvalidRequest,
         Self::ModelNotFound,
@@ -35,6 +40,8 @@ impl ErrorType {
         Self::Unauthorized,
         Self::EngineUnavailable,
         Self::EngineError,
+        Self::UpstreamError,
+        Self::UpstreamTimeout,
         Self::Cancelled,
     ];
 
@@ -48,6 +55,8 @@ impl ErrorType {
             Self::Unauthorized => "unauthorized",
             Self::EngineUnavailable => "engine_unavailable",
             Self::EngineError => "engine_error",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
             Self::Cancelled => "cancelled",
         }
     }
@@ -68,6 +77,16 @@ impl ErrorType {
                 EngineError::NoChatTemplate | EngineError::Template(_) => Self::InvalidRequest,
                 EngineError::Unavailable(_) => Self::EngineUnavailable,
                 EngineError::Crashed(_) | EngineError::Internal(_) => Self::EngineError,
+            },
+            ApiError::Upstream(u) => match u {
+                UpstreamError::Timeout { .. } => Self::UpstreamTimeout,
+                UpstreamError::Answered { status: 429, .. } => Self::RateLimited,
+                UpstreamError::Answered { status, .. } if *status < 500 => Self::InvalidRequest,
+                UpstreamError::Answered { .. }
+                | UpstreamError::Connect { .. }
+                | UpstreamError::BadAnswer { .. }
+                | UpstreamError::BrokeOff { .. }
+                | UpstreamError::CircuitOpen { .. } => Self::UpstreamError,
             },
         }
     }
@@ -127,6 +146,31 @@ impl RequestTimer {
     /// The bounded label this request is counted under.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// The router starts another round over the request's deployments.
+    pub fn retried(&self) {
+        self.metrics
+            .series
+            .backend
+            .retries
+            .with_label_values(&[&self.model])
+            .inc();
+    }
+
+    /// The request moves on to deployment `to` after a failure.
+    pub fn fell_back(&self, to: &str) {
+        self.metrics
+            .series
+            .backend
+            .fallbacks
+            .with_label_values(&[self.model.as_str(), to])
+            .inc();
+    }
+
+    /// An attempt against deployment `deployment` failed for `reason`.
+    pub fn backend_failed(&self, deployment: &str, reason: &'static str) {
+        self.metrics.backend_failure(deployment, reason);
     }
 
     /// The request starts waiting for a slot.

@@ -2,6 +2,7 @@
 //! `{"error": {"message", "type", "param", "code"}}`, and its status comes
 //! from one exhaustive match.
 
+use crate::upstream::UpstreamError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herd_engines::EngineError;
@@ -28,6 +29,8 @@ pub enum ApiError {
     Overloaded(&'static str, u64),
     #[error("{0}")]
     Engine(EngineError),
+    #[error("{0}")]
+    Upstream(UpstreamError),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method not allowed")]
@@ -130,6 +133,55 @@ impl ApiError {
                     None,
                 ),
             },
+            Self::Upstream(u) => {
+                const SERVER: &str = "server_error";
+                match u {
+                    UpstreamError::Connect { .. } => (
+                        StatusCode::BAD_GATEWAY,
+                        SERVER,
+                        Some("upstream_unreachable"),
+                        None,
+                    ),
+                    UpstreamError::Timeout { .. } => (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        SERVER,
+                        Some("upstream_timeout"),
+                        None,
+                    ),
+                    UpstreamError::Answered {
+                        status,
+                        retry_after,
+                        ..
+                    } => (
+                        StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                        match status {
+                            429 => "rate_limit_error",
+                            400..=499 => INVALID,
+                            _ => SERVER,
+                        },
+                        Some("upstream_error"),
+                        *retry_after,
+                    ),
+                    UpstreamError::BadAnswer { .. } => (
+                        StatusCode::BAD_GATEWAY,
+                        SERVER,
+                        Some("upstream_bad_response"),
+                        None,
+                    ),
+                    UpstreamError::BrokeOff { .. } => (
+                        StatusCode::BAD_GATEWAY,
+                        SERVER,
+                        Some("upstream_stream_broken"),
+                        None,
+                    ),
+                    UpstreamError::CircuitOpen { retry_after, .. } => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        SERVER,
+                        Some("upstream_unavailable"),
+                        Some(*retry_after),
+                    ),
+                }
+            }
             Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("unknown_url"), None),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -177,7 +229,21 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _, retry_after) = self.parts();
-        let mut response = (status, axum::Json(self.envelope())).into_response();
+        let mut response = match self {
+            // The upstream's own OpenAI-shaped error, byte for byte.
+            Self::Upstream(UpstreamError::Answered {
+                body: Some(body), ..
+            }) => (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            other => (status, axum::Json(other.envelope())).into_response(),
+        };
         if let Some(secs) = retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);

@@ -1,0 +1,114 @@
+//! A completion on an engine of this node: prepare (template + tokenize) →
+//! check the context → admission → engine. Everything that can be refused
+//! is refused here, before a slot is taken or a byte is streamed.
+
+use crate::metrics::RequestTimer;
+use crate::openai::ApiError;
+use crate::router::Deployment;
+use crate::scheduler::Permit;
+use crate::validate::{Endpoint, ValidRequest};
+use herd_engines::{EngineError, GenerateRequest, TokenStream};
+use std::sync::Arc;
+
+/// A running generation. Dropping it cancels the work and frees the slot.
+pub struct Generation {
+    pub tokens: TokenStream,
+    pub deployment: Arc<Deployment>,
+    pub endpoint: Endpoint,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub prompt_tokens: u32,
+    _permit: Permit,
+}
+
+/// `timer` sees the wait for a slot; the caller records how the request ends.
+pub async fn start(
+    deployment: &Arc<Deployment>,
+    req: &ValidRequest,
+    timer: &mut RequestTimer,
+) -> Result<Generation, ApiError> {
+    let engine = &deployment.engine;
+    let info = engine.info().ok_or_else(|| {
+        ApiError::Engine(EngineError::Unavailable(
+            "the model is still loading".into(),
+        ))
+    })?;
+    let prepared = engine.prepare(req.input.clone()).await?;
+    let n_prompt = u32::try_from(prepared.tokens.len()).unwrap_or(u32::MAX);
+    let max_tokens = completion_budget(
+        n_prompt,
+        req.max_tokens,
+        info.ctx_size,
+        deployment.max_tokens_limit,
+    )?;
+    timer.queued();
+    let permit = deployment.admission.admit().await?;
+    timer.admitted();
+    let mut sampling = req.sampling.clone();
+    sampling.max_tokens = max_tokens;
+    let tokens = engine.generate(GenerateRequest {
+        prompt: prepared,
+        params: sampling,
+    })?;
+    Ok(Generation {
+        tokens,
+        deployment: deployment.clone(),
+        endpoint: req.endpoint,
+        stream: req.stream,
+        include_usage: req.include_usage,
+        prompt_tokens: n_prompt,
+        _permit: permit,
+    })
+}
+
+/// How many tokens may be generated: what was asked, if it fits; else what fits.
+fn completion_budget(
+    n_prompt: u32,
+    asked: Option<u32>,
+    ctx: u32,
+    limit: u32,
+) -> Result<u32, ApiError> {
+    if n_prompt >= ctx {
+        return Err(ApiError::ContextLengthExceeded(format!(
+            "this model's maximum context length is {ctx} tokens, but the prompt has {n_prompt} tokens; shorten the messages"
+        )));
+    }
+    match asked {
+        Some(m) if m > limit => {
+            Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at most {limit} for this model, got {m}")))
+        }
+        Some(m) if u64::from(n_prompt) + u64::from(m) > u64::from(ctx) => {
+            Err(ApiError::ContextLengthExceeded(format!(
+                "this model's maximum context length is {ctx} tokens, but {} were requested ({n_prompt} in the prompt, {m} for the completion); reduce the prompt or max_tokens",
+                u64::from(n_prompt) + u64::from(m)
+            )))
+        }
+        Some(m) => Ok(m),
+        None => Ok(limit.min(ctx - n_prompt)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::completion_budget;
+
+    #[test]
+    fn budget_respects_context_and_limit() {
+        assert_eq!(completion_budget(10, None, 100, 50).ok(), Some(50));
+        assert_eq!(completion_budget(90, None, 100, 50).ok(), Some(10));
+        assert_eq!(completion_budget(10, Some(20), 100, 50).ok(), Some(20));
+        let code = |r: Result<u32, crate::openai::ApiError>| r.err().map(|e| e.kind());
+        assert_eq!(
+            code(completion_budget(100, None, 100, 50)),
+            Some("context_length_exceeded")
+        );
+        assert_eq!(
+            code(completion_budget(90, Some(20), 100, 100)),
+            Some("context_length_exceeded")
+        );
+        assert_eq!(
+            code(completion_budget(10, Some(60), 100, 50)),
+            Some("invalid_value")
+        );
+    }
+}
