@@ -22,6 +22,11 @@ pub async fn respond(answer: Answer, timer: RequestTimer) -> Response {
     match answer {
         Answer::Local(gen) => local(gen, timer).await,
         Answer::Upstream(opened) => super::relay::relay(opened, timer),
+        Answer::Forwarded(response) => {
+            let mut timer = timer;
+            timer.handed_off(response.status().as_u16());
+            response
+        }
     }
 }
 
