@@ -62,7 +62,10 @@ pub async fn start(
                 timer.fell_back(backend.id());
             }
             let attempt = match backend {
-                Backend::Local(d) => local::start(d, &req, timer).await.map(Answer::Local),
+                Backend::Local(d) => {
+                    let more = i + 1 < route.chain.len() || round < route.retries;
+                    local::start(d, &req, timer, more).await.map(Answer::Local)
+                }
                 Backend::Upstream(u) => upstream::open(u, &call, req.include_usage, timer)
                     .await
                     .map(Answer::Upstream),

@@ -6,6 +6,8 @@
 //! upstream deployment, and a full local queue falls back to the upstream.
 
 mod common;
+#[path = "common/fault.rs"]
+mod fault;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::types::{
@@ -13,7 +15,8 @@ use async_openai::types::{
     CreateChatCompletionRequestArgs, CreateCompletionRequestArgs,
 };
 use async_openai::Client;
-use common::{model_path, sse_data, Server, TestResult, MODEL_ID};
+use common::{children, model_path, signal, sse_data, Server, TestResult, MODEL_ID};
+use fault::FaultServer;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -273,5 +276,36 @@ async fn an_alias_spreads_over_local_and_upstream_and_a_full_queue_falls_back() 
         .unwrap_or(0.0);
     assert!(fell_back >= 1.0, "{metrics}");
     assert!(metrics.contains("herd_backend_failures_total{model=\"local\",reason=\"overloaded\"}"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_engine_that_dies_before_its_first_token_falls_back() -> TestResult {
+    let outside = FaultServer::start("outside").await?;
+    let config = format!(
+        "[[models]]\nid = \"local\"\npath = \"{}\"\nfallbacks = [\"outside\"]\n\
+         [[models]]\nid = \"outside\"\nengine = \"upstream\"\nbase_url = \"{}\"\nprobe_path = \"\"\n",
+        model_path().display(),
+        outside.base_url
+    );
+    let gateway = Server::start_config(&config, &["--threads", "1"], &[])?;
+    // A long prompt: the engine host is still reading it when it dies.
+    let prompt = "the quick brown fox jumps over the lazy dog ".repeat(250);
+    let body = json!({"model": "local", "max_tokens": 1,
+        "messages": [{"role": "user", "content": prompt}]});
+    let url = gateway.url.clone();
+    let asked = tokio::spawn(async move { post(&url, "/v1/chat/completions", &body).await });
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    for host in children(gateway.pid()) {
+        signal(host, "-KILL")?;
+    }
+    let (status, text) = asked.await??;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text)?;
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "hello from outside",
+        "{text}"
+    );
+    assert_eq!(outside.hits(), 1);
     Ok(())
 }

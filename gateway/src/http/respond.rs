@@ -60,7 +60,7 @@ fn ended_early() -> ApiError {
 async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
     let mut text = String::new();
     let (reason, usage) = loop {
-        let failure = match gen.tokens.next().await {
+        let failure = match gen.next().await {
             Some(TokenEvent::Delta(t)) => {
                 timer.token();
                 text.push_str(&t);
@@ -199,7 +199,7 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
             yield chunker.event(Some(String::new()), true, None, None);
         }
         loop {
-            match gen.tokens.next().await {
+            match gen.next().await {
                 Some(TokenEvent::Delta(t)) => {
                     timer.token();
                     yield chunker.event(Some(t), false, None, None);
