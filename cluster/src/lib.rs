@@ -31,7 +31,7 @@ pub use config::{parse_memory_budget, AgentConfig, ClusterError, Role, Secret, T
 pub use membership::Change;
 pub use node::{MemberState, NodeId, NodeInfo};
 pub use peer_api::VerifiedPeer;
-pub use wire::{ClusterView, DeploymentView, NodeView, ShardView};
+pub use wire::{ClusterView, DeploymentView, NodeView, ShardView, UpstreamView};
 
 /// The herd version this build speaks.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

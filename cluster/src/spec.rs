@@ -30,6 +30,39 @@ pub struct DeploySpec {
     /// The file's sha256, once the declaring node has hashed it: a copy
     /// made from a peer is checked against it.
     pub sha256: Option<String>,
+    /// Set when another OpenAI-compatible server answers for this deployment
+    /// (`engine = "upstream"`): it is not placed, every node sends its
+    /// requests there directly, and only the admission fields above apply
+    /// (`slots` is its concurrency; `model` the name the upstream knows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSpec>,
+}
+
+/// An upstream server, as every node needs it to send requests there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamSpec {
+    pub base_url: String,
+    /// Where each node reads the API key: never the key itself.
+    pub api_key: Option<KeyRef>,
+    pub headers: Vec<(String, String)>,
+    pub connect_timeout_ms: u64,
+    pub first_byte_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+    pub retries: u32,
+    pub probe_path: Option<String>,
+    pub probe_interval_ms: u64,
+    pub failure_threshold: u32,
+    pub cooldown_ms: u64,
+    /// Cap on `max_tokens`, when the config sets one.
+    pub max_tokens_limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRef {
+    Env(String),
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +73,11 @@ pub enum Wanted {
 }
 
 impl DeploySpec {
-    /// The placement input, once the model's facts are known.
+    /// The placement input, once the model's facts are known (never for an upstream).
     pub fn placement_spec(&self) -> Option<DeploymentSpec> {
+        if self.upstream.is_some() {
+            return None;
+        }
         Some(DeploymentSpec {
             id: self.id.clone(),
             model: self.model.clone(),

@@ -61,6 +61,21 @@ pub struct DeploymentView {
     /// definition is the one running).
     #[serde(default)]
     pub conflict: Option<String>,
+    /// Set for an upstream deployment: how this node sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamView>,
+}
+
+/// An upstream deployment in `GET /cluster`, as the node that produced the
+/// view sees it (each node has its own connections and circuit breaker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamView {
+    pub base_url: String,
+    /// `closed`, `open`, `half_open` or `rate_limited`.
+    pub circuit: String,
+    pub in_flight: u64,
+    pub consecutive_failures: u32,
+    pub last_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

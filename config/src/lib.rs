@@ -6,10 +6,14 @@
 pub mod cluster;
 mod http;
 mod model;
+pub mod routing;
+pub mod upstream;
 
 pub use cluster::ClusterConfig;
 pub use http::HttpLimits;
-pub use model::{model_id_from_path, EngineKind, ModelConfig, NodesWanted};
+pub use model::{model_id_from_path, EngineKind, ModelConfig, NodesWanted, ValidEntry};
+pub use routing::{Alias, AliasConfig, AliasTargetConfig, Policy, Routing};
+pub use upstream::{HealthPolicy, KeySource, UpstreamTimeouts, ValidUpstream};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -63,6 +67,9 @@ pub struct RawConfig {
     pub max_connections: Option<u32>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Names that map to several deployments (see `routing.rs`).
+    #[serde(default)]
+    pub aliases: Vec<AliasConfig>,
     #[serde(default)]
     pub cluster: ClusterConfig,
 }
@@ -101,18 +108,28 @@ impl RawConfig {
                 format!("must be at least 1024, got {max_body_bytes}"),
             ));
         }
-        let mut models = Vec::with_capacity(self.models.len());
+        let mut models = Vec::new();
+        let mut upstreams = Vec::new();
+        let mut ids: Vec<(String, Vec<String>)> = Vec::with_capacity(self.models.len());
         for (i, m) in self.models.into_iter().enumerate() {
-            models.push(m.validate(i)?);
-        }
-        for (i, m) in models.iter().enumerate() {
-            if models[..i].iter().any(|o| o.id == m.id) {
+            let (entry, fallbacks) = m.validate(i)?;
+            let id = match &entry {
+                ValidEntry::Local(m) => m.id.clone(),
+                ValidEntry::Upstream(u) => u.id.clone(),
+            };
+            if ids.iter().any(|(o, _)| *o == id) {
                 return Err(ConfigError::invalid(
                     format!("models[{i}].id"),
-                    format!("{:?} is used by two models", m.id),
+                    format!("{id:?} is used by two models"),
                 ));
             }
+            ids.push((id, fallbacks));
+            match entry {
+                ValidEntry::Local(m) => models.push(m),
+                ValidEntry::Upstream(u) => upstreams.push(u),
+            }
         }
+        let routing = routing::validate(self.aliases, &ids)?;
         Ok(Config {
             listen,
             api_key_file: self.api_key_file,
@@ -120,6 +137,8 @@ impl RawConfig {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(30)),
             http,
             models,
+            upstreams,
+            routing,
             cluster: self.cluster,
         })
     }
@@ -133,7 +152,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub http: HttpLimits,
+    /// Deployments of GGUF files (llama.cpp engines, possibly split across nodes).
     pub models: Vec<model::ValidModel>,
+    /// Deployments served by other OpenAI-compatible servers.
+    pub upstreams: Vec<ValidUpstream>,
+    pub routing: Routing,
     pub cluster: ClusterConfig,
 }
 

@@ -1,8 +1,11 @@
 //! One `[[models]]` entry: a deployment of a GGUF, served by a llama.cpp
-//! engine host on its head node, its layers split across `nodes`.
+//! engine host on its head node, its layers split across `nodes`; or, with
+//! `engine = "upstream"`, another OpenAI-compatible server (`upstream.rs`).
 
+use crate::upstream::ValidUpstream;
 use crate::ConfigError;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +19,8 @@ pub struct ModelConfig {
     /// A GGUF file name in each node's model store (`[cluster] model_dir`):
     /// any node can head the deployment and fetch the file from a peer.
     pub model: Option<String>,
-    /// The engine: `"llama"` (llama.cpp; the default).
+    /// The engine: `"llama"` (llama.cpp; the default) or `"upstream"`
+    /// (another OpenAI-compatible server; see the upstream fields below).
     pub engine: Option<String>,
     /// Where it runs: a number of nodes (`2`: any two), or node names
     /// (`["studio-1", "studio-2"]`: exactly those, the first is the head). Default 1.
@@ -47,6 +51,49 @@ pub struct ModelConfig {
     /// so `false` here gives a one-node deployment the same arithmetic, and the
     /// same greedy output, as the model split across nodes.
     pub cpu_repack: Option<bool>,
+    /// Deployments tried in order when this one cannot answer (connect
+    /// error, 429, 5xx, first-byte timeout) before the first byte reached
+    /// the client. Any engine.
+    pub fallbacks: Option<Vec<String>>,
+
+    // engine = "upstream" only.
+    /// The upstream's OpenAI API root, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// The model name the upstream knows (default: `id`).
+    pub upstream_model: Option<String>,
+    /// Environment variable holding the upstream's API key.
+    pub api_key_env: Option<String>,
+    /// File holding the upstream's API key (its first line).
+    pub api_key_file: Option<PathBuf>,
+    /// Extra headers sent to the upstream (not for secrets: they travel to
+    /// the cluster's other nodes with the deployment).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Requests sent to the upstream at once; more wait (`max_queue`), then 429.
+    pub max_concurrency: Option<u32>,
+    pub connect_timeout_ms: Option<u64>,
+    /// From sending the request to the upstream's first byte of body.
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Longest gap between two stream events.
+    pub idle_timeout_ms: Option<u64>,
+    /// Longest a whole upstream answer may take.
+    pub total_timeout_ms: Option<u64>,
+    /// More attempts after the first (each walks the fallbacks again), with
+    /// jittered backoff, within `total_timeout_ms`.
+    pub retries: Option<u32>,
+    /// Active health check: `GET base_url + probe_path` (default `/models`; `""` turns it off).
+    pub probe_path: Option<String>,
+    pub probe_interval_ms: Option<u64>,
+    /// Consecutive failures (or half of the last 10 requests) that open the circuit.
+    pub failure_threshold: Option<u32>,
+    /// How long an open circuit rests before one trial request.
+    pub cooldown_ms: Option<u64>,
+}
+
+/// A validated `[[models]]` entry: a local (llama.cpp) deployment or an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValidEntry {
+    Local(ValidModel),
+    Upstream(ValidUpstream),
 }
 
 /// `nodes = 2` or `nodes = ["a", "b"]`.
@@ -90,8 +137,27 @@ fn default_threads() -> u32 {
 }
 
 impl ModelConfig {
-    pub(crate) fn validate(self, index: usize) -> Result<ValidModel, ConfigError> {
+    /// Validates the entry; also returns its `fallbacks`.
+    pub(crate) fn validate(self, index: usize) -> Result<(ValidEntry, Vec<String>), ConfigError> {
+        let fallbacks = self.fallbacks.clone().unwrap_or_default();
+        let entry = if self.engine.as_deref() == Some("upstream") {
+            ValidEntry::Upstream(crate::upstream::validate(self, index)?)
+        } else {
+            ValidEntry::Local(self.validate_local(index)?)
+        };
+        Ok((entry, fallbacks))
+    }
+
+    fn validate_local(self, index: usize) -> Result<ValidModel, ConfigError> {
         let field = |name: &str| format!("models[{index}].{name}");
+        for (name, set) in self.upstream_fields() {
+            if set {
+                return Err(ConfigError::invalid(
+                    field(name),
+                    "is only for `engine = \"upstream\"` entries",
+                ));
+            }
+        }
         let (path, model) = match (self.path, self.model) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::invalid(
@@ -123,7 +189,7 @@ impl ModelConfig {
             Some(other) => {
                 return Err(ConfigError::invalid(
                     field("engine"),
-                    format!("must be \"llama\", got {other:?}"),
+                    format!("must be \"llama\" or \"upstream\", got {other:?}"),
                 ))
             }
         };
@@ -167,15 +233,7 @@ impl ModelConfig {
             Some(id) => id,
             None => model_id_from_path(&path),
         };
-        if id.is_empty()
-            || id.len() > 128
-            || id.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(ConfigError::invalid(
-                field("id"),
-                format!("must be 1-128 characters without spaces, got {id:?}"),
-            ));
-        }
+        check_name(&field("id"), &id)?;
         let in_range = |name: &str, v: u32, lo: u32, hi: u32| -> Result<u32, ConfigError> {
             if (lo..=hi).contains(&v) {
                 Ok(v)
@@ -234,6 +292,61 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// The upstream-only fields, and whether each is set.
+    fn upstream_fields(&self) -> [(&'static str, bool); 15] {
+        [
+            ("base_url", self.base_url.is_some()),
+            ("upstream_model", self.upstream_model.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("api_key_file", self.api_key_file.is_some()),
+            ("headers", self.headers.is_some()),
+            ("max_concurrency", self.max_concurrency.is_some()),
+            ("connect_timeout_ms", self.connect_timeout_ms.is_some()),
+            (
+                "first_byte_timeout_ms",
+                self.first_byte_timeout_ms.is_some(),
+            ),
+            ("idle_timeout_ms", self.idle_timeout_ms.is_some()),
+            ("total_timeout_ms", self.total_timeout_ms.is_some()),
+            ("retries", self.retries.is_some()),
+            ("probe_path", self.probe_path.is_some()),
+            ("probe_interval_ms", self.probe_interval_ms.is_some()),
+            ("failure_threshold", self.failure_threshold.is_some()),
+            ("cooldown_ms", self.cooldown_ms.is_some()),
+        ]
+    }
+
+    /// The llama-only fields, and whether each is set.
+    pub(crate) fn local_fields(&self) -> [(&'static str, bool); 9] {
+        [
+            ("path", self.path.is_some()),
+            ("model", self.model.is_some()),
+            ("nodes", self.nodes.is_some()),
+            ("threads", self.threads.is_some()),
+            ("slots", self.slots.is_some()),
+            ("ctx_size", self.ctx_size.is_some()),
+            (
+                "progress_timeout_secs",
+                self.progress_timeout_secs.is_some(),
+            ),
+            ("mmap", self.mmap.is_some()),
+            ("cpu_repack", self.cpu_repack.is_some()),
+        ]
+    }
+}
+
+/// A model id or alias name: what clients put in `"model"`.
+pub(crate) fn check_name(field: &str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("must be 1-128 characters without spaces, got {id:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// `SmolLM2-135M-Instruct.Q4_1.gguf` → `smollm2-135m-instruct`: the file stem,
 /// lower-cased, with a trailing quantization tag (`.Q4_1`, `-q4_k_m`, `.f16`) removed.
 pub fn model_id_from_path(path: &Path) -> String {
@@ -270,7 +383,7 @@ fn is_file_name(name: &str) -> bool {
 }
 
 /// `~/x` → `$HOME/x`, so example configs can point into the model cache.
-fn expand_home(path: PathBuf) -> PathBuf {
+pub(crate) fn expand_home(path: PathBuf) -> PathBuf {
     match (path.strip_prefix("~"), std::env::var_os("HOME")) {
         (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => path,

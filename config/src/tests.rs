@@ -123,7 +123,7 @@ fn deployments_name_a_store_file_and_their_nodes() -> Result<(), String> {
         ),
         (
             "[[models]]\nmodel = \"m.gguf\"\nengine = \"mlx\"\n",
-            "`models[0].engine` must be \"llama\"",
+            "`models[0].engine` must be \"llama\" or \"upstream\"",
         ),
     ] {
         let err = parse(text).err().unwrap_or_default();
@@ -151,4 +151,87 @@ fn a_model_path_must_be_utf8() {
         err.starts_with("`models[0].path` must be valid UTF-8"),
         "{err}"
     );
+}
+
+#[test]
+fn upstreams_validate_with_defaults_and_name_mistakes() -> Result<(), String> {
+    let parse = |text: &str| {
+        RawConfig::from_toml(text).and_then(|r| r.validate().map_err(|e| e.to_string()))
+    };
+    let c = parse(
+        "[[models]]\nid = \"u\"\nengine = \"upstream\"\nbase_url = \"http://h:1/v1/\"\napi_key_env = \"K\"\n",
+    )?;
+    assert!(c.models.is_empty());
+    let u = &c.upstreams[0];
+    assert_eq!(
+        (
+            u.id.as_str(),
+            u.base_url.as_str(),
+            u.upstream_model.as_str()
+        ),
+        ("u", "http://h:1/v1", "u")
+    );
+    assert_eq!(u.api_key, Some(KeySource::Env("K".into())));
+    assert_eq!(u.health.probe_path.as_deref(), Some("/models"));
+    assert_eq!(u.timeouts.total, Duration::from_secs(600));
+    let up = "[[models]]\nid = \"u\"\nengine = \"upstream\"\nbase_url = \"http://h/v1\"\n";
+    for (text, says) in [
+        (
+            format!("{up}threads = 2\n"),
+            "`models[0].threads` is not used by `engine = \"upstream\"`",
+        ),
+        (
+            "[[models]]\npath = \"/m.gguf\"\nbase_url = \"http://h\"\n".to_string(),
+            "`models[0].base_url` is only for `engine = \"upstream\"`",
+        ),
+        (
+            "[[models]]\nengine = \"upstream\"\nid = \"u\"\nbase_url = \"h:80\"\n".to_string(),
+            "`models[0].base_url` must be an http:// or https:// URL, got \"h:80\"",
+        ),
+        (
+            format!("{up}api_key_env = \"K\"\napi_key_file = \"/k\"\n"),
+            "`models[0].api_key_env` and `api_key_file` are both set",
+        ),
+        (
+            format!("{up}headers = {{ \"bad header\" = \"x\" }}\n"),
+            "`models[0].headers` \"bad header\" is not a valid header name",
+        ),
+        (
+            format!("{up}first_byte_timeout_ms = 9000\ntotal_timeout_ms = 100\n"),
+            "`models[0].first_byte_timeout_ms` must not exceed `total_timeout_ms`",
+        ),
+        (
+            format!("{up}fallbacks = [\"nope\"]\n"),
+            "`models[0].fallbacks` names \"nope\", which no [[models]] entry defines",
+        ),
+        (
+            format!("{up}fallbacks = [\"u\"]\n"),
+            "`models[0].fallbacks` names the model itself",
+        ),
+        (
+            format!("{up}[[aliases]]\nname = \"u\"\ntargets = [{{ model = \"u\" }}]\n"),
+            "`aliases[0].name` \"u\" is already a model id or alias",
+        ),
+        (
+            format!("{up}[[aliases]]\nname = \"a\"\ntargets = [{{ model = \"u\", weight = 0 }}]\n"),
+            "`aliases[0].targets[0].weight` must be between 1 and 1000, got 0",
+        ),
+        (
+            format!("{up}[[aliases]]\nname = \"a\"\npolicy = \"random\"\ntargets = [{{ model = \"u\" }}]\n"),
+            "`aliases[0].policy` must be \"least_inflight\" or \"weighted_round_robin\"",
+        ),
+    ] {
+        let err = parse(&text).err().unwrap_or_default();
+        assert!(err.starts_with(says), "{text}: {err}");
+    }
+    let c = parse(&format!(
+        "{up}[[models]]\npath = \"/x/m.gguf\"\nfallbacks = [\"u\"]\n[[aliases]]\nname = \"a\"\npolicy = \"weighted_round_robin\"\ntargets = [{{ model = \"u\", weight = 3 }}, {{ model = \"m\" }}]\n"
+    ))?;
+    assert_eq!(c.routing.fallbacks.get("m"), Some(&vec!["u".to_string()]));
+    assert_eq!(c.routing.aliases[0].policy, Policy::WeightedRoundRobin);
+    assert_eq!(
+        c.routing.aliases[0].targets,
+        vec![("u".to_string(), 3), ("m".to_string(), 1)]
+    );
+    Ok(())
 }

@@ -10,5 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod openai;
 pub mod router;
+pub mod routing;
 pub mod scheduler;
+pub mod upstream;
 pub mod validate;

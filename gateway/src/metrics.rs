@@ -28,6 +28,7 @@
 //! `respond` moves the timer into the response stream, so its life is the
 //! request's life as the client sees it (the slot may be free earlier).
 
+mod backend;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -103,6 +104,7 @@ pub(crate) struct Series {
     pub engine_up: IntGaugeVec,
     pub engine_restarts: IntCounterVec,
     pub slow_clients: IntCounterVec,
+    pub backend: backend::BackendSeries,
 }
 
 const SECONDS_TTFT: &[f64] = &[
@@ -196,6 +198,7 @@ impl Series {
             engine_up: gauge(r, "herd_engine_up", "1 when the model's engine host is ready, else 0", m)?,
             engine_restarts: counter(r, "herd_engine_restarts_total", "Times the model's engine host was restarted", m)?,
             slow_clients: counter(r, "herd_slow_client_disconnects_total", "Streams whose generation was stopped because the client fell a whole buffer behind", m)?,
+            backend: backend::BackendSeries::register(r)?,
         })
     }
 }
@@ -260,9 +263,11 @@ impl Metrics {
             &s.kv_used_tokens,
             &s.kv_capacity_tokens,
             &s.engine_up,
+            &s.backend.up,
         ] {
             g.with_label_values(l);
         }
+        s.backend.retries.with_label_values(l);
         s.slots_total
             .with_label_values(l)
             .set(i64::try_from(slots).unwrap_or(i64::MAX));
@@ -329,10 +334,16 @@ impl Metrics {
         }
     }
 
-    /// Reads every deployment's engine: the usual scrape hook.
+    /// Reads every deployment's engine, and every upstream's circuit: the usual scrape hook.
     pub fn observe_router(&self, router: &ModelRouter) {
-        for d in router.all() {
-            self.set_engine(&d.id, &snapshot(&d));
+        let table = router.current();
+        for d in table.local() {
+            let snap = snapshot(d);
+            self.set_backend_up(&d.id, snap.up);
+            self.set_engine(&d.id, &snap);
+        }
+        for u in table.upstreams() {
+            self.set_backend_up(&u.id, u.is_up());
         }
     }
 

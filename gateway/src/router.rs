@@ -1,13 +1,17 @@
 //! The live route table: model id → where it is served. One owner (the
 //! deployer, `deploy/`) publishes a new immutable [`RouteTable`] whenever a
 //! deployment appears, moves or goes down; handlers read the current one
-//! with a lock-free load and never wait on the deployer.
+//! with a lock-free load and never wait on the deployer. The table also
+//! carries the routing policy (aliases, fallbacks; `routing.rs`), which
+//! outlives every snapshot.
 
-use crate::openai::ApiError;
+use crate::routing::RoutingPolicy;
 use crate::scheduler::Admission;
+use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
+use herd_cluster::client::PeerClient;
 use herd_cluster::NodeId;
-use herd_engines::{Engine, EngineError};
+use herd_engines::Engine;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +35,8 @@ pub struct RemoteRoute {
 
 pub enum Route {
     Local(Arc<Deployment>),
+    /// Another OpenAI-compatible server; every node sends requests there directly.
+    Upstream(Arc<Upstream>),
     Remote(RemoteRoute),
     /// Known to the cluster but not served right now (loading, refused, no plan yet).
     Down(String),
@@ -40,9 +46,26 @@ pub enum Route {
 #[derive(Default)]
 pub struct RouteTable {
     routes: BTreeMap<String, (Route, u64)>,
+    pub(crate) policy: Arc<RoutingPolicy>,
+    /// How this node reaches the heads of remote routes (in a cluster).
+    pub(crate) peers: Option<PeerClient>,
 }
 
 impl RouteTable {
+    /// An empty table that routes by `policy`.
+    pub fn with_policy(policy: Arc<RoutingPolicy>) -> Self {
+        Self {
+            routes: BTreeMap::new(),
+            policy,
+            peers: None,
+        }
+    }
+
+    /// The cluster client requests to remote heads go through.
+    pub fn set_peers(&mut self, peers: Option<PeerClient>) {
+        self.peers = peers;
+    }
+
     /// `created` is the Unix time the deployment was first seen (for `/v1/models`).
     pub fn insert(&mut self, id: String, route: Route, created: u64) {
         self.routes.insert(id, (route, created));
@@ -57,9 +80,23 @@ impl RouteTable {
         self.routes.iter().map(|(id, (_, c))| (id, *c))
     }
 
+    /// Every name clients may use: deployment ids, then aliases.
+    pub fn names(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.ids()
+            .map(|(id, c)| (id.as_str(), c))
+            .chain(self.policy.aliases())
+    }
+
     pub fn local(&self) -> impl Iterator<Item = &Arc<Deployment>> {
         self.routes.values().filter_map(|(r, _)| match r {
             Route::Local(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.routes.values().filter_map(|(r, _)| match r {
+            Route::Upstream(u) => Some(u),
             _ => None,
         })
     }
@@ -90,22 +127,6 @@ impl Router {
 
     pub fn current(&self) -> Arc<RouteTable> {
         self.table.load_full()
-    }
-
-    /// The local deployment serving `model`; a deployment that is down (or,
-    /// after a race with a re-placement, now headed elsewhere) is a 503.
-    pub fn route(&self, model: &str) -> Result<Arc<Deployment>, ApiError> {
-        match self.current().get(model) {
-            Some(Route::Local(d)) => Ok(d.clone()),
-            Some(Route::Remote(r)) => Err(ApiError::Engine(EngineError::Unavailable(format!(
-                "the deployment moved to node {}; retry",
-                r.head_name
-            )))),
-            Some(Route::Down(reason)) => {
-                Err(ApiError::Engine(EngineError::Unavailable(reason.clone())))
-            }
-            None => Err(ApiError::ModelNotFound(model.to_string())),
-        }
     }
 
     /// The deployments whose engines run here.

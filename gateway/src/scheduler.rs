@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug)]
 pub struct Admission {
     slots: Arc<Semaphore>,
+    capacity: usize,
     waiting: AtomicUsize,
     max_queue: usize,
     max_wait: Duration,
@@ -37,6 +38,7 @@ impl Admission {
     pub fn new(slots: usize, max_queue: usize, max_wait: Duration) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(slots)),
+            capacity: slots,
             waiting: AtomicUsize::new(0),
             max_queue,
             max_wait,
@@ -71,6 +73,11 @@ impl Admission {
 
     pub fn free_slots(&self) -> usize {
         self.slots.available_permits()
+    }
+
+    /// Requests holding a slot or waiting for one (least-in-flight routing).
+    pub fn in_flight(&self) -> usize {
+        self.capacity.saturating_sub(self.free_slots()) + self.waiting()
     }
 
     fn retry_after(&self) -> u64 {

@@ -30,6 +30,7 @@ fn spec(nodes: Wanted) -> DeploySpec {
         progress_timeout_ms: 120_000,
         mmap: false,
         cpu_repack: true,
+        upstream: None,
         facts: Some(ModelFacts {
             arch: "llama".into(),
             n_layers: 2,
@@ -122,6 +123,7 @@ fn every_wire_message_encodes_and_decodes_to_itself() {
                 loaded: Some(0..2),
             }],
             conflict: Some("defined twice".into()),
+            upstream: None,
         }],
     });
 }

@@ -53,12 +53,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let keys = key_file.as_deref().map(ApiKeys::load).transpose()?;
     // The same file may be copied to every node: its [[models]] are this
     // node's proposal of the cluster's deployments (the leader's list wins).
-    let models = herd_config::RawConfig {
+    let deployments = herd_config::RawConfig {
         models: raw.models.clone(),
+        aliases: raw.aliases.clone(),
         ..herd_config::RawConfig::default()
     }
-    .validate()?
-    .models;
+    .validate()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -76,7 +76,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let runtime = runtime::start(RuntimeParts {
         args: &args.cluster,
         file: &raw.cluster,
-        models: &models,
+        models: &deployments.models,
+        upstreams: &deployments.upstreams,
+        routing: &deployments.routing,
         addr,
         role: Role::Node,
         router,

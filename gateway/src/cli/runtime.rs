@@ -5,7 +5,7 @@
 use super::cluster_args::{agent_config, ClusterArgs};
 use crate::deploy::copy::serve_model;
 use crate::deploy::forward::{receive_plan, serve_forwarded};
-use crate::deploy::plan::{spec_from_config, PLAN_PATH};
+use crate::deploy::plan::{spec_from_config, spec_from_upstream, PLAN_PATH};
 use crate::deploy::{DeploySettings, Deployer};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -14,7 +14,7 @@ use axum::routing::{any, get, post};
 use futures::FutureExt;
 use herd_cluster::store::ModelStore;
 use herd_cluster::{tunnel, Agent, Role};
-use herd_config::{ClusterConfig, ValidModel};
+use herd_config::{ClusterConfig, Routing, ValidModel, ValidUpstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,9 @@ pub struct RuntimeParts<'a> {
     pub args: &'a ClusterArgs,
     pub file: &'a ClusterConfig,
     pub models: &'a [ValidModel],
+    pub upstreams: &'a [ValidUpstream],
+    /// Aliases and fallbacks.
+    pub routing: &'a Routing,
     /// The HTTP address actually bound.
     pub addr: SocketAddr,
     pub role: Role,
@@ -74,7 +77,16 @@ pub async fn start(p: RuntimeParts<'_>) -> anyhow::Result<Runtime> {
     let settings = DeploySettings {
         exe,
         store,
-        specs: p.models.iter().map(spec_from_config).collect(),
+        specs: p
+            .models
+            .iter()
+            .map(spec_from_config)
+            .chain(p.upstreams.iter().map(spec_from_upstream))
+            .collect(),
+        policy: Arc::new(crate::routing::RoutingPolicy::new(
+            p.routing,
+            crate::openai::response::unix_now(),
+        )),
         worker_threads: p.models.iter().map(|m| m.threads).max().unwrap_or(1),
         settle: Duration::from_secs(2),
     };

@@ -77,14 +77,20 @@ impl ServeArgs {
             raw.max_body_bytes = Some(v);
         }
         self.http.apply(&mut raw);
+        let is_upstream = |m: &ModelConfig| m.engine.as_deref() == Some("upstream");
         if let Some(path) = &self.model {
-            let first = raw.models.drain(..).next().unwrap_or_default();
+            // The file's first local model gives way to this one; upstreams stay.
+            let (upstreams, local): (Vec<_>, Vec<_>) =
+                raw.models.drain(..).partition(|m| is_upstream(m));
+            let first = local.into_iter().next().unwrap_or_default();
             raw.models = vec![ModelConfig {
                 path: Some(path.clone()),
                 ..first
             }];
+            raw.models.extend(upstreams);
         }
-        for m in &mut raw.models {
+        // Engine flags are for local models; an upstream runs its own.
+        for m in raw.models.iter_mut().filter(|m| !is_upstream(m)) {
             m.id = self.model_id.clone().or(m.id.take());
             m.threads = self.threads.or(m.threads);
             m.slots = self.slots.or(m.slots);
@@ -94,7 +100,7 @@ impl ServeArgs {
             m.mmap = self.mmap.or(m.mmap);
         }
         let config = raw.validate()?;
-        if config.models.is_empty() {
+        if config.models.is_empty() && config.upstreams.is_empty() {
             anyhow::bail!("no model to serve: pass --model PATH.gguf or add a [[models]] entry to the config file");
         }
         Ok(config)
@@ -117,7 +123,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    for u in &config.upstreams {
+        // This node's own upstreams must be reachable with a key it has.
+        crate::upstream::check_key(u)
+            .map_err(|why| anyhow::anyhow!("upstream `{}`: {why}", u.id))?;
+    }
     let metrics = crate::metrics::Metrics::new().context("cannot create the metrics registry")?;
+    for alias in &config.routing.aliases {
+        metrics.add_alias(&alias.name);
+    }
     let router = Router::default();
     // Engine gauges (up, restarts, slots, KV cache) are read fresh at each scrape.
     let scraped = router.clone();
@@ -137,6 +151,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args: &args.cluster,
         file: &config.cluster,
         models: &config.models,
+        upstreams: &config.upstreams,
+        routing: &config.routing,
         addr,
         role: Role::Gateway,
         router: router.clone(),

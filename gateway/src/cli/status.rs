@@ -176,7 +176,11 @@ pub fn render(view: &ClusterView) -> String {
                     d.id.clone(),
                     d.model.clone(),
                     d.state.clone(),
-                    d.head.clone().unwrap_or_else(|| "-".into()),
+                    match (&d.head, &d.upstream) {
+                        (Some(head), _) => head.clone(),
+                        (None, Some(u)) => format!("upstream {}", u.base_url),
+                        (None, None) => "-".into(),
+                    },
                     if shards.is_empty() {
                         "-".into()
                     } else {
@@ -320,6 +324,7 @@ mod tests {
                     head: Some("studio".into()),
                     shards: vec![shard("studio", 0..15), shard("mini", 15..30)],
                     conflict: None,
+                    upstream: None,
                 },
                 herd_cluster::DeploymentView {
                     id: "big".into(),
@@ -329,6 +334,7 @@ mod tests {
                     head: None,
                     shards: Vec::new(),
                     conflict: None,
+                    upstream: None,
                 },
             ],
         };

@@ -86,6 +86,8 @@ impl Actor {
             if let Some(plan) = &self.plan {
                 self.local.reconcile(plan, &nodes);
             }
+            let specs = self.plan.as_ref().map_or(&mine, |p| &p.specs);
+            self.local.reconcile_upstreams(specs);
             let views = self.local.publish(self.plan.as_ref(), &nodes, &mine);
             self.agent.set_deployments(views);
         }
@@ -214,7 +216,7 @@ impl Actor {
     /// a large file takes minutes).
     fn own_specs(&mut self) -> Vec<DeploySpec> {
         let mut specs = self.settings.specs.clone();
-        for spec in &mut specs {
+        for spec in specs.iter_mut().filter(|s| s.upstream.is_none()) {
             let Some(path) = spec
                 .path
                 .clone()

@@ -73,6 +73,12 @@ pub(super) struct Local {
     pub(super) created: BTreeMap<String, u64>,
     /// Model files being copied here from a peer, by file name.
     pub(super) copies: BTreeMap<String, (super::copy::Copy, std::time::Instant)>,
+    /// Upstream deployments this node sends requests to (`upstreams.rs`).
+    pub(super) upstreams: BTreeMap<String, super::upstreams::UpstreamRun>,
+    /// Why an upstream cannot be served here (its API key is missing).
+    pub(super) upstream_errors: BTreeMap<String, String>,
+    /// Aliases and fallbacks, shared by every route table published.
+    pub(super) policy: Arc<crate::routing::RoutingPolicy>,
 }
 
 impl Local {
@@ -97,6 +103,9 @@ impl Local {
             worker_addrs,
             created: BTreeMap::new(),
             copies: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            upstream_errors: BTreeMap::new(),
+            policy: settings.policy.clone(),
         }
     }
 

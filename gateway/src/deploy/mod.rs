@@ -11,6 +11,7 @@ pub mod copy;
 pub mod forward;
 mod local;
 pub mod plan;
+mod upstreams;
 mod views;
 
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct DeploySettings {
     pub store: ModelStore,
     /// This node's `[[models]]`; the leader's list is the cluster's.
     pub specs: Vec<DeploySpec>,
+    /// This node's aliases and fallbacks.
+    pub policy: Arc<crate::routing::RoutingPolicy>,
     /// Threads for a shard worker here.
     pub worker_threads: u32,
     /// How long a node must see itself as the leader before it decides (so a
@@ -62,7 +65,7 @@ impl Deployer {
         let (plans, rx) = mpsc::channel(64);
         // Until the first plan, this node's own deployments are known but down:
         // a 503 and an unhealthy /health, never a 404 or a vacuous 200.
-        let mut table = crate::router::RouteTable::default();
+        let mut table = crate::router::RouteTable::with_policy(settings.policy.clone());
         let now = crate::openai::response::unix_now();
         for spec in &settings.specs {
             let why = "the deployment is waiting for the cluster's placement".to_string();

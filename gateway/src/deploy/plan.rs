@@ -10,9 +10,9 @@
 
 use herd_cluster::peer_api::LiveNode;
 use herd_cluster::placement::{self, NodeCap, Placement};
-use herd_cluster::spec::{DeploySpec, Wanted};
+use herd_cluster::spec::{DeploySpec, KeyRef, UpstreamSpec, Wanted};
 use herd_cluster::NodeId;
-use herd_config::{NodesWanted, ValidModel};
+use herd_config::{KeySource, NodesWanted, ValidModel, ValidUpstream};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -40,6 +40,47 @@ pub fn spec_from_config(m: &ValidModel) -> DeploySpec {
         cpu_repack: m.cpu_repack,
         facts: None,
         sha256: None,
+        upstream: None,
+    }
+}
+
+/// An upstream entry of this node's config: not placed, served by every node.
+pub fn spec_from_upstream(u: &ValidUpstream) -> DeploySpec {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    DeploySpec {
+        id: u.id.clone(),
+        model: u.upstream_model.clone(),
+        path: None,
+        nodes: Wanted::Count(0),
+        threads: 0,
+        slots: u.max_concurrency,
+        ctx_size: 0,
+        max_queue: u.max_queue,
+        max_queue_wait_ms: ms(u.max_queue_wait),
+        max_tokens_limit: u.max_tokens_limit.unwrap_or(0),
+        progress_timeout_ms: ms(u.timeouts.idle),
+        mmap: false,
+        cpu_repack: false,
+        facts: None,
+        sha256: None,
+        upstream: Some(UpstreamSpec {
+            base_url: u.base_url.clone(),
+            api_key: u.api_key.as_ref().map(|k| match k {
+                KeySource::Env(v) => KeyRef::Env(v.clone()),
+                KeySource::File(p) => KeyRef::File(p.clone()),
+            }),
+            headers: u.headers.clone(),
+            connect_timeout_ms: ms(u.timeouts.connect),
+            first_byte_timeout_ms: ms(u.timeouts.first_byte),
+            idle_timeout_ms: ms(u.timeouts.idle),
+            total_timeout_ms: ms(u.timeouts.total),
+            retries: u.retries,
+            probe_path: u.health.probe_path.clone(),
+            probe_interval_ms: ms(u.health.probe_interval),
+            failure_threshold: u.health.failure_threshold,
+            cooldown_ms: ms(u.health.cooldown),
+            max_tokens_limit: u.max_tokens_limit,
+        }),
     }
 }
 
@@ -127,7 +168,7 @@ pub fn merge_specs(
 
 /// Places the specs whose facts are known on the live nodes, keeping what
 /// `current` already placed wherever it still fits. Specs without facts
-/// are refused with the reason.
+/// are refused with the reason; upstreams are not placed at all.
 pub fn decide(specs: &[DeploySpec], nodes: &[LiveNode], current: &Placement) -> Placement {
     let caps: Vec<NodeCap> = nodes
         .iter()
@@ -142,7 +183,10 @@ pub fn decide(specs: &[DeploySpec], nodes: &[LiveNode], current: &Placement) -> 
         .filter_map(DeploySpec::placement_spec)
         .collect();
     let mut placement = placement::place(&known, &caps, current);
-    for s in specs.iter().filter(|s| s.facts.is_none()) {
+    for s in specs
+        .iter()
+        .filter(|s| s.facts.is_none() && s.upstream.is_none())
+    {
         placement.deployments.insert(
             s.id.clone(),
             placement::Decision::Refused {
@@ -207,6 +251,7 @@ mod tests {
             cpu_repack: true,
             facts: None,
             sha256: None,
+            upstream: None,
         }
     }
 

@@ -8,7 +8,7 @@ use herd_cluster::node::HeadStatus;
 use herd_cluster::peer_api::LiveNode;
 use herd_cluster::placement::Decision;
 use herd_cluster::spec::DeploySpec;
-use herd_cluster::{DeploymentView, ShardView};
+use herd_cluster::{DeploymentView, ShardView, UpstreamView};
 use herd_engines::{Engine, EngineState};
 
 impl Local {
@@ -19,22 +19,24 @@ impl Local {
         mine: &[DeploySpec],
     ) -> Vec<DeploymentView> {
         let now = crate::openai::response::unix_now();
-        let mut table = RouteTable::default();
+        let mut table = RouteTable::with_policy(self.policy.clone());
+        table.set_peers(self.agent.peer_client());
         let mut views = Vec::new();
         let mut heads = Vec::new();
-        let ids: Vec<(String, String)> = match plan {
-            Some(p) => p
-                .specs
-                .iter()
-                .map(|s| (s.id.clone(), s.model.clone()))
-                .collect(),
-            None => mine
-                .iter()
-                .map(|s| (s.id.clone(), s.model.clone()))
-                .collect(),
-        };
-        for (id, model) in ids {
+        let specs = plan.map_or(mine, |p| &p.specs);
+        let ids: Vec<(String, String, bool)> = specs
+            .iter()
+            .map(|s| (s.id.clone(), s.model.clone(), s.upstream.is_some()))
+            .collect();
+        for (id, model, is_upstream) in ids {
             let created = *self.created.entry(id.clone()).or_insert(now);
+            if is_upstream {
+                let (route, mut view) = self.upstream_view(&id, model);
+                view.conflict = plan.and_then(|p| p.conflicts.get(&id).cloned());
+                table.insert(id, route, created);
+                views.push(view);
+                continue;
+            }
             let decision = plan.and_then(|p| p.placement.deployments.get(&id));
             let mut view = DeploymentView {
                 id: id.clone(),
@@ -44,6 +46,7 @@ impl Local {
                 head: None,
                 shards: Vec::new(),
                 conflict: plan.and_then(|p| p.conflicts.get(&id).cloned()),
+                upstream: None,
             };
             let route = match decision {
                 None => {
@@ -115,6 +118,49 @@ impl Local {
         self.agent
             .set_local(self.store.list(), heads, mine.to_vec());
         views
+    }
+
+    /// An upstream's route and view: served directly from this node, or
+    /// down with the reason (its API key is missing here).
+    fn upstream_view(&self, id: &str, model: String) -> (Route, DeploymentView) {
+        let mut view = DeploymentView {
+            id: id.to_string(),
+            model,
+            state: "failed".into(),
+            reason: None,
+            head: None,
+            shards: Vec::new(),
+            conflict: None,
+            upstream: None,
+        };
+        let Some(run) = self.upstreams.get(id) else {
+            let why = self
+                .upstream_errors
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| "the upstream is not set up yet".into());
+            view.reason = Some(why.clone());
+            return (Route::Down(why), view);
+        };
+        let up = &run.upstream;
+        let status = up.status();
+        view.state = if up.is_up() { "ready" } else { "unhealthy" }.into();
+        if !up.is_up() {
+            view.reason = Some(format!(
+                "circuit {} after {} failures (last: {})",
+                status.circuit,
+                status.consecutive_failures,
+                status.last_failure.unwrap_or("-")
+            ));
+        }
+        view.upstream = Some(UpstreamView {
+            base_url: up.base_url.clone(),
+            circuit: status.circuit.into(),
+            in_flight: status.in_flight as u64,
+            consecutive_failures: status.consecutive_failures,
+            last_failure: status.last_failure.map(str::to_string),
+        });
+        (Route::Upstream(up.clone()), view)
     }
 
     fn head_status(&self, id: &str) -> HeadStatus {

@@ -1,11 +1,14 @@
 //! `GET /health`: 200 only when every deployment this node knows is served
 //! (its engine here is ready, or it is headed by another node); otherwise 503
-//! with what is wrong, so load balancers and tests see the truth.
+//! with what is wrong, so load balancers and tests see the truth. An
+//! upstream shows its circuit (`closed`, `open`, `half_open`,
+//! `rate_limited`) but never makes this node unhealthy: restarting or
+//! draining herd cannot mend another server, and its other models still serve.
 //!
 //! It answers without a key, so when API keys are on, a caller without a
 //! valid one sees each model's id and status only: the engine's last error
-//! (file paths, process details), slot counts and head names are for key
-//! holders.
+//! (file paths, process details), slot counts, head names and upstream
+//! addresses are for key holders.
 
 use super::AppState;
 use crate::router::Route;
@@ -25,7 +28,8 @@ pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> Respon
         .filter_map(|(id, _)| Some((id, table.get(id)?)))
         .map(|(id, route)| {
             let (status, detail) = model_health(route);
-            all_ready &= matches!(status, "ready" | "remote");
+            all_ready &=
+                matches!(status, "ready" | "remote") || matches!(route, Route::Upstream(_));
             let mut entry = json!({ "id": id, "status": status });
             if let (true, Value::Object(entry), Value::Object(detail)) =
                 (detailed, &mut entry, detail)
@@ -60,6 +64,18 @@ fn model_health(route: &Route) -> (&'static str, Value) {
                 "slots_busy": stats.slots_busy,
                 "free_slots": d.admission.free_slots(),
                 "waiting": d.admission.waiting(),
+            });
+            (status, detail)
+        }
+        Route::Upstream(u) => {
+            let s = u.status();
+            let status = if u.is_up() { "ready" } else { "unhealthy" };
+            let detail = json!({
+                "upstream": u.base_url,
+                "circuit": s.circuit,
+                "in_flight": s.in_flight,
+                "consecutive_failures": s.consecutive_failures,
+                "last_failure": s.last_failure,
             });
             (status, detail)
         }

@@ -5,6 +5,7 @@ mod conn_watch;
 mod health;
 mod openai_api;
 pub mod openapi;
+mod relay;
 mod respond;
 pub mod server;
 

@@ -9,6 +9,7 @@ use crate::openai::request::{ChatCompletionRequest, CompletionRequest};
 use crate::openai::response::{ModelCard, ModelList};
 use crate::openai::{ApiError, OpenAiJson};
 use crate::validate::{self, ValidRequest};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Extension;
@@ -24,14 +25,10 @@ pub async fn chat_completions(
     let timer = timer(
         &state,
         key,
-        body.as_ref().map_or("", |b| b.0.model.as_str()),
+        body.as_ref().map_or("", |b| b.value.model.as_str()),
     );
-    complete(
-        &state,
-        timer,
-        body.and_then(|OpenAiJson(b)| validate::chat(b)),
-    )
-    .await
+    let req = body.and_then(|b| Ok((validate::chat(b.value)?, b.raw)));
+    complete(&state, timer, req).await
 }
 
 pub async fn completions(
@@ -42,14 +39,10 @@ pub async fn completions(
     let timer = timer(
         &state,
         key,
-        body.as_ref().map_or("", |b| b.0.model.as_str()),
+        body.as_ref().map_or("", |b| b.value.model.as_str()),
     );
-    complete(
-        &state,
-        timer,
-        body.and_then(|OpenAiJson(b)| validate::completion(b)),
-    )
-    .await
+    let req = body.and_then(|b| Ok((validate::completion(b.value)?, b.raw)));
+    complete(&state, timer, req).await
 }
 
 fn timer(state: &AppState, key: Option<Extension<KeyName>>, model: &str) -> RequestTimer {
@@ -57,17 +50,18 @@ fn timer(state: &AppState, key: Option<Extension<KeyName>>, model: &str) -> Requ
     state.metrics.request(model, key)
 }
 
+/// `req` is the validated request and the client's body as sent.
 async fn complete(
     state: &AppState,
     mut timer: RequestTimer,
-    req: Result<ValidRequest, ApiError>,
+    req: Result<(ValidRequest, Bytes), ApiError>,
 ) -> Result<Response, ApiError> {
     let started = match req {
-        Ok(req) => generate::start(&state.router, req, &mut timer).await,
+        Ok((req, raw)) => generate::start(&state.router, req, &raw, &mut timer).await,
         Err(e) => Err(e),
     };
     match started {
-        Ok(generation) => Ok(respond(generation, timer).await),
+        Ok(answer) => Ok(respond(answer, timer).await),
         Err(e) => {
             timer.fail(&e);
             Err(e)
@@ -77,7 +71,10 @@ async fn complete(
 
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     let table = state.router.current();
-    let data = table.ids().map(|(id, created)| card(id, created)).collect();
+    let data = table
+        .names()
+        .map(|(id, created)| card(id, created))
+        .collect();
     Json(ModelList {
         object: "list",
         data,
@@ -90,8 +87,8 @@ pub async fn get_model(
 ) -> Result<Json<ModelCard>, ApiError> {
     let table = state.router.current();
     let (id, created) = table
-        .ids()
-        .find(|(known, _)| **known == id)
+        .names()
+        .find(|(known, _)| *known == id)
         .ok_or(ApiError::ModelNotFound(id.clone()))?;
     Ok(Json(card(id, created)))
 }

@@ -1,8 +1,9 @@
 //! Turns a running [`Generation`] into OpenAI's JSON body or SSE stream.
 //! In a stream, an engine failure becomes an error event followed by `[DONE]`.
 //! Stream events are typed payloads until one encoder turns them into JSON.
+//! An upstream's answer is relayed instead (`relay.rs`).
 
-use crate::generate::Generation;
+use crate::generate::{Answer, Generation};
 use crate::metrics::RequestTimer;
 use crate::openai::error::{ErrorEnvelope, ENCODING_FAILED};
 use crate::openai::response::{
@@ -20,7 +21,19 @@ use serde::Serialize;
 use std::convert::Infallible;
 
 /// `timer` records the request's metrics; it lives as long as the response.
-pub async fn respond(gen: Generation, timer: RequestTimer) -> Response {
+pub async fn respond(answer: Answer, timer: RequestTimer) -> Response {
+    match answer {
+        Answer::Local(gen) => local(gen, timer).await,
+        Answer::Upstream(opened) => super::relay::relay(opened, timer),
+        Answer::Forwarded(response) => {
+            let mut timer = timer;
+            timer.handed_off(response.status().as_u16());
+            response
+        }
+    }
+}
+
+async fn local(gen: Generation, timer: RequestTimer) -> Response {
     if gen.stream {
         stream(gen, timer).into_response()
     } else {
@@ -50,7 +63,7 @@ fn ended_early() -> ApiError {
 async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
     let mut text = String::new();
     let (reason, usage) = loop {
-        let failure = match gen.tokens.next().await {
+        let failure = match gen.next().await {
             Some(TokenEvent::Delta(t)) => {
                 timer.token();
                 text.push_str(&t);
@@ -213,7 +226,7 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
             yield chunker.event(Some(String::new()), true, None, None);
         }
         loop {
-            match gen.tokens.next().await {
+            match gen.next().await {
                 Some(TokenEvent::Delta(t)) => {
                     timer.token();
                     yield chunker.event(Some(t), false, None, None);

@@ -4,6 +4,7 @@
 
 use super::Metrics;
 use crate::openai::ApiError;
+use crate::upstream::UpstreamError;
 use herd_engines::{EngineError, FinishReason, Usage};
 use prometheus::{Histogram, IntGauge};
 use std::sync::Arc;
@@ -24,11 +25,15 @@ pub enum ErrorType {
     EngineError,
     /// The client read its stream too slowly; the engine stopped generating.
     ClientTooSlow,
+    /// An upstream server could not be reached, failed, or broke off.
+    UpstreamError,
+    /// An upstream server did not answer in time.
+    UpstreamTimeout,
     Cancelled,
 }
 
 impl ErrorType {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::None,
         Self::InvalidRequest,
         Self::ModelNotFound,
@@ -38,6 +43,8 @@ impl ErrorType {
         Self::EngineUnavailable,
         Self::EngineError,
         Self::ClientTooSlow,
+        Self::UpstreamError,
+        Self::UpstreamTimeout,
         Self::Cancelled,
     ];
 
@@ -52,6 +59,8 @@ impl ErrorType {
             Self::EngineUnavailable => "engine_unavailable",
             Self::EngineError => "engine_error",
             Self::ClientTooSlow => "client_too_slow",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
             Self::Cancelled => "cancelled",
         }
     }
@@ -76,6 +85,16 @@ impl ErrorType {
                 EngineError::Crashed(_) | EngineError::Internal(_) => Self::EngineError,
                 EngineError::ClientTooSlow { .. } => Self::ClientTooSlow,
                 EngineError::PromptTooLong { .. } => Self::ContextLengthExceeded,
+            },
+            ApiError::Upstream(u) => match u {
+                UpstreamError::Timeout { .. } => Self::UpstreamTimeout,
+                UpstreamError::Answered { status: 429, .. } => Self::RateLimited,
+                UpstreamError::Answered { status, .. } if *status < 500 => Self::InvalidRequest,
+                UpstreamError::Answered { .. }
+                | UpstreamError::Connect { .. }
+                | UpstreamError::BadAnswer { .. }
+                | UpstreamError::BrokeOff { .. }
+                | UpstreamError::CircuitOpen { .. } => Self::UpstreamError,
             },
         }
     }
@@ -135,6 +154,50 @@ impl RequestTimer {
     /// The bounded label this request is counted under.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// The router starts another round over the request's deployments.
+    pub fn retried(&self) {
+        self.metrics
+            .series
+            .backend
+            .retries
+            .with_label_values(&[&self.model])
+            .inc();
+    }
+
+    /// The request moves on to deployment `to` after a failure.
+    pub fn fell_back(&self, to: &str) {
+        self.metrics
+            .series
+            .backend
+            .fallbacks
+            .with_label_values(&[self.model.as_str(), to])
+            .inc();
+    }
+
+    /// An attempt against deployment `deployment` failed for `reason`.
+    pub fn backend_failed(&self, deployment: &str, reason: &'static str) {
+        self.metrics.backend_failure(deployment, reason);
+    }
+
+    /// The API key's name this request is counted under.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The request went to another node, which records its generation;
+    /// here it counts as answered with `status`.
+    pub fn handed_off(&mut self, status: u16) {
+        if self.ended {
+            return;
+        }
+        let error = if (200..300).contains(&status) {
+            ErrorType::None
+        } else {
+            ErrorType::UpstreamError
+        };
+        self.end(&status.to_string(), error);
     }
 
     /// The request starts waiting for a slot.

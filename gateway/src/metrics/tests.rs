@@ -28,6 +28,8 @@ const NAMES: &[&str] = &[
     "herd_engine_up",
     "herd_engine_restarts_total",
     "herd_slow_client_disconnects_total",
+    "herd_backend_up",
+    "herd_backend_retries_total",
     "herd_build_info",
     "process_resident_memory_bytes",
 ];

@@ -2,6 +2,7 @@
 //! `{"error": {"message", "type", "param", "code"}}`, and its status comes
 //! from one exhaustive match.
 
+use crate::upstream::UpstreamError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herd_engines::EngineError;
@@ -28,6 +29,8 @@ pub enum ApiError {
     Overloaded(&'static str, u64),
     #[error("{0}")]
     Engine(EngineError),
+    #[error("{0}")]
+    Upstream(UpstreamError),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method not allowed")]
@@ -150,6 +153,55 @@ impl ApiError {
                     None,
                 ),
             },
+            Self::Upstream(u) => {
+                const SERVER: &str = "server_error";
+                match u {
+                    UpstreamError::Connect { .. } => (
+                        StatusCode::BAD_GATEWAY,
+                        SERVER,
+                        Some("upstream_unreachable"),
+                        None,
+                    ),
+                    UpstreamError::Timeout { .. } => (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        SERVER,
+                        Some("upstream_timeout"),
+                        None,
+                    ),
+                    UpstreamError::Answered {
+                        status,
+                        retry_after,
+                        ..
+                    } => (
+                        StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                        match status {
+                            429 => "rate_limit_error",
+                            400..=499 => INVALID,
+                            _ => SERVER,
+                        },
+                        Some("upstream_error"),
+                        *retry_after,
+                    ),
+                    UpstreamError::BadAnswer { .. } => (
+                        StatusCode::BAD_GATEWAY,
+                        SERVER,
+                        Some("upstream_bad_response"),
+                        None,
+                    ),
+                    UpstreamError::BrokeOff { .. } => (
+                        StatusCode::BAD_GATEWAY,
+                        SERVER,
+                        Some("upstream_stream_broken"),
+                        None,
+                    ),
+                    UpstreamError::CircuitOpen { retry_after, .. } => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        SERVER,
+                        Some("upstream_unavailable"),
+                        Some(*retry_after),
+                    ),
+                }
+            }
             Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("unknown_url"), None),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -215,7 +267,21 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _, retry_after) = self.parts();
-        let mut response = (status, axum::Json(self.envelope())).into_response();
+        let mut response = match self {
+            // The upstream's own OpenAI-shaped error, byte for byte.
+            Self::Upstream(UpstreamError::Answered {
+                body: Some(body), ..
+            }) => (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            other => (status, axum::Json(other.envelope())).into_response(),
+        };
         if let Some(secs) = retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
@@ -228,6 +294,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::{Phase, UpstreamError};
     use std::time::Duration;
 
     /// One of every variant, so a new one cannot skip these checks.
@@ -248,7 +315,49 @@ mod tests {
             ApiError::RouteNotFound("GET /x".into()),
             ApiError::MethodNotAllowed,
             ApiError::RequestTimeout(Duration::from_secs(5)),
+            ApiError::Engine(EngineError::PromptTooLong {
+                ctx: 8,
+                at_least: 9,
+            }),
+            ApiError::Engine(EngineError::ClientTooSlow { behind: 1023 }),
         ];
+        let id = || "u".to_string();
+        let why = || "w".to_string();
+        let all = all
+            .into_iter()
+            .chain(
+                [
+                    UpstreamError::Connect {
+                        id: id(),
+                        why: why(),
+                    },
+                    UpstreamError::Timeout {
+                        id: id(),
+                        phase: Phase::FirstByte,
+                    },
+                    UpstreamError::Answered {
+                        id: id(),
+                        status: 500,
+                        message: "m".into(),
+                        body: None,
+                        retry_after: None,
+                    },
+                    UpstreamError::BadAnswer {
+                        id: id(),
+                        why: why(),
+                    },
+                    UpstreamError::BrokeOff {
+                        id: id(),
+                        why: why(),
+                    },
+                    UpstreamError::CircuitOpen {
+                        id: id(),
+                        retry_after: 3,
+                    },
+                ]
+                .map(ApiError::Upstream),
+            )
+            .collect::<Vec<_>>();
         for e in &all {
             // A new variant breaks this match: add it to the list above as well.
             match e {
@@ -262,7 +371,8 @@ mod tests {
                 | ApiError::Engine(_)
                 | ApiError::RouteNotFound(_)
                 | ApiError::MethodNotAllowed
-                | ApiError::RequestTimeout(_) => {}
+                | ApiError::RequestTimeout(_)
+                | ApiError::Upstream(_) => {}
             }
         }
         all

@@ -11,7 +11,11 @@ use serde::de::DeserializeOwned;
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-pub struct OpenAiJson<T>(pub T);
+/// The parsed body, and its bytes (sent on as they are to upstreams).
+pub struct OpenAiJson<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
 
 impl<S, T> FromRequest<S> for OpenAiJson<T>
 where
@@ -34,10 +38,11 @@ where
                 "the request body is empty; send a JSON object".into(),
             ));
         }
-        serde_json::from_slice(&bytes).map(OpenAiJson).map_err(|e| {
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::InvalidJson(format!(
                 "the request body is not valid JSON for this endpoint: {e}"
             ))
-        })
+        })?;
+        Ok(OpenAiJson { value, raw: bytes })
     }
 }
