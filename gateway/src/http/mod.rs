@@ -3,7 +3,7 @@
 pub mod cluster;
 mod health;
 mod openai_api;
-mod respond;
+pub(crate) mod respond;
 
 use crate::auth::{require_key, ApiKeys};
 use crate::metrics::{count_unauthorized, Metrics};

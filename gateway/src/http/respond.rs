@@ -38,7 +38,7 @@ fn request_id(endpoint: Endpoint) -> String {
 }
 
 /// Engine events until the end; an ended stream without `Finished` is a crash.
-fn ended_early() -> ApiError {
+pub(crate) fn ended_early() -> ApiError {
     ApiError::Engine(EngineError::Crashed(
         "the engine stopped without finishing the request".into(),
     ))
@@ -102,7 +102,7 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
 }
 
 /// Builds each chunk of one stream with the same id, model and timestamp.
-struct Chunker {
+pub(crate) struct Chunker {
     id: String,
     model: String,
     created: u64,
@@ -110,7 +110,16 @@ struct Chunker {
 }
 
 impl Chunker {
-    fn event(
+    pub(crate) fn new(endpoint: Endpoint, model: String) -> Self {
+        Self {
+            id: request_id(endpoint),
+            model,
+            created: unix_now(),
+            endpoint,
+        }
+    }
+
+    pub(crate) fn event(
         &self,
         content: Option<String>,
         role: bool,
@@ -166,17 +175,12 @@ impl Chunker {
     }
 }
 
-fn error_event(e: &ApiError) -> Event {
+pub(crate) fn error_event(e: &ApiError) -> Event {
     Event::default().data(serde_json::to_string(&e.envelope()).unwrap_or_default())
 }
 
 fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
-    let chunker = Chunker {
-        id: request_id(gen.endpoint),
-        model: gen.deployment.id.clone(),
-        created: unix_now(),
-        endpoint: gen.endpoint,
-    };
+    let chunker = Chunker::new(gen.endpoint, gen.deployment.id.clone());
     let events = async_stream::stream! {
         // `gen` (the engine stream and the slot permit) lives exactly as long as this stream.
         let mut gen = gen;

@@ -29,15 +29,20 @@ where
                 ApiError::InvalidJson(format!("could not read the request body: {rejection}"))
             }
         })?;
-        if bytes.is_empty() {
-            return Err(ApiError::InvalidJson(
-                "the request body is empty; send a JSON object".into(),
-            ));
-        }
-        serde_json::from_slice(&bytes).map(OpenAiJson).map_err(|e| {
-            ApiError::InvalidJson(format!(
-                "the request body is not valid JSON for this endpoint: {e}"
-            ))
-        })
+        parse_body(&bytes).map(OpenAiJson)
     }
+}
+
+/// A whole request body as `T`, or the 400 that says why not.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::InvalidJson(
+            "the request body is empty; send a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::InvalidJson(format!(
+            "the request body is not valid JSON for this endpoint: {e}"
+        ))
+    })
 }
