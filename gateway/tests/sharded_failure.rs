@@ -6,6 +6,7 @@
 //! worker process alone (SIGKILL; SIGSTOP, which its node's agent turns into
 //! a kill): error event, then served again from the same nodes.
 
+mod common;
 mod common_fleet;
 
 use common_fleet::{wait_for, Error, Fleet, FleetNode, TestResult, GEMMA, SMOL};
@@ -99,6 +100,26 @@ async fn stream(
     Ok(ended)
 }
 
+/// smollm answers through `node` again within 15 s of `lost_at`.
+async fn answering_within_15s(node: &FleetNode, lost_at: Instant) -> TestResult {
+    wait_for(
+        "smollm answering again",
+        Duration::from_secs(15).saturating_sub(lost_at.elapsed()),
+        || async {
+            let (status, body) = node
+                .complete("smollm", "The capital of France is", 8)
+                .await?;
+            if status == 200 {
+                Ok(true)
+            } else {
+                Err(body.to_string().into())
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 fn shards(d: &Value) -> Vec<String> {
     d["shards"]
         .as_array()
@@ -166,19 +187,7 @@ async fn scenario(fleet: &mut Fleet, sig: &str) -> TestResult {
 
     // Re-placed on the remaining nodes, serving again within 15 s of the loss.
     let n1 = fleet.node("n1")?;
-    wait_for(
-        "smollm answering again",
-        Duration::from_secs(15).saturating_sub(lost_at.elapsed()),
-        || async {
-            let (status, body) = n1.complete("smollm", "The capital of France is", 8).await?;
-            if status == 200 {
-                Ok(true)
-            } else {
-                Err(body.to_string().into())
-            }
-        },
-    )
-    .await?;
+    answering_within_15s(n1, lost_at).await?;
     eprintln!(
         "{sig}: serving again {:?} after the loss",
         lost_at.elapsed()
@@ -247,23 +256,13 @@ async fn shard_node_stopped_then_continued() -> TestResult {
 
 /// The shard worker process(es) under a node: children running `rpc-worker`.
 fn workers_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains("rpc-worker") {
-            out.push(child);
-        }
-    }
-    out
+    common::children(pid)
+        .into_iter()
+        .filter(|c| {
+            let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("rpc-worker")
+        })
+        .collect()
 }
 
 /// Only the shard worker process is lost (its node stays up): SIGKILL, then
@@ -307,19 +306,7 @@ async fn worker_scenario(fleet: &Fleet) -> TestResult {
             detected <= Duration::from_secs(5),
             "worker {sig}: error event after {detected:?}"
         );
-        wait_for(
-            "smollm answering again",
-            Duration::from_secs(15).saturating_sub(lost_at.elapsed()),
-            || async {
-                let (status, body) = n1.complete("smollm", "The capital of France is", 8).await?;
-                if status == 200 {
-                    Ok(true)
-                } else {
-                    Err(body.to_string().into())
-                }
-            },
-        )
-        .await?;
+        answering_within_15s(n1, lost_at).await?;
         eprintln!(
             "worker {sig}: error event {detected:?}, serving again {:?} after the loss",
             lost_at.elapsed()

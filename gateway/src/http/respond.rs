@@ -182,7 +182,7 @@ pub(crate) fn error_event(e: &ApiError) -> Event {
 fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
     let chunker = Chunker::new(gen.endpoint, gen.deployment.id.clone());
     let events = async_stream::stream! {
-        // `gen` (the engine stream and the slot permit) lives exactly as long as this stream.
+        // `gen` (the engine stream: dropping it cancels the work) lives exactly as long as this stream.
         let mut gen = gen;
         // Dropped with the stream: a client that leaves mid-stream counts as cancelled.
         let mut timer = timer;
