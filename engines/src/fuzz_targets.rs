@@ -125,12 +125,20 @@ fn finite_f32(u: &mut Unstructured) -> Result<f32> {
     Ok(if f.is_finite() { f } else { 0.0 })
 }
 
-fn engine_error(u: &mut Unstructured) -> Result<EngineError> {
-    Ok(match u.int_in_range(0..=4)? {
+/// Any engine error, with any text (the SSE harness uses it too).
+pub fn engine_error(u: &mut Unstructured) -> Result<EngineError> {
+    Ok(match u.int_in_range(0..=6)? {
         0 => EngineError::NoChatTemplate,
         1 => EngineError::Template(u.arbitrary()?),
         2 => EngineError::Unavailable(u.arbitrary()?),
         3 => EngineError::Crashed(u.arbitrary()?),
+        4 => EngineError::PromptTooLong {
+            ctx: u.arbitrary()?,
+            at_least: u.arbitrary()?,
+        },
+        5 => EngineError::ClientTooSlow {
+            behind: u.arbitrary()?,
+        },
         _ => EngineError::Internal(u.arbitrary()?),
     })
 }

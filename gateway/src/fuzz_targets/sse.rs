@@ -48,13 +48,9 @@ impl Script {
         };
         let model = u.arbitrary()?;
         let include_usage = u.arbitrary()?;
-        let end = match u.int_in_range(0..=6)? {
+        let end = match u.int_in_range(0..=2)? {
             0 => End::Cut,
-            1 => End::Failed(EngineError::NoChatTemplate),
-            2 => End::Failed(EngineError::Template(u.arbitrary()?)),
-            3 => End::Failed(EngineError::Unavailable(u.arbitrary()?)),
-            4 => End::Failed(EngineError::Crashed(u.arbitrary()?)),
-            5 => End::Failed(EngineError::Internal(u.arbitrary()?)),
+            1 => End::Failed(herd_engines::fuzz_targets::engine_error(u)?),
             _ => End::Finished(
                 if u.arbitrary()? {
                     FinishReason::Stop
