@@ -4,16 +4,16 @@
 //! event), the text and usage survive the trip, errors are OpenAI-shaped and
 //! the stream ends with `[DONE]`.
 //!
-//! The events are built with the server's own [`Chunker`] and
-//! [`error_event`], in the order `respond::stream` sends them, and rendered by
+//! The payloads are built with the server's own [`Chunker`], in the order
+//! `respond::stream` sends them, encoded by its [`encode`] and rendered by
 //! axum's `Sse` body; a real SSE client parser reads them back.
 
 use super::assert_error_shape;
-use crate::http::respond::{ended_early, error_event, Chunker};
+use crate::http::respond::{encode, ended_early, Chunker, Payload};
 use crate::openai::ApiError;
 use crate::validate::Endpoint;
 use arbitrary::{Result, Unstructured};
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Sse;
 use axum::response::IntoResponse;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -74,8 +74,8 @@ impl Script {
         })
     }
 
-    /// The events `respond::stream` sends for this script.
-    fn events(&self) -> Vec<Event> {
+    /// The payloads `respond::stream` sends for this script.
+    fn payloads(&self) -> Vec<Payload> {
         let chunker = Chunker::new(self.endpoint, self.model.clone());
         let mut events = Vec::new();
         if self.endpoint == Endpoint::Chat {
@@ -92,10 +92,9 @@ impl Script {
                     events.push(chunker.event(None, false, None, Some(*usage)));
                 }
             }
-            End::Failed(e) => events.push(error_event(&ApiError::from(e.clone()))),
-            End::Cut => events.push(error_event(&ended_early())),
+            End::Failed(e) => events.push(Payload::Error(ApiError::from(e.clone()).envelope())),
+            End::Cut => events.push(Payload::Error(ended_early().envelope())),
         }
-        events.push(Event::default().data("[DONE]"));
         events
     }
 }
@@ -104,13 +103,13 @@ pub fn sse_stream(data: &[u8]) {
     let Ok(script) = Script::new(&mut Unstructured::new(data)) else {
         return;
     };
-    let events = script.events();
-    let sent = events.len();
-    let body = Sse::new(futures::stream::iter(
-        events.into_iter().map(Ok::<_, Infallible>),
-    ))
-    .into_response()
-    .into_body();
+    let payloads = script.payloads();
+    // Each payload, then `[DONE]`.
+    let sent = payloads.len() + 1;
+    let events = encode(futures::stream::iter(payloads));
+    let body = Sse::new(events.map(Ok::<_, Infallible>))
+        .into_response()
+        .into_body();
     let bytes = futures::executor::block_on(axum::body::to_bytes(body, usize::MAX));
     let bytes = bytes.unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
