@@ -185,16 +185,16 @@ fn accepted(endpoint: &str, body: &Value) -> bool {
     }
 }
 
-fn request_schema<'a>(doc: &'a Value, endpoint: &str) -> &'a Value {
-    let media = &doc["paths"][endpoint]["post"]["requestBody"]["content"]["application/json"];
-    media
+/// The request body's media object: its schema and examples.
+fn request_body<'a>(doc: &'a Value, endpoint: &str) -> &'a Value {
+    &doc["paths"][endpoint]["post"]["requestBody"]["content"]["application/json"]
 }
 
 #[test]
 fn the_request_examples_pass_herd_validation() {
     let doc = doc();
     for endpoint in [CHAT, COMPLETIONS] {
-        let examples = request_schema(&doc, endpoint)["examples"].as_object();
+        let examples = request_body(&doc, endpoint)["examples"].as_object();
         assert!(examples.is_some_and(|e| e.len() >= 2), "{endpoint}");
         for (name, example) in examples.into_iter().flatten() {
             assert!(
@@ -298,7 +298,7 @@ fn check_bounds(endpoint: &str, base: &Value, key: &str, alt: &Value, sample: &V
 fn each_bound_in_the_schemas_is_the_bound_validation_enforces() {
     let doc = doc();
     for endpoint in [CHAT, COMPLETIONS] {
-        let media = request_schema(&doc, endpoint);
+        let media = request_body(&doc, endpoint);
         let base = &media["examples"]["short"]["value"];
         assert!(accepted(endpoint, base));
         let schema = resolve(&doc, &media["schema"]);
@@ -326,7 +326,7 @@ fn each_bound_in_the_schemas_is_the_bound_validation_enforces() {
         }
     }
     // A message: every documented role is accepted, others refused; text only, without NUL.
-    let base = &request_schema(&doc, CHAT)["examples"]["short"]["value"];
+    let base = &request_body(&doc, CHAT)["examples"]["short"]["value"];
     let message = |m: Value| with(base, "messages", json!([m]));
     let roles = resolve(&doc, &json!({"$ref": "#/components/schemas/ChatMessage"}))["properties"]
         ["role"]["enum"]
