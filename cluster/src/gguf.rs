@@ -120,7 +120,7 @@ struct TensorInfo {
     offset: u64,
 }
 
-fn parse(input: impl Read, file_bytes: u64) -> Result<ModelFacts, Problem> {
+pub(crate) fn parse(input: impl Read, file_bytes: u64) -> Result<ModelFacts, Problem> {
     let mut r = Reader::new(input);
     let magic = r.magic()?;
     if &magic != b"GGUF" {

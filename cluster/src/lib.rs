@@ -12,6 +12,8 @@ pub mod auth;
 pub mod client;
 pub mod config;
 mod discovery;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod gguf;
 pub mod membership;
 pub mod node;

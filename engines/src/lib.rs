@@ -3,6 +3,8 @@
 //! back a [`TokenStream`]; dropping the stream cancels the request and frees
 //! its slot within one token.
 
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod llama;
 pub mod text;
 

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod deploy;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod generate;
 pub mod http;
 pub mod metrics;

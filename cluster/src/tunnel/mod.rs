@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::{connect, forward};
+pub(crate) use server::Responder;
 pub use server::{serve, serve_with_limits, Limits};
 pub use stream::TunnelStream;
 pub use wire::{MAX_ID_LEN, MAX_SERVICE_LEN};

@@ -9,7 +9,7 @@ use crate::node::NodeId;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -85,7 +85,7 @@ pub async fn serve_with_limits(
     }
 }
 
-struct Responder {
+pub(crate) struct Responder {
     keys: TunnelKeys,
     me: NodeId,
     resolve: Resolver,
@@ -202,7 +202,10 @@ impl Responder {
 
     /// Preamble, Noise handshake, service name: everything up to proof that
     /// the peer holds the cluster secret now.
-    async fn authenticate(&self, tcp: &mut TcpStream) -> Result<Request, Refusal> {
+    async fn authenticate<S>(&self, tcp: &mut S) -> Result<Request, Refusal>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut magic = [0u8; MAGIC.len()];
         tcp.read_exact(&mut magic).await?;
         if &magic != MAGIC {
@@ -247,6 +250,21 @@ impl Responder {
             tx,
             rx,
         })
+    }
+
+    /// The fuzz harness's view of a connection that sends `data` and no
+    /// more: whether it authenticates (see `crate::fuzz_targets`).
+    pub(crate) fn authenticates(keys: TunnelKeys, me: NodeId, data: &[u8]) -> bool {
+        let responder = Self {
+            keys,
+            me,
+            resolve: Arc::new(|_| Box::pin(async { None })),
+            limits: Limits::default(),
+            handshakes: Arc::new(Semaphore::new(1)),
+            tunnels: Arc::new(Semaphore::new(1)),
+        };
+        let mut conn = tokio::io::join(data, tokio::io::sink());
+        futures::executor::block_on(responder.authenticate(&mut conn)).is_ok()
     }
 
     /// Resolves the service and connects to it, on loopback only.

@@ -6,7 +6,7 @@ mod health;
 mod openai_api;
 pub mod openapi;
 mod relay;
-mod respond;
+pub(crate) mod respond;
 pub mod server;
 
 use crate::auth::{require_key, ApiKeys};

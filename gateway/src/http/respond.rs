@@ -54,7 +54,7 @@ fn request_id(endpoint: Endpoint) -> String {
 }
 
 /// Engine events until the end; an ended stream without `Finished` is a crash.
-fn ended_early() -> ApiError {
+pub(crate) fn ended_early() -> ApiError {
     ApiError::Engine(EngineError::Crashed(
         "the engine stopped without finishing the request".into(),
     ))
@@ -120,14 +120,14 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
 /// One stream event's JSON, before encoding.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum Payload {
+pub(crate) enum Payload {
     Chat(ChatChunk),
     Text(Completion),
     Error(ErrorEnvelope),
 }
 
 /// Builds each chunk of one stream with the same id, model and timestamp.
-struct Chunker {
+pub(crate) struct Chunker {
     id: String,
     model: String,
     created: u64,
@@ -135,7 +135,16 @@ struct Chunker {
 }
 
 impl Chunker {
-    fn event(
+    pub(crate) fn new(endpoint: Endpoint, model: String) -> Self {
+        Self {
+            id: request_id(endpoint),
+            model,
+            created: unix_now(),
+            endpoint,
+        }
+    }
+
+    pub(crate) fn event(
         &self,
         content: Option<String>,
         role: bool,
@@ -193,7 +202,7 @@ impl Chunker {
 /// Encodes each payload as an SSE event, then `[DONE]`. herd's payloads are
 /// strings, numbers and options, which always encode; if one ever did not,
 /// the stream ends with a logged error event instead of an empty one.
-fn encode<T: Serialize>(payloads: impl Stream<Item = T>) -> impl Stream<Item = Event> {
+pub(crate) fn encode<T: Serialize>(payloads: impl Stream<Item = T>) -> impl Stream<Item = Event> {
     async_stream::stream! {
         let mut payloads = std::pin::pin!(payloads);
         while let Some(payload) = payloads.next().await {
@@ -211,12 +220,7 @@ fn encode<T: Serialize>(payloads: impl Stream<Item = T>) -> impl Stream<Item = E
 }
 
 fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
-    let chunker = Chunker {
-        id: request_id(gen.endpoint),
-        model: gen.deployment.id.clone(),
-        created: unix_now(),
-        endpoint: gen.endpoint,
-    };
+    let chunker = Chunker::new(gen.endpoint, gen.deployment.id.clone());
     let events = async_stream::stream! {
         // `gen` (the engine stream: dropping it cancels the work) lives exactly as long as this stream.
         let mut gen = gen;

@@ -33,16 +33,21 @@ where
                 ApiError::InvalidJson(format!("could not read the request body: {rejection}"))
             }
         })?;
-        if bytes.is_empty() {
-            return Err(ApiError::InvalidJson(
-                "the request body is empty; send a JSON object".into(),
-            ));
-        }
-        let value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::InvalidJson(format!(
-                "the request body is not valid JSON for this endpoint: {e}"
-            ))
-        })?;
+        let value = parse_body(&bytes)?;
         Ok(OpenAiJson { value, raw: bytes })
     }
+}
+
+/// A whole request body as `T`, or the 400 that says why not.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::InvalidJson(
+            "the request body is empty; send a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::InvalidJson(format!(
+            "the request body is not valid JSON for this endpoint: {e}"
+        ))
+    })
 }

@@ -7,7 +7,8 @@ use serde::Serialize;
 pub struct UsageBody {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
-    pub total_tokens: u32,
+    /// Wider than its parts: their sum never wraps.
+    pub total_tokens: u64,
     pub prompt_tokens_details: CachedTokens,
 }
 
@@ -21,7 +22,7 @@ impl From<Usage> for UsageBody {
         Self {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
-            total_tokens: u.prompt_tokens + u.completion_tokens,
+            total_tokens: u64::from(u.prompt_tokens) + u64::from(u.completion_tokens),
             prompt_tokens_details: CachedTokens {
                 cached_tokens: u.cached_tokens,
             },
@@ -122,4 +123,21 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing the SSE encoder: counts near `u32::MAX` wrapped the
+    /// total (and panicked in a build with overflow checks).
+    #[test]
+    fn usage_total_is_exact_for_any_counts() {
+        let body = UsageBody::from(Usage {
+            prompt_tokens: u32::MAX,
+            completion_tokens: u32::MAX,
+            cached_tokens: 0,
+        });
+        assert_eq!(body.total_tokens, 2 * u64::from(u32::MAX));
+    }
 }

@@ -376,3 +376,19 @@ fn the_document_passes_openapi_spec_validator_when_installed() {
         .output();
     assert!(out.as_ref().is_ok_and(|o| o.status.success()), "{out:?}");
 }
+
+/// OpenAPI 3.0 describes a `text/event-stream` body one event at a time, as
+/// the object an SSE parser yields (`{"data": "..."}`); a plain string schema
+/// made every streamed answer fail schema-driven checks (found by
+/// bench/schemathesis).
+#[test]
+fn the_event_stream_schema_describes_one_event() {
+    let doc = doc();
+    for endpoint in [CHAT, COMPLETIONS] {
+        let media = &doc["paths"][endpoint]["post"]["responses"]["200"]["content"];
+        let event = resolve(&doc, &media["text/event-stream"]["schema"]);
+        assert_eq!(event["type"], "object", "{endpoint}");
+        assert_eq!(event["properties"]["data"]["type"], "string", "{endpoint}");
+        assert_eq!(event["required"], json!(["data"]), "{endpoint}");
+    }
+}

@@ -1,0 +1,3 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| herd_engines::fuzz_targets::to_host_lines(data));

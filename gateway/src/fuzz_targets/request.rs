@@ -1,0 +1,120 @@
+//! Request bodies: raw bytes → OpenAI request → [`ValidRequest`], as the
+//! `OpenAiJson` extractor and the handlers do it. Every refusal must be a 4xx
+//! in OpenAI's shape; every accepted request must hold validation's promises
+//! and, sent again as the body a client would write for it, validate to the
+//! same request (validation is a normal form).
+
+use super::assert_client_error;
+use crate::deploy::plan::Plan;
+use crate::openai::json::parse_body;
+use crate::openai::request::{ChatCompletionRequest, CompletionRequest};
+use crate::openai::ApiError;
+use crate::validate::{self, Endpoint, ValidRequest, MAX_MESSAGES, MAX_STOP_SEQUENCES};
+use herd_engines::PromptInput;
+use serde_json::{json, Map, Value};
+
+fn chat(body: &[u8]) -> Result<ValidRequest, ApiError> {
+    parse_body::<ChatCompletionRequest>(body).and_then(validate::chat)
+}
+
+fn completion(body: &[u8]) -> Result<ValidRequest, ApiError> {
+    parse_body::<CompletionRequest>(body).and_then(validate::completion)
+}
+
+/// `POST /v1/chat/completions` with `data` as the body.
+pub fn chat_request(data: &[u8]) {
+    check(chat(data), chat);
+}
+
+/// `POST /v1/completions` with `data` as the body.
+pub fn completion_request(data: &[u8]) {
+    check(completion(data), completion);
+}
+
+fn check(
+    first: Result<ValidRequest, ApiError>,
+    again: fn(&[u8]) -> Result<ValidRequest, ApiError>,
+) {
+    let valid = match first {
+        Ok(v) => v,
+        Err(e) => return assert_client_error(&e),
+    };
+    assert_valid(&valid);
+    let body = serde_json::to_vec(&as_body(&valid)).unwrap_or_default();
+    let second = again(&body)
+        .map(|s| format!("{s:?}"))
+        .map_err(|e| e.to_string());
+    let sent = String::from_utf8_lossy(&body);
+    assert_eq!(second, Ok(format!("{valid:?}")), "re-sent as {sent}");
+}
+
+/// What validation promises the engine.
+fn assert_valid(v: &ValidRequest) {
+    let s = &v.sampling;
+    assert!(!v.model.is_empty());
+    assert!((0.0..=2.0).contains(&s.temperature), "{v:?}");
+    assert!(s.top_p > 0.0 && s.top_p <= 1.0, "{v:?}");
+    assert!((-2.0..=2.0).contains(&s.presence_penalty), "{v:?}");
+    assert!((-2.0..=2.0).contains(&s.frequency_penalty), "{v:?}");
+    assert!(s.stop.len() <= MAX_STOP_SEQUENCES, "{v:?}");
+    assert!(v.max_tokens != Some(0), "{v:?}");
+    assert!(v.stream || !v.include_usage, "{v:?}");
+    match &v.input {
+        PromptInput::Chat(messages) => {
+            assert_eq!(v.endpoint, Endpoint::Chat);
+            assert!(!messages.is_empty() && messages.len() <= MAX_MESSAGES);
+            for m in messages {
+                assert!(["system", "user", "assistant", "tool"].contains(&m.role.as_str()));
+                assert!(!m.content.contains('\0'), "{v:?}");
+            }
+        }
+        PromptInput::Text(text) => {
+            assert_eq!(v.endpoint, Endpoint::Completions);
+            assert!(!text.is_empty());
+        }
+    }
+}
+
+/// The body a client would send for `v`.
+fn as_body(v: &ValidRequest) -> Value {
+    let s = &v.sampling;
+    let mut body = Map::new();
+    body.insert("model".into(), json!(v.model));
+    match &v.input {
+        PromptInput::Chat(messages) => {
+            let messages: Vec<Value> = messages
+                .iter()
+                .map(|m| json!({"role": m.role, "content": m.content}))
+                .collect();
+            body.insert("messages".into(), Value::Array(messages));
+        }
+        PromptInput::Text(text) => {
+            body.insert("prompt".into(), json!(text));
+        }
+    }
+    for (key, value) in [
+        ("temperature", json!(s.temperature)),
+        ("top_p", json!(s.top_p)),
+        ("presence_penalty", json!(s.presence_penalty)),
+        ("frequency_penalty", json!(s.frequency_penalty)),
+        ("stop", json!(s.stop)),
+        ("seed", json!(s.seed)),
+        ("max_tokens", json!(v.max_tokens)),
+        ("stream", json!(v.stream)),
+        ("stream_options", json!({"include_usage": v.include_usage})),
+    ] {
+        body.insert(key.into(), value);
+    }
+    Value::Object(body)
+}
+
+/// `POST /_herd/v1/plan` with `data` as the (already authenticated) body:
+/// whatever decodes must encode back to the same plan.
+pub fn plan_body(data: &[u8]) {
+    if let Ok(plan) = serde_json::from_slice::<Plan>(data) {
+        let again = serde_json::to_vec(&plan)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Plan>(&bytes).ok());
+        assert_eq!(again.as_ref(), Some(&plan));
+    }
+}
