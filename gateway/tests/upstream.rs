@@ -8,6 +8,8 @@
 mod common;
 #[path = "common/fault.rs"]
 mod fault;
+#[path = "common/upstream_client.rs"]
+mod upstream_client;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::types::{
@@ -19,6 +21,7 @@ use common::{children, model_path, signal, sse_data, Server, TestResult, MODEL_I
 use fault::FaultServer;
 use futures::StreamExt;
 use serde_json::{json, Value};
+use upstream_client::{post, without};
 
 fn upstream_entry(id: &str, upstream: &Server) -> String {
     format!(
@@ -27,33 +30,8 @@ fn upstream_entry(id: &str, upstream: &Server) -> String {
     )
 }
 
-/// The value after `"key":` replaced by `0`, everywhere: ids and creation
-/// times differ between two requests, everything else must not.
-fn normalize(text: &str) -> String {
-    let mut out = text.to_string();
-    for key in ["\"id\":", "\"created\":"] {
-        let mut from = 0;
-        while let Some(at) = out[from..].find(key).map(|i| i + from + key.len()) {
-            let end = if out[at..].starts_with('"') {
-                out[at + 1..].find('"').map_or(out.len(), |i| at + i + 2)
-            } else {
-                out[at..].find([',', '}']).map_or(out.len(), |i| at + i)
-            };
-            out.replace_range(at..end, "0");
-            from = at;
-        }
-    }
-    out
-}
-
-async fn post(url: &str, path: &str, body: &Value) -> Result<(u16, String), reqwest::Error> {
-    let r = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .json(body)
-        .send()
-        .await?;
-    Ok((r.status().as_u16(), r.text().await?))
-}
+/// What differs between two answers to one request.
+const PER_REQUEST: [&str; 2] = ["id", "created"];
 
 #[tokio::test]
 async fn streamed_events_are_the_upstreams_byte_for_byte() -> TestResult {
@@ -99,11 +77,15 @@ async fn streamed_events_are_the_upstreams_byte_for_byte() -> TestResult {
                 d.len() > 3 && d.last().is_some_and(|l| l == "[DONE]"),
                 "{direct}"
             );
-            let d: Vec<String> = d.iter().map(|e| normalize(e)).collect();
-            let t: Vec<String> = t.iter().map(|e| normalize(e)).collect();
+            let d: Vec<String> = d.iter().map(|e| without(e, &PER_REQUEST)).collect();
+            let t: Vec<String> = t.iter().map(|e| without(e, &PER_REQUEST)).collect();
             assert_eq!(t, d, "{path} {extra}");
         } else {
-            assert_eq!(normalize(&through), normalize(&direct), "{path}");
+            assert_eq!(
+                without(&through, &PER_REQUEST),
+                without(&direct, &PER_REQUEST),
+                "{path}"
+            );
         }
     }
     // The upstream's tokens are counted under the upstream deployment: a

@@ -169,22 +169,41 @@ impl<'a> Peek<'a> {
 
 /// The message of an error answer: OpenAI's `{"error": {"message"}}`, vLLM's
 /// `{"message"}`, else the start of the text. `true` when it is OpenAI-shaped
-/// (and so can be passed to the client as is).
+/// (and so can be passed to the client as is): `type`, `param` and `code`
+/// strings or null, as OpenAI's clients read them. llama-server's numeric
+/// `"code": 400` is not, and strict clients (async-openai) cannot read it.
 pub fn error_message(body: &[u8]) -> (String, bool) {
     #[derive(Deserialize)]
     struct Inner {
         message: Option<String>,
+        #[serde(default, rename = "type")]
+        kind: Option<serde_json::Value>,
+        #[serde(default)]
+        param: Option<serde_json::Value>,
+        #[serde(default)]
+        code: Option<serde_json::Value>,
     }
     #[derive(Deserialize)]
     struct Outer {
         error: Option<Inner>,
         message: Option<String>,
     }
+    let text_or_null =
+        |v: &Option<serde_json::Value>| v.as_ref().is_none_or(|v| v.is_string() || v.is_null());
     match serde_json::from_slice::<Outer>(body) {
         Ok(Outer {
-            error: Some(Inner { message: Some(m) }),
+            error:
+                Some(Inner {
+                    message: Some(m),
+                    kind,
+                    param,
+                    code,
+                }),
             ..
-        }) => (m, true),
+        }) => {
+            let shaped = [&kind, &param, &code].into_iter().all(text_or_null);
+            (m, shaped)
+        }
         Ok(Outer {
             message: Some(m), ..
         }) => (m, false),
@@ -258,6 +277,17 @@ mod tests {
         assert_eq!(
             error_message(br#"{"error":{"message":"no","type":"x"}}"#),
             ("no".to_string(), true)
+        );
+        // llama-server's: readable, but not as is by OpenAI's clients.
+        assert_eq!(
+            error_message(
+                br#"{"error":{"code":400,"message":"too long","type":"exceed_context_size_error"}}"#
+            ),
+            ("too long".to_string(), false)
+        );
+        assert_eq!(
+            error_message(br#"{"error":{"message":"x","type":null,"param":"model","code":null}}"#),
+            ("x".to_string(), true)
         );
         assert_eq!(
             error_message(br#"{"object":"error","message":"bad"}"#),

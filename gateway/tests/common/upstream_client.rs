@@ -80,3 +80,61 @@ pub async fn health_of(server: &Server, id: &str) -> Result<Value, reqwest::Erro
         .and_then(|m| m.iter().find(|m| m["id"] == id).cloned())
         .unwrap_or(Value::Null))
 }
+
+/// POSTs `body` to `url` + `path`: the status and the body's text.
+pub async fn post(url: &str, path: &str, body: &Value) -> Result<(u16, String), reqwest::Error> {
+    let r = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(body)
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+/// JSON text without the fields named `keys` (and a comma each), wherever
+/// they are: what differs between two answers to the same request (ids,
+/// creation times, a server's timing measurements).
+pub fn without(text: &str, keys: &[&str]) -> String {
+    let mut out = text.to_string();
+    for key in keys {
+        let field = format!("\"{key}\":");
+        while let Some(at) = out.find(&field) {
+            let end = at + field.len() + value_len(&out[at + field.len()..]);
+            let (from, to) = if out[end..].starts_with(',') {
+                (at, end + 1)
+            } else if out[..at].ends_with(',') {
+                (at - 1, end)
+            } else {
+                (at, end)
+            };
+            out.replace_range(from..to, "");
+        }
+    }
+    out
+}
+
+/// The length of the JSON value `s` starts with.
+fn value_len(s: &str) -> usize {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, c) in s.char_indices() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' if depth == 0 => return i + 1,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' | ',' if depth == 0 => return i,
+            '}' | ']' if depth == 1 => return i + 1,
+            '}' | ']' => depth -= 1,
+            _ => {}
+        }
+    }
+    s.len()
+}
