@@ -7,7 +7,7 @@ use crate::openai::ApiError;
 use crate::router::{Deployment, Router};
 use crate::scheduler::Permit;
 use crate::validate::{Endpoint, ValidRequest};
-use herd_engines::{EngineError, GenerateRequest, TokenStream};
+use herd_engines::{EngineError, EngineState, GenerateRequest, TokenStream};
 use std::sync::Arc;
 
 /// A running generation. Dropping it cancels the work and frees the slot.
@@ -29,11 +29,7 @@ pub async fn start(
 ) -> Result<Generation, ApiError> {
     let deployment = router.route(&req.model)?;
     let engine = &deployment.engine;
-    let info = engine.info().ok_or_else(|| {
-        ApiError::Engine(EngineError::Unavailable(
-            "the model is still loading".into(),
-        ))
-    })?;
+    let info = engine.info().ok_or_else(|| not_started(engine.state()))?;
     let prepared = engine.prepare(req.input).await?;
     let n_prompt = u32::try_from(prepared.tokens.len()).unwrap_or(u32::MAX);
     let max_tokens = completion_budget(
@@ -60,6 +56,18 @@ pub async fn start(
         prompt_tokens: n_prompt,
         _permit: permit,
     })
+}
+
+/// Why an engine that has not started yet takes no request: still loading,
+/// or its host keeps failing to start (a broken model file), and why.
+fn not_started(state: EngineState) -> ApiError {
+    let why = match state {
+        EngineState::Restarting { last_error, .. } => {
+            format!("the engine failed to start: {last_error}")
+        }
+        EngineState::Starting | EngineState::Ready => "the model is still loading".into(),
+    };
+    ApiError::Engine(EngineError::Unavailable(why))
 }
 
 /// How many tokens may be generated: what was asked, if it fits; else what fits.

@@ -56,14 +56,33 @@ impl Server {
                 model.display()
             ));
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
-        cmd.arg("serve").arg("--model").arg(model).args([
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-        ]);
-        cmd.args(extra)
+        let model = model.to_str().ok_or("model path is not UTF-8")?;
+        let args: Vec<&str> = ["--model", model]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let server = Self::launch(&[], &args, env)?;
+        server.wait_healthy(Duration::from_secs(60))?;
+        Ok(server)
+    }
+
+    /// `<prefix...> herd serve --listen 127.0.0.1:0 --threads 1 <args>`: the
+    /// caller names the model(s) (`--model` or `--config`). A prefix (`setpriv
+    /// ...`, `unshare -m sh -c ...`) must end by exec'ing its arguments, so the
+    /// server's pid is herd's. Returns once it listens, healthy or not.
+    pub fn launch(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let herd = env!("CARGO_BIN_EXE_herd");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(herd);
+                c
+            }
+            None => Command::new(herd),
+        };
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--threads", "1"]);
+        cmd.args(args)
             .env("OMP_WAIT_POLICY", "PASSIVE")
             .env("HERD_LOG", "info");
         for (k, v) in env {
@@ -98,9 +117,7 @@ impl Server {
                 ));
             }
         };
-        let server = Self { child, url, log };
-        server.wait_healthy(Duration::from_secs(60))?;
-        Ok(server)
+        Ok(Self { child, url, log })
     }
 
     pub fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
