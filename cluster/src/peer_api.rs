@@ -147,7 +147,10 @@ impl Agent {
         status: StatusCode,
         error: String,
     ) -> Response<Bytes> {
-        let body = serde_json::to_vec(&Refusal { error }).unwrap_or_else(|_| b"{}".to_vec());
+        let body = serde_json::to_vec(&Refusal { error }).unwrap_or_else(|e| {
+            tracing::error!("cannot encode a refusal: {e}");
+            br#"{"error":"the node could not encode its refusal"}"#.to_vec()
+        });
         self.signed(peer, status, body)
     }
 

@@ -36,11 +36,7 @@ impl Agent {
         match (method, path) {
             ("POST", GOSSIP_PATH) if peer.addressed => self.heartbeat(&peer, body),
             ("POST", GOSSIP_PATH | PROBE_PATH) => self.answer_probe(&peer),
-            ("GET", VIEW_PATH) => self.signed(
-                &peer,
-                StatusCode::OK,
-                serde_json::to_vec(&self.view()).unwrap_or_default(),
-            ),
+            ("GET", VIEW_PATH) => self.signed_json(&peer, &self.view()),
             _ => self.refusal(
                 &peer,
                 StatusCode::NOT_FOUND,
@@ -92,11 +88,7 @@ impl Agent {
             members: self.view().peer_refs(),
             leaving: false,
         };
-        self.signed(
-            peer,
-            StatusCode::OK,
-            serde_json::to_vec(&answer).unwrap_or_default(),
-        )
+        self.signed_json(peer, &answer)
     }
 
     /// Who we are, and nothing else.
@@ -106,11 +98,24 @@ impl Agent {
             members: Vec::new(),
             leaving: false,
         };
-        self.signed(
-            peer,
-            StatusCode::OK,
-            serde_json::to_vec(&answer).unwrap_or_default(),
-        )
+        self.signed_json(peer, &answer)
+    }
+
+    /// A signed `200` with `value` as JSON. The wire types are strings,
+    /// numbers and lists, which always encode (see wire.rs's tests); if one
+    /// ever did not, the peer gets a `500` that says so, never an empty body.
+    fn signed_json(&self, peer: &VerifiedPeer, value: &impl serde::Serialize) -> Response<Bytes> {
+        match serde_json::to_vec(value) {
+            Ok(body) => self.signed(peer, StatusCode::OK, body),
+            Err(e) => {
+                tracing::error!("cannot encode an answer to a peer: {e}");
+                self.refusal(
+                    peer,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the node could not encode its answer: {e}"),
+                )
+            }
+        }
     }
 
     pub(crate) fn warn_once(&self, key: &str, log: impl FnOnce()) {

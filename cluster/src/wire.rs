@@ -141,3 +141,6 @@ impl ClusterView {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,9 +4,11 @@
 //! the file (that merge happens in the binary, field by field).
 
 pub mod cluster;
+mod http;
 mod model;
 
 pub use cluster::ClusterConfig;
+pub use http::HttpLimits;
 pub use model::{model_id_from_path, EngineKind, ModelConfig, NodesWanted};
 
 use serde::Deserialize;
@@ -51,6 +53,14 @@ pub struct RawConfig {
     pub max_body_bytes: Option<usize>,
     /// How long a graceful shutdown waits for in-flight streams.
     pub shutdown_grace_secs: Option<u64>,
+    /// Time a client has to send a request's head (from connecting, or from its first byte on a reused connection).
+    pub header_read_timeout_secs: Option<u64>,
+    /// A connection with no request in flight that sends nothing for this long is closed.
+    pub idle_timeout_secs: Option<u64>,
+    /// Deadline for a request's response head: the whole of a non-streaming request, a stream's start.
+    pub request_timeout_secs: Option<u64>,
+    /// Open HTTP connections served at once; more wait in the listen backlog.
+    pub max_connections: Option<u32>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
     #[serde(default)]
@@ -76,6 +86,7 @@ impl RawConfig {
 
     /// Validates into the typed configuration.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let http = self.http_limits()?;
         let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             ConfigError::invalid(
@@ -107,6 +118,7 @@ impl RawConfig {
             api_key_file: self.api_key_file,
             max_body_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(30)),
+            http,
             models,
             cluster: self.cluster,
         })
@@ -120,6 +132,7 @@ pub struct Config {
     pub api_key_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    pub http: HttpLimits,
     pub models: Vec<model::ValidModel>,
     pub cluster: ClusterConfig,
 }

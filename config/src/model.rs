@@ -156,6 +156,13 @@ impl ModelConfig {
             }
             Some(n) => n,
         };
+        // Heartbeats carry the path as JSON text, which only UTF-8 can be.
+        if path.to_str().is_none() {
+            return Err(ConfigError::invalid(
+                field("path"),
+                format!("must be valid UTF-8, got {}", path.display()),
+            ));
+        }
         let id = match self.id {
             Some(id) => id,
             None => model_id_from_path(&path),

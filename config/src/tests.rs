@@ -131,3 +131,24 @@ fn deployments_name_a_store_file_and_their_nodes() -> Result<(), String> {
     }
     Ok(())
 }
+
+#[test]
+fn a_model_path_must_be_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = RawConfig {
+        models: vec![ModelConfig {
+            path: Some(PathBuf::from(std::ffi::OsStr::from_bytes(b"/m/\xffx.gguf"))),
+            ..ModelConfig::default()
+        }],
+        ..RawConfig::default()
+    };
+    let err = raw
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("`models[0].path` must be valid UTF-8"),
+        "{err}"
+    );
+}

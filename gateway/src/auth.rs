@@ -4,6 +4,7 @@
 use crate::openai::ApiError;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::path::Path;
@@ -75,6 +76,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl ApiKeys {
+    /// The caller a request's `Authorization: Bearer KEY` names, if the key is one of ours.
+    pub fn caller(&self, headers: &HeaderMap) -> Option<KeyName> {
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)?;
+        self.check(presented.as_bytes())
+    }
+}
+
 pub async fn require_key(
     State(keys): State<Arc<ApiKeys>>,
     mut req: Request,
@@ -84,16 +100,7 @@ pub async fn require_key(
         req.extensions_mut().insert(KeyName(Arc::from("anonymous")));
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match presented.and_then(|k| keys.check(k.as_bytes())) {
+    match keys.caller(req.headers()) {
         Some(name) => {
             req.extensions_mut().insert(name);
             next.run(req).await

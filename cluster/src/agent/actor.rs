@@ -106,8 +106,8 @@ impl Actor {
 
     /// Best effort: tell every member we are going, then stop mDNS.
     async fn leave(&mut self, announce: bool) {
-        if let (Some(client), true) = (&self.client, announce) {
-            let body = self.gossip_body(true);
+        let body = announce.then(|| self.gossip_body(true)).flatten();
+        if let (Some(client), Some(body)) = (&self.client, body) {
             let mut sends = tokio::task::JoinSet::new();
             for m in self.membership.members() {
                 let (client, body) = (client.clone(), body.clone());

@@ -12,15 +12,23 @@ use bytes::Bytes;
 use std::time::Instant;
 
 impl Actor {
-    /// Our heartbeat: only ever sent to members.
-    pub(super) fn gossip_body(&self, leaving: bool) -> Bytes {
+    /// Our heartbeat: only ever sent to members. `None` (logged) if it cannot
+    /// be encoded, which the wire types rule out (see wire.rs's tests): an
+    /// empty heartbeat would only earn a refusal.
+    pub(super) fn gossip_body(&self, leaving: bool) -> Option<Bytes> {
         let view = self.membership.view(&self.cluster, true, Instant::now());
         let msg = Gossip {
             from: self.membership.me().clone(),
             members: view.peer_refs(),
             leaving,
         };
-        Bytes::from(serde_json::to_vec(&msg).unwrap_or_default())
+        match serde_json::to_vec(&msg) {
+            Ok(body) => Some(Bytes::from(body)),
+            Err(e) => {
+                tracing::error!("cannot encode our heartbeat: {e}");
+                None
+            }
+        }
     }
 
     pub(super) fn send_heartbeats(&mut self) {
@@ -30,7 +38,10 @@ impl Actor {
         let targets = self.membership.targets(Instant::now());
         let to_members = targets.iter().any(|t| matches!(t, Target::Member { .. }));
         let body = if to_members {
-            self.gossip_body(false)
+            match self.gossip_body(false) {
+                Some(body) => body,
+                None => return,
+            }
         } else {
             Bytes::new()
         };

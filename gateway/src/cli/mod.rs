@@ -2,6 +2,7 @@
 //! calls one core function.
 
 pub mod cluster_args;
+pub mod http_args;
 pub mod node;
 pub mod runtime;
 pub mod serve;

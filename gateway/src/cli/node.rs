@@ -32,11 +32,15 @@ pub struct NodeArgs {
     #[arg(long, env = "HERD_API_KEY_FILE", value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
     #[command(flatten)]
+    pub http: super::http_args::HttpArgs,
+    #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let raw = read_config(args.config.as_ref())?;
+    let mut raw = read_config(args.config.as_ref())?;
+    args.http.apply(&mut raw);
+    let limits = raw.http_limits()?;
     let listen_text = args
         .listen
         .clone()
@@ -92,7 +96,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         app = app.merge(protected);
     }
     tracing::info!("herd node listening on http://{addr}");
-    let served = super::serve::serve_until_signal(listener, app, Duration::from_secs(2)).await;
+    let served =
+        super::serve::serve_until_signal(listener, app, limits, Duration::from_secs(2)).await;
     agent.shutdown().await;
     drop(runtime);
     served

@@ -10,8 +10,8 @@ use crate::http::{app, AppState, ExtraRoutes};
 use crate::router::Router;
 use anyhow::Context;
 use clap::Args;
-use herd_cluster::Role;
-use herd_config::{Config, ModelConfig, RawConfig};
+use herd_cluster::{Agent, Role};
+use herd_config::{Config, HttpLimits, ModelConfig, RawConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +55,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     #[command(flatten)]
+    pub http: super::http_args::HttpArgs,
+    #[command(flatten)]
     pub cluster: super::cluster_args::ClusterArgs,
 }
 
@@ -74,6 +76,7 @@ impl ServeArgs {
         if let Some(v) = self.max_body_bytes {
             raw.max_body_bytes = Some(v);
         }
+        self.http.apply(&mut raw);
         if let Some(path) = &self.model {
             let first = raw.models.drain(..).next().unwrap_or_default();
             raw.models = vec![ModelConfig {
@@ -147,24 +150,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     let agent = runtime.agent.clone();
-    let extra = ExtraRoutes {
-        // Node-to-node routes authenticate every message with the cluster secret themselves.
-        open: crate::metrics::routes(metrics)
-            .merge(runtime.peer_routes.clone())
-            .merge(cluster::peer_routes(agent.clone())),
-        protected: cluster::public_routes(agent.clone()),
-        forward: Some(ForwardState {
-            router,
-            agent: agent.clone(),
-            max_body: config.max_body_bytes,
-        }),
-    };
-    let app = app(state, extra).layer(axum::middleware::from_fn(crate::access_log::access_log));
+    let app = gateway_app(state, agent.clone(), runtime.peer_routes.clone());
     tracing::info!("herd listening on http://{addr}");
-    let served = serve_until_signal(listener, app, config.shutdown_grace).await;
+    let served = serve_until_signal(listener, app, config.http, config.shutdown_grace).await;
     agent.shutdown().await;
     drop(runtime);
     served
+}
+
+/// Everything `herd serve` answers: the OpenAI API and `/cluster` (behind
+/// API keys), `/health`, `/metrics`, `/openapi.json`, and the node-to-node
+/// routes (`peer_routes` and the agent's), which sign every message themselves.
+pub fn gateway_app(state: AppState, agent: Agent, peer_routes: axum::Router) -> axum::Router {
+    let extra = ExtraRoutes {
+        open: crate::metrics::routes(state.metrics.clone())
+            .merge(peer_routes)
+            .merge(cluster::peer_routes(agent.clone())),
+        protected: cluster::public_routes(agent.clone()),
+        forward: Some(ForwardState {
+            router: state.router.clone(),
+            agent,
+            max_body: state.max_body_bytes,
+        }),
+    };
+    app(state, extra).layer(axum::middleware::from_fn(crate::access_log::access_log))
 }
 
 /// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight
@@ -172,21 +181,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn serve_until_signal(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    limits: HttpLimits,
     grace: Duration,
 ) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    });
-    let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    let mut server = tokio::spawn(crate::http::server::serve(
+        listener,
+        app,
+        limits,
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
     tokio::select! {
-        result = &mut server => return Ok(result??),
+        result = &mut server => return Ok(result?),
         _ = shutdown_signal() => {}
     }
     tracing::info!("shutting down: draining in-flight requests for up to {grace:?}");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(grace, &mut server).await {
-        Ok(result) => Ok(result??),
+        Ok(result) => Ok(result?),
         Err(_) => {
             tracing::warn!("shutdown deadline passed; closing the remaining streams");
             server.abort();

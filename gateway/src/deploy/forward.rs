@@ -152,7 +152,7 @@ fn relay(resp: reqwest::Response) -> Response {
                         let err = ApiError::Engine(EngineError::Crashed(
                             "the node serving this deployment stopped answering".into(),
                         ));
-                        let json = serde_json::to_string(&err.envelope()).unwrap_or_else(|_| "{}".into());
+                        let json = err.to_json();
                         yield Ok(Bytes::from(format!("data: {json}\n\ndata: [DONE]\n\n")));
                     } else {
                         yield Err(std::io::Error::other("the head's answer broke off"));

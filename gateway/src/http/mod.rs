@@ -1,9 +1,12 @@
 //! The HTTP surface, built in one function so the middleware order is visible.
 
 pub mod cluster;
+mod conn_watch;
 mod health;
 mod openai_api;
+pub mod openapi;
 mod respond;
+pub mod server;
 
 use crate::auth::{require_key, ApiKeys};
 use crate::metrics::{count_unauthorized, Metrics};
@@ -81,6 +84,7 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
         ));
     Router::new()
         .route("/health", get(health::health))
+        .route("/openapi.json", get(openapi::document))
         .with_state(state)
         .merge(api)
         .merge(extra.open)

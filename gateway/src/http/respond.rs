@@ -1,8 +1,10 @@
 //! Turns a running [`Generation`] into OpenAI's JSON body or SSE stream.
 //! In a stream, an engine failure becomes an error event followed by `[DONE]`.
+//! Stream events are typed payloads until one encoder turns them into JSON.
 
 use crate::generate::Generation;
 use crate::metrics::RequestTimer;
+use crate::openai::error::{ErrorEnvelope, ENCODING_FAILED};
 use crate::openai::response::{
     unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion,
     CompletionChoice, Delta, UsageBody, FINGERPRINT,
@@ -12,8 +14,9 @@ use crate::validate::Endpoint;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use herd_engines::{EngineError, FinishReason, TokenEvent, Usage};
+use serde::Serialize;
 use std::convert::Infallible;
 
 /// `timer` records the request's metrics; it lives as long as the response.
@@ -101,6 +104,15 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
     }
 }
 
+/// One stream event's JSON, before encoding.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Payload {
+    Chat(ChatChunk),
+    Text(Completion),
+    Error(ErrorEnvelope),
+}
+
 /// Builds each chunk of one stream with the same id, model and timestamp.
 struct Chunker {
     id: String,
@@ -116,13 +128,13 @@ impl Chunker {
         role: bool,
         finish: Option<FinishReason>,
         usage: Option<Usage>,
-    ) -> Event {
+    ) -> Payload {
         let usage = usage.map(UsageBody::from);
         let finish_reason = finish.map(FinishReason::as_str);
         // The usage chunk has no choices, as OpenAI sends it.
         let with_choice = usage.is_none();
-        let json = match self.endpoint {
-            Endpoint::Chat => serde_json::to_string(&ChatChunk {
+        match self.endpoint {
+            Endpoint::Chat => Payload::Chat(ChatChunk {
                 id: self.id.clone(),
                 object: "chat.completion.chunk",
                 created: self.created,
@@ -143,7 +155,7 @@ impl Chunker {
                 usage,
                 system_fingerprint: FINGERPRINT,
             }),
-            Endpoint::Completions => serde_json::to_string(&Completion {
+            Endpoint::Completions => Payload::Text(Completion {
                 id: self.id.clone(),
                 object: "text_completion",
                 created: self.created,
@@ -161,13 +173,28 @@ impl Chunker {
                 usage,
                 system_fingerprint: FINGERPRINT,
             }),
-        };
-        Event::default().data(json.unwrap_or_default())
+        }
     }
 }
 
-fn error_event(e: &ApiError) -> Event {
-    Event::default().data(serde_json::to_string(&e.envelope()).unwrap_or_default())
+/// Encodes each payload as an SSE event, then `[DONE]`. herd's payloads are
+/// strings, numbers and options, which always encode; if one ever did not,
+/// the stream ends with a logged error event instead of an empty one.
+fn encode<T: Serialize>(payloads: impl Stream<Item = T>) -> impl Stream<Item = Event> {
+    async_stream::stream! {
+        let mut payloads = std::pin::pin!(payloads);
+        while let Some(payload) = payloads.next().await {
+            match Event::default().json_data(&payload) {
+                Ok(event) => yield event,
+                Err(e) => {
+                    tracing::error!("cannot encode a stream event ({e}); ending the stream with an error");
+                    yield Event::default().data(ENCODING_FAILED);
+                    break;
+                }
+            }
+        }
+        yield Event::default().data("[DONE]");
+    }
 }
 
 fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
@@ -203,18 +230,20 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
                 Some(TokenEvent::Failed(e)) => {
                     let e = ApiError::from(e);
                     timer.fail(&e);
-                    yield error_event(&e);
+                    yield Payload::Error(e.envelope());
                     break;
                 }
                 None => {
                     let e = ended_early();
                     timer.fail(&e);
-                    yield error_event(&e);
+                    yield Payload::Error(e.envelope());
                     break;
                 }
             }
         }
-        yield Event::default().data("[DONE]");
     };
-    Sse::new(events.map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default())
+    Sse::new(encode(events).map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default())
 }
+
+#[cfg(test)]
+mod tests;

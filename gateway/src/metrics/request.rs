@@ -64,6 +64,8 @@ impl ErrorType {
             ApiError::ContextLengthExceeded(_) => Self::ContextLengthExceeded,
             ApiError::Unauthorized => Self::Unauthorized,
             ApiError::Overloaded(..) => Self::RateLimited,
+            // The listener drops a timed-out request, whose dropped timer records it as cancelled.
+            ApiError::RequestTimeout(_) => Self::Cancelled,
             ApiError::Engine(engine) => match engine {
                 EngineError::NoChatTemplate | EngineError::Template(_) => Self::InvalidRequest,
                 EngineError::Unavailable(_) => Self::EngineUnavailable,

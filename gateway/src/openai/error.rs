@@ -32,6 +32,8 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("no response within {} s (the server's request_timeout_secs); for long generations send \"stream\": true", .0.as_secs())]
+    RequestTimeout(std::time::Duration),
 }
 
 /// The `error` object OpenAI clients parse.
@@ -48,6 +50,11 @@ pub struct ErrorBody {
 pub struct ErrorEnvelope {
     pub error: ErrorBody,
 }
+
+/// What a client gets in place of a body herd could not encode (the reason
+/// goes to the log). Never expected: herd's bodies are strings, numbers and
+/// options, and the tests encode every one of them.
+pub const ENCODING_FAILED: &str = r#"{"error":{"message":"the server could not encode its answer; its log has the reason","type":"server_error","param":null,"code":"internal_error"}}"#;
 
 impl ApiError {
     pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
@@ -137,6 +144,12 @@ impl ApiError {
                 Some("method_not_allowed"),
                 None,
             ),
+            Self::RequestTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                Some("request_timeout"),
+                None,
+            ),
         }
     }
 
@@ -168,6 +181,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The envelope as JSON text, for an SSE `data:` line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.envelope()).unwrap_or_else(|e| {
+            tracing::error!("cannot encode an error ({e}): {self}");
+            ENCODING_FAILED.to_string()
+        })
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         Self::Engine(e)
@@ -184,5 +207,65 @@ impl IntoResponse for ApiError {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// One of every variant, so a new one cannot skip these checks.
+    fn every_error() -> Vec<ApiError> {
+        let all = vec![
+            ApiError::InvalidJson("x".into()),
+            ApiError::BodyTooLarge { limit: 1024 },
+            ApiError::invalid("temperature", "too hot"),
+            ApiError::ModelNotFound("m".into()),
+            ApiError::ContextLengthExceeded("long".into()),
+            ApiError::Unauthorized,
+            ApiError::Overloaded("queue full", 1),
+            ApiError::Engine(EngineError::NoChatTemplate),
+            ApiError::Engine(EngineError::Template("t".into())),
+            ApiError::Engine(EngineError::Unavailable("u".into())),
+            ApiError::Engine(EngineError::Crashed("c".into())),
+            ApiError::Engine(EngineError::Internal("i".into())),
+            ApiError::RouteNotFound("GET /x".into()),
+            ApiError::MethodNotAllowed,
+            ApiError::RequestTimeout(Duration::from_secs(5)),
+        ];
+        for e in &all {
+            // A new variant breaks this match: add it to the list above as well.
+            match e {
+                ApiError::InvalidJson(_)
+                | ApiError::BodyTooLarge { .. }
+                | ApiError::InvalidRequest { .. }
+                | ApiError::ModelNotFound(_)
+                | ApiError::ContextLengthExceeded(_)
+                | ApiError::Unauthorized
+                | ApiError::Overloaded(..)
+                | ApiError::Engine(_)
+                | ApiError::RouteNotFound(_)
+                | ApiError::MethodNotAllowed
+                | ApiError::RequestTimeout(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_error_encodes_in_openai_shape() -> Result<(), serde_json::Error> {
+        for e in every_error() {
+            let text = serde_json::to_string(&e.envelope())?;
+            assert_eq!(e.to_json(), text);
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            assert_eq!(v["error"]["message"], e.to_string(), "{text}");
+            assert!(v["error"]["type"].is_string(), "{text}");
+            assert!(v["error"]["code"].is_string(), "{text}");
+        }
+        let fallback: serde_json::Value = serde_json::from_str(ENCODING_FAILED)?;
+        assert_eq!(fallback["error"]["code"], "internal_error");
+        assert_eq!(fallback["error"]["type"], "server_error");
+        Ok(())
     }
 }
