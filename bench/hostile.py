@@ -26,7 +26,7 @@ from rel import MODEL_ID, log, ms, pct, port_of, start_herd
 # The server under test: enough slots for 50 slow streams plus the probe,
 # and a body limit above the 4 MiB prompts (so they reach the tokenizer) but
 # below the 10 MB bodies (so those are refused as too large).
-SERVER_FLAGS = ["--threads", "2", "--slots", "64", "--ctx-size", "1400", "--max-queue", "64",
+SERVER_FLAGS = ["--threads", "1", "--slots", "64", "--ctx-size", "1400", "--max-queue", "64",
                 "--max-body-bytes", str(8 << 20)]
 PROBE_BODY = httpc.chat_body(MODEL_ID, "Say hi.", 2, True)
 STORY = "Write a very long story about a lighthouse keeper, chapter by chapter."
@@ -104,9 +104,10 @@ class Run:
         return result
 
     # --- attacks ------------------------------------------------------------------------
-    async def hold_connections(self, n, opener, label):
+    async def hold_connections(self, n, opener, label, hold=None):
         """Opens n connections with `opener(reader, writer)` running on each, for
         `hold` seconds; reports how many the server closed and when."""
+        hold = hold or self.hold
         closed_at = []
         stop = asyncio.Event()
 
@@ -128,12 +129,12 @@ class Run:
             return None
 
         tasks = [asyncio.ensure_future(one()) for _ in range(n)]
-        await asyncio.sleep(self.hold)
+        await asyncio.sleep(hold)
         stop.set()
         errors = [e for e in await asyncio.gather(*tasks) if e]
         return {f"{label}_opened": n - len(errors), "closed_by_server": len(closed_at),
                 "closed_after_s_median": round(pct(closed_at, 50), 1) if closed_at else None,
-                "connect_errors": len(errors), "held_s": self.hold}
+                "connect_errors": len(errors), "held_s": hold}
 
     async def slowloris(self, n=500):
         async def drip(reader, writer, stop):
@@ -146,12 +147,12 @@ class Run:
                 i += 1
         return await self.hold_connections(n, drip, "slowloris")
 
-    async def idle_keepalive(self, n=200):
+    async def idle_keepalive(self, n=200, hold=None):
         async def idle(reader, writer, stop):
             writer.write(httpc.request_bytes("GET", "/v1/models", port=self.port, keep_alive=True))
             await writer.drain()
             await stop.wait()
-        return await self.hold_connections(n, idle, "idle")
+        return await self.hold_connections(n, idle, "idle", hold)
 
     async def slow_readers(self, n=50, max_tokens=1300):
         """Streams read at one byte per second (a 4 KiB receive buffer, so the
@@ -334,8 +335,10 @@ async def main_async(herd, hold, log_to):
         await run.phase_run("baseline", "no attack, 10 s", pause(10))
         await run.phase_run("slowloris", "500 connections sending a header line every 5 s",
                             run.slowloris)
-        await run.phase_run("idle", "200 idle keep-alive connections after one request",
-                            run.idle_keepalive)
+        # Held past herd's default idle timeout (60 s), to see it act.
+        idle_hold = max(hold, 75.0)
+        await run.phase_run("idle", f"200 idle keep-alive connections after one request, "
+                            f"held {idle_hold:g} s", lambda: run.idle_keepalive(hold=idle_hold))
         await run.phase_run("slow_readers", "50 streams (max_tokens 1300) read at 1 byte/s",
                             run.slow_readers)
         await run.phase_run("big_bodies", "8 x 10 MB bodies at once (4 with Content-Length, "

@@ -5,7 +5,7 @@ at a fixed rate, both from `herd bench`, against one SmolLM2 deployment.
 Every request must complete or be refused with 429/503 and Retry-After; no
 other error; /metrics must count what the clients saw.
 
-Usage: bench/load_mix.py --herd target/release/herd [--short 2000] [--rate 20] [--json out.json]
+Usage: bench/load_mix.py --herd target/release/herd [--short 2000] [--rate 10] [--json out.json]
 """
 import argparse
 import asyncio
@@ -17,7 +17,7 @@ import httpc
 import observe
 from rel import MODEL_ID, log, port_of, start_herd
 
-SERVER_FLAGS = ["--threads", "2", "--slots", "16", "--ctx-size", "1024", "--max-queue", "64"]
+SERVER_FLAGS = ["--threads", "1", "--slots", "32", "--ctx-size", "512", "--max-queue", "64"]
 
 
 def bench_cmd(herd, base_url, *args):
@@ -95,9 +95,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--herd", required=True)
     ap.add_argument("--short", type=int, default=2000, help="short requests")
-    ap.add_argument("--rate", type=float, default=20.0, help="short requests per second")
+    ap.add_argument("--rate", type=float, default=10.0, help="short requests per second")
     ap.add_argument("--streams", type=int, default=64)
-    ap.add_argument("--stream-tokens", type=int, default=256)
+    ap.add_argument("--stream-tokens", type=int, default=64)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--log", help="copy the server's log here")
     opts = ap.parse_args()

@@ -29,6 +29,11 @@ def machine(ctx):
             "figure, never in the pass/fail counts).")
 
 
+def flag(r, name):
+    flags = r.get("server_flags") or []
+    return flags[flags.index(name) + 1] if name in flags[:-1] else "?"
+
+
 def status_table(compare):
     rows = ["| status | client saw | /metrics counted |", "| --- | ---: | ---: |"]
     for status, v in compare.items():
@@ -55,7 +60,7 @@ One SmolLM2-135M deployment (`herd serve {' '.join(r['server_flags'])}`) under t
 runs at once: {r['streams']} concurrent streams of up to {r['stream_max_tokens']} tokens (closed loop; a
 refused client waits out Retry-After, as OpenAI's SDKs do) and {n(r['short_requests'])} short
 streamed requests (8 tokens) arriving at {r['short_rate']:g}/s whatever happens to the others
-(open loop). Capacity is 16 running + 64 queued, so the server must refuse part of the offered
+(open loop). Capacity is {flag(r, '--slots')} running + {flag(r, '--max-queue')} queued, so the server must refuse part of the offered
 load: the test is that it *answers* every request — a completion, or 429/503 with Retry-After —
 and never fails one otherwise.
 
