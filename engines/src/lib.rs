@@ -56,10 +56,31 @@ impl Default for SamplingParams {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GenerateRequest {
     pub prompt: PreparedPrompt,
     pub params: SamplingParams,
+    /// The caller's claim on a slot (its admission permit), kept by the engine
+    /// while it works on the request.
+    pub slot: SlotHold,
+}
+
+/// Held by the engine while a request is in it and dropped the moment the
+/// request leaves (finished, failed or cancelled): a slot counts as busy for
+/// as long as the engine is busy with it, not for as long as a slow client
+/// takes to read what was already generated.
+pub struct SlotHold(#[expect(dead_code, reason = "held only to be dropped")] Box<dyn Send + Sync>);
+
+impl SlotHold {
+    pub fn new(hold: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(hold))
+    }
+}
+
+impl std::fmt::Debug for SlotHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlotHold")
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -137,6 +158,9 @@ pub struct EngineStats {
     pub kv_used_tokens: u64,
     pub kv_capacity_tokens: u64,
     pub restarts: u64,
+    /// Streams stopped because their client read too slowly (a running total).
+    #[serde(default)]
+    pub slow_clients: u64,
 }
 
 /// Errors an engine reports; the gateway maps each variant to a status.
@@ -152,6 +176,12 @@ pub enum EngineError {
     Crashed(String),
     #[error("generation failed: {0}")]
     Internal(String),
+    /// Refused before tokenizing: its length alone proves it cannot fit.
+    #[error("this model's maximum context length is {ctx} tokens, but the prompt has at least {at_least} tokens; shorten the messages")]
+    PromptTooLong { ctx: u32, at_least: u64 },
+    /// The client fell so far behind the stream that generation was stopped.
+    #[error("the client read the stream too slowly: it fell {behind} events behind, so generation was stopped; read the stream as it arrives")]
+    ClientTooSlow { behind: usize },
 }
 
 /// A request in flight. Dropping it cancels the request.

@@ -1,7 +1,8 @@
 //! Chat templates come from the GGUF's own metadata: ChatML for SmolLM2; a model
 //! without one (Gemma 3 270M base) refuses chat but still takes raw prompts.
 
-use herd_engines::llama::host::{prepare, usable_template};
+use herd_engines::llama::host::usable_template;
+use herd_engines::llama::prepare::prepare;
 use herd_engines::{ChatMessage, EngineError, PromptInput};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;

@@ -1,16 +1,17 @@
 //! The core of a completion: route → prepare (template + tokenize) → check
 //! the context → admission → engine. Everything that can be refused is
-//! refused here, before a slot is taken or a byte is streamed.
+//! refused here, before a slot is taken or a byte is streamed. The slot's
+//! permit goes into the engine with the request and is released when the
+//! engine is done with it (not when a slow client has read it all).
 
 use crate::metrics::RequestTimer;
 use crate::openai::ApiError;
 use crate::router::{Deployment, Router};
-use crate::scheduler::Permit;
 use crate::validate::{Endpoint, ValidRequest};
-use herd_engines::{EngineError, EngineState, GenerateRequest, TokenStream};
+use herd_engines::{EngineError, EngineState, GenerateRequest, SlotHold, TokenStream};
 use std::sync::Arc;
 
-/// A running generation. Dropping it cancels the work and frees the slot.
+/// A running generation. Dropping it cancels the work (which frees the slot).
 pub struct Generation {
     pub tokens: TokenStream,
     pub deployment: Arc<Deployment>,
@@ -18,7 +19,6 @@ pub struct Generation {
     pub stream: bool,
     pub include_usage: bool,
     pub prompt_tokens: u32,
-    _permit: Permit,
 }
 
 /// `timer` sees the wait for a slot; the caller records how the request ends.
@@ -46,6 +46,7 @@ pub async fn start(
     let tokens = engine.generate(GenerateRequest {
         prompt: prepared,
         params: sampling,
+        slot: SlotHold::new(permit),
     })?;
     Ok(Generation {
         tokens,
@@ -54,7 +55,6 @@ pub async fn start(
         stream: req.stream,
         include_usage: req.include_usage,
         prompt_tokens: n_prompt,
-        _permit: permit,
     })
 }
 

@@ -25,8 +25,8 @@
 //!    either (the client went away) counts as cancelled (status 499, nginx's code
 //!    for "client closed request").
 //!
-//! `respond` moves the timer into the response stream, next to the slot permit,
-//! so its life is the request's life.
+//! `respond` moves the timer into the response stream, so its life is the
+//! request's life as the client sees it (the slot may be free earlier).
 
 mod request;
 #[cfg(test)]
@@ -63,6 +63,8 @@ type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
 pub struct EngineSnapshot {
     pub up: bool,
     pub restarts: u64,
+    /// Streams stopped because the client read too slowly (running total).
+    pub slow_clients: u64,
     /// 0 when not known yet.
     pub slots_total: u64,
     pub slots_free: u64,
@@ -100,6 +102,7 @@ pub(crate) struct Series {
     pub kv_capacity_tokens: IntGaugeVec,
     pub engine_up: IntGaugeVec,
     pub engine_restarts: IntCounterVec,
+    pub slow_clients: IntCounterVec,
 }
 
 const SECONDS_TTFT: &[f64] = &[
@@ -192,6 +195,7 @@ impl Series {
             kv_capacity_tokens: gauge(r, "herd_kv_cache_capacity_tokens", "KV cache size, in tokens", m)?,
             engine_up: gauge(r, "herd_engine_up", "1 when the model's engine host is ready, else 0", m)?,
             engine_restarts: counter(r, "herd_engine_restarts_total", "Times the model's engine host was restarted", m)?,
+            slow_clients: counter(r, "herd_slow_client_disconnects_total", "Streams whose generation was stopped because the client fell a whole buffer behind", m)?,
         })
     }
 }
@@ -241,7 +245,12 @@ impl Metrics {
         ] {
             h.with_label_values(l);
         }
-        for c in [&s.prompt_tokens, &s.generation_tokens, &s.engine_restarts] {
+        for c in [
+            &s.prompt_tokens,
+            &s.generation_tokens,
+            &s.engine_restarts,
+            &s.slow_clients,
+        ] {
             c.with_label_values(l);
         }
         for g in [
@@ -308,10 +317,15 @@ impl Metrics {
             e.kv_used_tokens as f64 / e.kv_capacity_tokens as f64
         };
         s.kv_usage.with_label_values(l).set(ratio);
-        // The engine reports a total; the counter follows it (scrapes are serialised by `render`).
-        let restarts = s.engine_restarts.with_label_values(l);
-        if e.restarts > restarts.get() {
-            restarts.inc_by(e.restarts - restarts.get());
+        // The engine reports totals; the counters follow them (scrapes are serialised by `render`).
+        for (counter, total) in [
+            (&s.engine_restarts, e.restarts),
+            (&s.slow_clients, e.slow_clients),
+        ] {
+            let counter = counter.with_label_values(l);
+            if total > counter.get() {
+                counter.inc_by(total - counter.get());
+            }
         }
     }
 
@@ -342,6 +356,7 @@ fn snapshot(d: &Deployment) -> EngineSnapshot {
     EngineSnapshot {
         up: d.engine.state() == EngineState::Ready,
         restarts: stats.restarts,
+        slow_clients: stats.slow_clients,
         slots_total,
         slots_free: d.admission.free_slots() as u64,
         kv_used_tokens: stats.kv_used_tokens,

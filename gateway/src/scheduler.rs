@@ -1,7 +1,8 @@
 //! Admission control per deployment: `slots` requests run, at most
 //! `max_queue` wait (each at most `max_wait`), everyone else gets 429 with
-//! Retry-After. The permit travels with the response stream, so a slot is
-//! held until the stream ends, not until headers are sent.
+//! Retry-After. The permit travels with the request into the engine, so a
+//! slot is held until generation ends (finished, failed or cancelled), not
+//! until headers are sent, nor until a slow client has read the last token.
 
 use crate::openai::ApiError;
 use std::sync::atomic::{AtomicUsize, Ordering};

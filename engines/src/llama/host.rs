@@ -1,12 +1,15 @@
 //! The engine host: a child process that owns one llama.cpp model and context.
-//! Threads: a reader (commands in; `prepare` is answered right there, so
-//! tokenization never waits behind generation), the batch loop (owns the
-//! context), and a writer (events out). When the gateway goes away the socket
-//! closes and the host exits.
+//! Threads: a reader (commands in; it only routes, so a Generate or Cancel is
+//! never held up), two prepare workers (template + tokenize, see
+//! `prepare_pool`: never behind generation, small prompts never behind big
+//! ones), the batch loop (owns the context), and a writer (events out). When
+//! the gateway goes away the socket closes and the host exits.
 
 use super::batch::{BatchLoop, Command};
+use super::prepare::PromptLimit;
+use super::prepare_pool::{Job, Lane, PrepareQueue, Preparer};
 use super::protocol::{FromHost, ToHost};
-use crate::{ChatMessage, EngineError, ModelInfo, PreparedPrompt, PromptInput};
+use crate::ModelInfo;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -101,13 +104,21 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
             .collect(),
     };
     let _ = event_tx.send(FromHost::Ready { info });
+    let preparer = Preparer {
+        model: &model,
+        template: template.as_ref(),
+        limit: PromptLimit::of(&model, args.ctx_size),
+    };
+    let queue = PrepareQueue::default();
 
     std::thread::scope(|scope| {
         scope.spawn(|| write_events(stream, event_rx));
-        let prep_events = event_tx.clone();
-        let model_ref = &model;
-        let template_ref = template.as_ref();
-        scope.spawn(move || read_commands(reader, model_ref, template_ref, &cmd_tx, &prep_events));
+        for lane in [Lane::Any, Lane::Small] {
+            let (preparer, queue, events) = (&preparer, &queue, event_tx.clone());
+            scope.spawn(move || preparer.work(queue, lane, &events));
+        }
+        let (queue, refusals) = (&queue, event_tx.clone());
+        scope.spawn(move || read_commands(reader, queue, &cmd_tx, &refusals));
         BatchLoop::new(&model, ctx, args.slots, args.ctx_size, event_tx).run(cmd_rx);
     });
     Ok(())
@@ -163,10 +174,11 @@ pub fn usable_template(model: &LlamaModel) -> Option<LlamaChatTemplate> {
         .map(|_| template)
 }
 
+/// Routes each command: prompts to the prepare queue (a full queue answers at
+/// once), the rest to the batch loop.
 fn read_commands(
     reader: BufReader<UnixStream>,
-    model: &LlamaModel,
-    template: Option<&LlamaChatTemplate>,
+    prepares: &PrepareQueue,
     cmds: &SyncSender<Command>,
     events: &SyncSender<FromHost>,
 ) {
@@ -180,10 +192,15 @@ fn read_commands(
             }
         };
         let sent = match msg {
-            ToHost::Prepare { id, input } => {
-                let result = prepare(model, template, &input);
-                events.send(FromHost::Prepared { id, result }).is_ok()
-            }
+            ToHost::Prepare { id, input } => match prepares.push(Job { id, input }) {
+                Ok(()) => true,
+                Err((job, error)) => events
+                    .send(FromHost::Prepared {
+                        id: job.id,
+                        result: Err(error),
+                    })
+                    .is_ok(),
+            },
             ToHost::Generate { id, tokens, params } => {
                 cmds.send(Command::Generate { id, tokens, params }).is_ok()
             }
@@ -194,6 +211,7 @@ fn read_commands(
         }
     }
     // The gateway closed the socket (or died): nothing left to serve.
+    prepares.close();
     let _ = cmds.send(Command::Shutdown);
 }
 
@@ -212,31 +230,4 @@ fn write_events(stream: UnixStream, events: Receiver<FromHost>) {
             std::process::exit(0);
         }
     }
-}
-
-pub fn prepare(
-    model: &LlamaModel,
-    template: Option<&LlamaChatTemplate>,
-    input: &PromptInput,
-) -> Result<PreparedPrompt, EngineError> {
-    let text = match input {
-        PromptInput::Text(text) => text.clone(),
-        PromptInput::Chat(messages) => {
-            let template = template.ok_or(EngineError::NoChatTemplate)?;
-            let chat = messages
-                .iter()
-                .map(|ChatMessage { role, content }| {
-                    LlamaChatMessage::new(role.clone(), content.clone())
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| EngineError::Template(e.to_string()))?;
-            model
-                .apply_chat_template(template, &chat, true)
-                .map_err(|e| EngineError::Template(e.to_string()))?
-        }
-    };
-    let tokens = model.vocab().tokenize(text.as_bytes(), true, true);
-    Ok(PreparedPrompt {
-        tokens: tokens.into_iter().map(|t| t.0).collect(),
-    })
 }

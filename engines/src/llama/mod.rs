@@ -6,6 +6,8 @@
 mod batch;
 pub mod host;
 mod llama_log;
+pub mod prepare;
+mod prepare_pool;
 pub mod protocol;
 pub mod rpc;
 pub mod sampler;

@@ -6,12 +6,13 @@
 use super::protocol::{FromHost, RequestId, ToHost};
 use crate::{
     EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo, PreparedPrompt, PromptInput,
-    TokenEvent,
+    SlotHold, TokenEvent,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -47,7 +48,8 @@ pub struct LlamaEngineConfig {
     pub cpu_repack: bool,
 }
 
-/// Events buffered per request before the client is considered too slow.
+/// Events buffered per request; a client that lets them all pile up is too
+/// slow and its generation is stopped (the last place is kept for saying so).
 pub(super) const EVENTS_PER_REQUEST: usize = 1024;
 pub(super) const COMMAND_QUEUE: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -93,7 +95,11 @@ fn unavailable(state: &EngineState) -> EngineError {
 
 enum Pending {
     Prepare(oneshot::Sender<Result<PreparedPrompt, EngineError>>),
-    Generate(mpsc::Sender<TokenEvent>),
+    /// The slot hold is dropped with the entry, when the request leaves the engine.
+    Generate(
+        mpsc::Sender<TokenEvent>,
+        #[expect(dead_code, reason = "held only to be dropped")] SlotHold,
+    ),
 }
 
 pub(super) struct Supervisor {
@@ -103,6 +109,8 @@ pub(super) struct Supervisor {
     pending: HashMap<RequestId, Pending>,
     child: Option<ChildConn>,
     restarts: u64,
+    /// Streams stopped because their client fell too far behind (running total).
+    slow_clients: u64,
 }
 
 impl Supervisor {
@@ -185,6 +193,7 @@ impl Supervisor {
         if let Ok(mut stats) = self.shared.stats.lock() {
             *stats = EngineStats {
                 restarts: self.restarts,
+                slow_clients: self.slow_clients,
                 ..EngineStats::default()
             };
         }
@@ -231,7 +240,7 @@ impl Supervisor {
                     tokens: request.prompt.tokens,
                     params: request.params,
                 },
-                Some((id, Pending::Generate(events))),
+                Some((id, Pending::Generate(events, request.slot))),
             ),
             ActorCmd::Cancel { id } => {
                 if self.pending.remove(&id).is_none() {
@@ -269,6 +278,7 @@ impl Supervisor {
                         kv_used_tokens,
                         kv_capacity_tokens,
                         restarts: self.restarts,
+                        slow_clients: self.slow_clients,
                     };
                 }
             }
@@ -285,16 +295,35 @@ impl Supervisor {
         }
     }
 
-    /// Hands an event to its request; a closed or hopelessly full stream cancels the request.
+    /// Hands an event to its request. A closed stream cancels the request; so
+    /// does a full one, whose client is told why in the place kept for it.
     fn forward(&mut self, id: RequestId, event: TokenEvent, last: bool) {
-        let Some(Pending::Generate(events)) = self.pending.get(&id) else {
+        let Some(Pending::Generate(events, _)) = self.pending.get(&id) else {
             return;
         };
-        let delivered = events.try_send(event).is_ok();
-        if last || !delivered {
+        let behind = events.max_capacity() - events.capacity();
+        let result = if last || events.capacity() > 1 {
+            events.try_send(event)
+        } else {
+            Err(TrySendError::Full(event))
+        };
+        let stop = match result {
+            Ok(()) => false,
+            Err(TrySendError::Closed(_)) => true,
+            Err(TrySendError::Full(_)) => {
+                let _ = events.try_send(TokenEvent::Failed(EngineError::ClientTooSlow { behind }));
+                self.slow_clients += 1;
+                if let Ok(mut stats) = self.shared.stats.lock() {
+                    stats.slow_clients = self.slow_clients;
+                }
+                tracing::warn!(model = %self.config.model.display(), behind, "a client read its stream too slowly; stopped its generation");
+                true
+            }
+        };
+        if last || stop {
             self.pending.remove(&id);
         }
-        if !delivered && !last {
+        if stop && !last {
             if let Some(child) = self.child.as_ref() {
                 child.send(ToHost::Cancel { id });
             }
@@ -307,7 +336,7 @@ fn fail_now(pending: Pending, error: EngineError) {
         Pending::Prepare(reply) => {
             let _ = reply.send(Err(error));
         }
-        Pending::Generate(events) => {
+        Pending::Generate(events, _) => {
             let _ = events.try_send(TokenEvent::Failed(error));
         }
     }

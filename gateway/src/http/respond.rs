@@ -205,7 +205,7 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
         endpoint: gen.endpoint,
     };
     let events = async_stream::stream! {
-        // `gen` (the engine stream and the slot permit) lives exactly as long as this stream.
+        // `gen` (the engine stream: dropping it cancels the work) lives exactly as long as this stream.
         let mut gen = gen;
         // Dropped with the stream: a client that leaves mid-stream counts as cancelled.
         let mut timer = timer;

@@ -22,11 +22,13 @@ pub enum ErrorType {
     EngineUnavailable,
     /// The engine crashed mid-request or failed internally.
     EngineError,
+    /// The client read its stream too slowly; the engine stopped generating.
+    ClientTooSlow,
     Cancelled,
 }
 
 impl ErrorType {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::None,
         Self::InvalidRequest,
         Self::ModelNotFound,
@@ -35,6 +37,7 @@ impl ErrorType {
         Self::Unauthorized,
         Self::EngineUnavailable,
         Self::EngineError,
+        Self::ClientTooSlow,
         Self::Cancelled,
     ];
 
@@ -48,6 +51,7 @@ impl ErrorType {
             Self::Unauthorized => "unauthorized",
             Self::EngineUnavailable => "engine_unavailable",
             Self::EngineError => "engine_error",
+            Self::ClientTooSlow => "client_too_slow",
             Self::Cancelled => "cancelled",
         }
     }
@@ -70,6 +74,8 @@ impl ErrorType {
                 EngineError::NoChatTemplate | EngineError::Template(_) => Self::InvalidRequest,
                 EngineError::Unavailable(_) => Self::EngineUnavailable,
                 EngineError::Crashed(_) | EngineError::Internal(_) => Self::EngineError,
+                EngineError::ClientTooSlow { .. } => Self::ClientTooSlow,
+                EngineError::PromptTooLong { .. } => Self::ContextLengthExceeded,
             },
         }
     }

@@ -27,6 +27,7 @@ const NAMES: &[&str] = &[
     "herd_kv_cache_capacity_tokens",
     "herd_engine_up",
     "herd_engine_restarts_total",
+    "herd_slow_client_disconnects_total",
     "herd_build_info",
     "process_resident_memory_bytes",
 ];
@@ -252,6 +253,17 @@ fn labels_are_bounded() -> Result<(), prometheus::Error> {
         ErrorType::of(&ApiError::Engine(EngineError::Unavailable(junk.into()))),
         ErrorType::EngineUnavailable
     );
+    // A slow reader is not an engine failure; a prompt refused by its bytes is a context error.
+    let slow = ApiError::Engine(EngineError::ClientTooSlow { behind: 1023 });
+    assert_eq!(ErrorType::of(&slow), ErrorType::ClientTooSlow);
+    assert_eq!(slow.kind(), "client_too_slow");
+    let long = ApiError::Engine(EngineError::PromptTooLong {
+        ctx: 4096,
+        at_least: 40001,
+    });
+    assert_eq!(ErrorType::of(&long), ErrorType::ContextLengthExceeded);
+    assert_eq!(long.kind(), "context_length_exceeded");
+    assert_eq!(long.status().as_u16(), 400);
     Ok(())
 }
 
@@ -262,6 +274,7 @@ fn engine_gauges_follow_snapshots_and_restarts_never_go_back() -> Result<(), pro
     let mut e = EngineSnapshot {
         up: true,
         restarts: 0,
+        slow_clients: 0,
         slots_total: 0,
         slots_free: 3,
         kv_used_tokens: 512,
@@ -270,6 +283,7 @@ fn engine_gauges_follow_snapshots_and_restarts_never_go_back() -> Result<(), pro
     m.set_engine(MODEL, &e);
     e.up = false;
     e.restarts = 2;
+    e.slow_clients = 3;
     m.add_scrape_hook(move |m| m.set_engine(MODEL, &e));
     let text = m.render()?;
     let at = |s: &str| sample(&text, s);
@@ -284,6 +298,10 @@ fn engine_gauges_follow_snapshots_and_restarts_never_go_back() -> Result<(), pro
         "an unknown slot count keeps the configured one"
     );
     assert_eq!(at("herd_slots_free{model=\"smollm\"}"), Some(3.0));
+    assert_eq!(
+        at("herd_slow_client_disconnects_total{model=\"smollm\"}"),
+        Some(3.0)
+    );
     assert_eq!(
         at("herd_kv_cache_usage_ratio{model=\"smollm\"}"),
         Some(0.25)

@@ -136,6 +136,19 @@ impl ApiError {
                     Some("engine_error"),
                     None,
                 ),
+                EngineError::PromptTooLong { .. } => (
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    Some("context_length_exceeded"),
+                    None,
+                ),
+                // The server stopped waiting for the client to read (only ever seen mid-stream).
+                EngineError::ClientTooSlow { .. } => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    INVALID,
+                    Some("client_too_slow"),
+                    None,
+                ),
             },
             Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("unknown_url"), None),
             Self::MethodNotAllowed => (
@@ -167,7 +180,9 @@ impl ApiError {
         let param = match self {
             Self::InvalidRequest { param, .. } => *param,
             Self::ModelNotFound(_) => Some("model"),
-            Self::ContextLengthExceeded(_) => Some("messages"),
+            Self::ContextLengthExceeded(_) | Self::Engine(EngineError::PromptTooLong { .. }) => {
+                Some("messages")
+            }
             _ => None,
         };
         ErrorEnvelope {

@@ -43,6 +43,7 @@ impl LlamaEngine {
             pending: HashMap::new(),
             child: None,
             restarts: 0,
+            slow_clients: 0,
         };
         tokio::spawn(actor.run(cmd_rx));
         Self {

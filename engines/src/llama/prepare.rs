@@ -1,0 +1,173 @@
+//! Turning a prompt into tokens: the model's chat template, then the
+//! tokenizer, with a cheap refusal in between for a prompt whose length alone
+//! proves it cannot fit the context (tokenizing megabytes takes seconds).
+
+use crate::{ChatMessage, EngineError, PreparedPrompt, PromptInput};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::vocab::VocabType;
+
+/// What a prompt's length in bytes proves about its length in tokens.
+///
+/// Each token stands for at most `max_token_bytes` bytes of the text it came
+/// from, so a text of `n` bytes is at least `n / max_token_bytes` tokens.
+/// Whitespace is left out on both sides: special tokens that strip the
+/// whitespace around them (and chat templates that trim) can swallow any
+/// amount of it, but every other byte is kept by BPE and SentencePiece
+/// tokenizers. Other tokenizers (WordPiece, Unigram, …) normalise text in ways
+/// that can drop anything, so they get no bound and every prompt is tokenized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptLimit {
+    ctx_size: u32,
+    max_token_bytes: Option<usize>,
+}
+
+/// Bytes that tokenizers may drop, or that one token may swallow without limit.
+fn solid_bytes(text: &str) -> usize {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .map(char::len_utf8)
+        .sum()
+}
+
+impl PromptLimit {
+    /// Reads the vocabulary once (at load): its longest token, whitespace left out.
+    pub fn of(model: &LlamaModel, ctx_size: u32) -> Self {
+        let vocab = model.vocab();
+        let bounded = matches!(vocab.vocab_type(), VocabType::BPE | VocabType::SPM);
+        let max_token_bytes = bounded.then(|| {
+            let longest = vocab
+                .tokens()
+                .map(|t| {
+                    let piece = vocab.token_to_piece(t, true, None);
+                    // A piece that is not whole UTF-8 counts every non-space byte (an overestimate).
+                    piece.iter().filter(|b| !b.is_ascii_whitespace()).count()
+                })
+                .max()
+                .unwrap_or(0);
+            // An unknown character becomes one token, whatever its printed form: up to 4 bytes.
+            longest.max(4)
+        });
+        Self {
+            ctx_size,
+            max_token_bytes,
+        }
+    }
+
+    /// The most bytes (whitespace left out) one token stands for; `None` when
+    /// this tokenizer gives no such bound.
+    pub fn max_token_bytes(&self) -> Option<usize> {
+        self.max_token_bytes
+    }
+
+    /// Tokens `text` becomes at the very least (0 when nothing can be said).
+    pub fn min_tokens(&self, text: &str) -> u64 {
+        let Some(per_token) = self.max_token_bytes else {
+            return 0;
+        };
+        // Counting is linear but not free: skip it when the total already fits.
+        let ctx = usize::try_from(self.ctx_size).unwrap_or(usize::MAX);
+        if text.len() < ctx.saturating_mul(per_token) {
+            return 0;
+        }
+        u64::try_from(solid_bytes(text).div_ceil(per_token)).unwrap_or(u64::MAX)
+    }
+
+    /// Refuses, without tokenizing, a text that cannot fit the context.
+    pub fn check(&self, text: &str) -> Result<(), EngineError> {
+        let at_least = self.min_tokens(text);
+        if at_least >= u64::from(self.ctx_size) {
+            return Err(EngineError::PromptTooLong {
+                ctx: self.ctx_size,
+                at_least,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The text the model continues: the chat rendered with its template, or the raw prompt.
+fn render(
+    model: &LlamaModel,
+    template: Option<&LlamaChatTemplate>,
+    input: &PromptInput,
+) -> Result<String, EngineError> {
+    match input {
+        PromptInput::Text(text) => Ok(text.clone()),
+        PromptInput::Chat(messages) => {
+            let template = template.ok_or(EngineError::NoChatTemplate)?;
+            let chat = messages
+                .iter()
+                .map(|ChatMessage { role, content }| {
+                    LlamaChatMessage::new(role.clone(), content.clone())
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| EngineError::Template(e.to_string()))?;
+            model
+                .apply_chat_template(template, &chat, true)
+                .map_err(|e| EngineError::Template(e.to_string()))
+        }
+    }
+}
+
+fn tokenize(model: &LlamaModel, text: &str) -> PreparedPrompt {
+    let tokens = model.vocab().tokenize(text.as_bytes(), true, true);
+    PreparedPrompt {
+        tokens: tokens.into_iter().map(|t| t.0).collect(),
+    }
+}
+
+/// Template and tokenize, whatever the length.
+pub fn prepare(
+    model: &LlamaModel,
+    template: Option<&LlamaChatTemplate>,
+    input: &PromptInput,
+) -> Result<PreparedPrompt, EngineError> {
+    Ok(tokenize(model, &render(model, template, input)?))
+}
+
+/// Template, refuse what cannot fit (checked on the rendered text: a template
+/// may add or trim), then tokenize.
+pub fn prepare_within(
+    model: &LlamaModel,
+    template: Option<&LlamaChatTemplate>,
+    limit: &PromptLimit,
+    input: &PromptInput,
+) -> Result<PreparedPrompt, EngineError> {
+    let text = render(model, template, input)?;
+    limit.check(&text)?;
+    Ok(tokenize(model, &text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whitespace_proves_nothing_and_everything_else_counts() {
+        let limit = PromptLimit {
+            ctx_size: 10,
+            max_token_bytes: Some(4),
+        };
+        assert_eq!(
+            limit.min_tokens("short"),
+            0,
+            "below ctx × bytes: not counted"
+        );
+        assert_eq!(limit.min_tokens(&" ".repeat(1000)), 0);
+        assert_eq!(limit.min_tokens(&"ab \n".repeat(100)), 50);
+        assert_eq!(limit.min_tokens(&"é".repeat(40)), 20);
+        assert!(limit.check(&"abcd".repeat(9)).is_ok());
+        assert_eq!(
+            limit.check(&"abcd".repeat(10)),
+            Err(EngineError::PromptTooLong {
+                ctx: 10,
+                at_least: 10
+            })
+        );
+        let unbounded = PromptLimit {
+            ctx_size: 10,
+            max_token_bytes: None,
+        };
+        assert!(unbounded.check(&"x".repeat(1 << 20)).is_ok());
+    }
+}
