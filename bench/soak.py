@@ -23,7 +23,8 @@ from rel import MODEL_ID, log, ms, pct, port_of, start_herd
 SERVER_FLAGS = ["--threads", "1", "--slots", "8", "--ctx-size", "1024", "--max-queue", "32",
                 "--max-queue-wait-ms", "10000"]
 # The status herd counts a stream's error event under (the error's own status).
-EVENT_STATUS = {"engine_crashed": "503", "engine_unavailable": "503", "engine_error": "500"}
+EVENT_STATUS = {"engine_crashed": "503", "engine_unavailable": "503", "engine_error": "500",
+                "client_too_slow": "408"}
 PROMPTS = ["Say hi.", "Name three colors.", "What is 2+2?", "Write a haiku about rain.",
            "Explain what a lighthouse does.", "List the days of the week."]
 
