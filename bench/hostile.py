@@ -154,15 +154,17 @@ class Run:
             await stop.wait()
         return await self.hold_connections(n, idle, "idle", hold)
 
-    async def slow_readers(self, n=50, max_tokens=1300):
+    async def slow_readers(self, n=50, max_tokens=1300, slow=True):
         """Streams read at one byte per second (a 4 KiB receive buffer, so the
-        server feels it); each reports the bytes it read."""
+        server feels it); each reports the bytes it read. With slow=False, the
+        same streams read at full speed: the control, as much generation work."""
         body = httpc.chat_body(MODEL_ID, STORY, max_tokens, True, temperature=0.8)
         stop = asyncio.Event()
 
         async def one():
             sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            if slow:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.setblocking(False)
             try:
                 await asyncio.get_running_loop().sock_connect(sock, (httpc.HOST, self.port))
@@ -175,14 +177,15 @@ class Run:
             got, end = b"", "held"
             while not stop.is_set():
                 try:
-                    byte = await asyncio.wait_for(reader.read(1), 1.0)
+                    byte = await asyncio.wait_for(reader.read(1 if slow else 65536), 1.0)
                 except asyncio.TimeoutError:
                     continue
                 if not byte:
-                    end = "closed_by_server"
+                    end = "closed_by_server" if slow else "ended"
                     break
                 got += byte
-                await asyncio.sleep(1.0)
+                if slow:
+                    await asyncio.sleep(1.0)
             writer.close()
             return (end, len(got))
 
@@ -193,8 +196,8 @@ class Run:
         status = {}
         for end, got in ends:
             status[end] = status.get(end, 0) + 1
-        return {"slow_readers": n, "max_tokens": max_tokens, "ends": status,
-                "bytes_read_max": max(g for _, g in ends)}
+        return {"slow_readers" if slow else "fast_readers": n, "max_tokens": max_tokens,
+                "ends": status, "bytes_read_max": max(g for _, g in ends)}
 
     async def big_bodies(self, n=8, size=10_000_000):
         """10 MB bodies, half with Content-Length, half chunked: each must be
@@ -339,6 +342,9 @@ async def main_async(herd, hold, log_to):
         idle_hold = max(hold, 75.0)
         await run.phase_run("idle", f"200 idle keep-alive connections after one request, "
                             f"held {idle_hold:g} s", lambda: run.idle_keepalive(hold=idle_hold))
+        await run.phase_run("fast_readers", "control: the same 50 streams read at full speed "
+                            "(closed at the end of the hold)",
+                            lambda: run.slow_readers(slow=False))
         await run.phase_run("slow_readers", "50 streams (max_tokens 1300) read at 1 byte/s",
                             run.slow_readers)
         await run.phase_run("big_bodies", "8 x 10 MB bodies at once (4 with Content-Length, "

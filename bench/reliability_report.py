@@ -13,10 +13,10 @@ TTFT_GOAL_MS = 250
 def n(x, unit="", nd=0):
     if x is None:
         return "—"
+    if isinstance(x, float) and nd == 0:
+        x = int(round(x))
     if isinstance(x, float):
-        x = round(x, nd)
-        if nd == 0:
-            x = int(x)
+        return f"{x:,.{nd}f}{unit}"
     return f"{x:,}{unit}" if isinstance(x, int) else f"{x}{unit}"
 
 
@@ -101,6 +101,16 @@ def hostile_section(r):
             f"{n(pk['engine_rss_mib'], ' MiB', 0)} | {found_text(p)} |")
     total = r["probe_total"]
     met = total["over_250ms"] == 0 and total["failed"] == 0
+    by = {p["phase"]: p for p in r["phases"]}
+    control = ""
+    if "slow_readers" in by and "fast_readers" in by:
+        slow, fast = by["slow_readers"]["probe"], by["fast_readers"]["probe"]
+        control = (f"\n\nThe 50 slow readers cost the probe what the same 50 streams read at full speed "
+                   f"cost it (TTFT p50 {n(slow['ttft_p50_ms'], ' ms', 0)} against "
+                   f"{n(fast['ttft_p50_ms'], ' ms', 0)} in the control phase): what slows it there is "
+                   "the generation those streams ask for, batched with the probe's on a shared CPU, "
+                   "not their slowness. A stream whose client falls 1,023 events behind is cut off "
+                   "alone (`client_too_slow`) and its slot freed when generation stops.")
     verdict = (f"**Goal met:** every probe's TTFT stayed under {TTFT_GOAL_MS} ms." if met else
                f"**Goal not met:** {total['over_250ms']} of {total['sent']} probes took over "
                f"{TTFT_GOAL_MS} ms to their first token (worst {n(total['ttft_max_ms'], ' ms', 1)}), "
@@ -114,7 +124,9 @@ measures its time to first token throughout, while each attack is held for {r['h
 turn, then all at once. The gateway's and engine host's RSS and descriptors are sampled every
 0.5 s.
 
-{verdict} The gateway was {'alive' if r['gateway_alive_at_end'] else '**dead**'} at the end;
+{verdict}{control}
+
+The gateway was {'alive' if r['gateway_alive_at_end'] else '**dead**'} at the end;
 RSS gateway {n(r['rss_start']['gateway_mib'], ' MiB', 1)} at the start, peak
 {n(r['peak']['gateway_rss_mib'], ' MiB', 1)}, {n(r['rss_end']['gateway_mib'], ' MiB', 1)} at the end;
 engine host {n(r['rss_start']['engine_mib'], ' MiB', 0)} / {n(r['peak']['engine_rss_mib'], ' MiB', 0)} /
@@ -140,9 +152,10 @@ def found_text(p):
             closed = f["closed_by_server"]
             parts.append(f"{f[key]} open, {closed} closed by the server"
                          + (f" after {f['closed_after_s_median']} s (median)" if closed else ""))
-    if "slow_readers" in f:
-        parts.append(f"{f['slow_readers']} streams; ends: {f['ends']}; "
-                     f"generations ended: {p.get('generations_ended')}")
+    for key in ("slow_readers", "fast_readers"):
+        if isinstance(f.get(key), int):
+            parts.append(f"{f[key]} streams; ends: {f['ends']}; "
+                         f"generations ended: {p.get('generations_ended')}")
     if "rounds" in f:
         parts.append(f"{f['rounds']} rounds; answers: {', '.join(f['answers'])}")
     if p["phase"] == "everything":
@@ -294,6 +307,14 @@ tmpfs mounts inside a private mount namespace (`unshare -m`), so they need root 
 namespaces); the unreadable file is read by a server run as `nobody`, since root ignores mode bits.
 {'All passed' if r['passed'] else '**Some failed**'} in {r['seconds']} s.
 {notes}
+Six of them failed before this campaign's fixes: a host stopped while idle made every request
+wait the 30 s prepare timeout and was never replaced; an unreadable or truncated file was refused
+as "no live node has the model file", a GGUF cut inside its last tensor as "the model is still
+loading" (the reason is now read from the header check, or from llama.cpp's log via the host's last
+words on stderr), a failed header read was never retried; a full disk at first start left an
+empty `node-id` that stopped every later start; a directory given as the model was said not to
+exist.
+
 {chr(10).join(rows)}
 
 Reproduce: `{r['command']}`.
