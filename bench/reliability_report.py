@@ -142,6 +142,14 @@ Reproduce: `bench/reliability --only hostile` (`--hold SECONDS` to change how lo
 """
 
 
+def answer(a):
+    """An attack's answer as read: "413 request_too_large", or a reset."""
+    status, _, code = a.partition(" ")
+    if status == "0":
+        return f"connection reset while still sending ({code})"
+    return a
+
+
 def found_text(p):
     f = p.get("found") or {}
     if "attack_error" in f:
@@ -154,10 +162,11 @@ def found_text(p):
                          + (f" after {f['closed_after_s_median']} s (median)" if closed else ""))
     for key in ("slow_readers", "fast_readers"):
         if isinstance(f.get(key), int):
-            parts.append(f"{f[key]} streams; ends: {f['ends']}; "
-                         f"generations ended: {p.get('generations_ended')}")
+            ends = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in f["ends"].items())
+            gens = ", ".join(f"{k} {int(v)}" for k, v in (p.get("generations_ended") or {}).items())
+            parts.append(f"{f[key]} streams: {ends}; generations ended (all clients): {gens}")
     if "rounds" in f:
-        parts.append(f"{f['rounds']} rounds; answers: {', '.join(f['answers'])}")
+        parts.append(f"{f['rounds']} rounds; answers: {', '.join(map(answer, f['answers']))}")
     if p["phase"] == "everything":
         for k in ("slowloris", "idle", "slow_readers"):
             sub = f.get(k) or {}
@@ -165,7 +174,7 @@ def found_text(p):
                 parts.append(f"{k}: {sub.get('closed_by_server')} closed by the server")
         for k in ("huge_prompt_rounds", "big_body_rounds", "bad_json_rounds"):
             sub = f.get(k) or {}
-            parts.append(f"{k.replace('_', ' ')}: {', '.join(sub.get('answers', []))}")
+            parts.append(f"{k.replace('_', ' ')}: {', '.join(map(answer, sub.get('answers', [])))}")
     return "; ".join(parts) or "—"
 
 
@@ -182,10 +191,10 @@ def bad_inputs(r):
             big = next((q for q in r["phases"] if q["phase"] == "big_bodies"), None)
             if big:
                 last = (big.get("found") or {}).get("last") or {}
-                lines.append(f"- 10 MB bodies (with Content-Length and chunked): "
-                             f"{', '.join(f'{k} ×{v}' for k, v in (last.get('answers') or {}).items())}"
-                             " (a reset means the server answered 413 and closed while the client was "
-                             "still sending)")
+                lines.append(f"- 10 MB bodies (with Content-Length and chunked), last round: "
+                             f"{', '.join(f'{answer(k)} ×{v}' for k, v in (last.get('answers') or {}).items())}"
+                             " (a reset: the server answered 413 and closed while the client was "
+                             "still sending, so the client could not read the answer)")
             huge = next((q for q in r["phases"] if q["phase"] == "huge_prompts"), None)
             if huge:
                 last = (huge.get("found") or {}).get("last") or {}
@@ -251,51 +260,54 @@ Reproduce: `bench/reliability --only soak --soak-minutes {n(r['minutes'], '', 1)
 
 
 FAULT_TEXT = {
-    "engine_host_killed_mid_stream_is_a_clean_error_and_a_restart":
-        "SIGKILL of the engine host mid-stream: the stream ends with an `engine_crashed` error event "
-        "and `[DONE]`, the host is restarted, the next request succeeds",
-    "health_reports_a_dead_engine_until_it_is_back":
-        "SIGKILL of the engine host: /health says `restarting` (503) until it is back",
-    "wedged_engine_host_is_killed_by_the_progress_watchdog":
-        "SIGSTOP of the engine host mid-stream: after `progress_timeout_secs` the stream ends with "
-        "a \"no progress\" error and the host is replaced",
-    "engine_host_stopped_while_idle_is_found_by_the_next_request_and_replaced":
-        "SIGSTOP of an idle engine host: the next request gets 503 \"no progress\" after the "
-        "progress timeout (not after the 30 s prepare timeout, and not again and again), the host is "
-        "replaced, the other model serves throughout",
-    "killing_one_models_engine_host_leaves_the_other_models_stream_whole":
-        "SIGKILL of one model's engine host while another model streams: that stream finishes "
-        "normally",
-    "client_that_disconnects_frees_its_slot":
-        "a client hanging up mid-stream frees its slot",
-    "graceful_shutdown_drains_in_flight_streams":
-        "SIGTERM of the gateway: in-flight streams finish, then it exits 0",
-    "unreadable_model_is_refused_with_the_reason_and_served_once_readable":
-        "an unreadable model file (mode 000, server run as `nobody`): 503 naming \"Permission "
-        "denied\" within 5 s, /health says why, the other model serves; after `chmod 644` it is "
-        "served without a restart",
-    "truncated_gguf_is_refused_with_the_reason_and_the_rest_is_served":
-        "a GGUF cut in half (herd's header check: \"past the end of the file\") and one cut inside "
-        "its last tensor (llama.cpp's load: \"not within the file bounds\"): each a 503 with that "
-        "reason within 5 s, the other model serves",
-    "a_model_path_that_is_not_a_file_is_named_as_such":
-        "a model path that is a directory / does not exist: herd exits at once saying which",
-    "full_state_dir_is_a_clear_error_and_leaves_no_broken_id_behind":
-        "a full disk for the state dir (8 KiB tmpfs): herd exits at once with \"node-id: cannot "
-        "write: No space left on device\"; once there is room it starts (no half-written id left)",
-    "full_temp_dir_makes_the_engine_unavailable_with_the_reason_until_space_returns":
-        "a full temp dir (where the engine host's socket lives): 503 naming \"No space left on "
-        "device\" within 5 s, /v1/models and /health still answer; with room again it recovers by "
-        "itself",
+    "engine_host_killed_mid_stream_is_a_clean_error_and_a_restart": (
+        "SIGKILL of the engine host mid-stream",
+        "the stream ends with an `engine_crashed` error event and `[DONE]`, the host is restarted, "
+        "the next request succeeds"),
+    "health_reports_a_dead_engine_until_it_is_back": (
+        "SIGKILL of the engine host", "/health says `restarting` (503) until it is back"),
+    "wedged_engine_host_is_killed_by_the_progress_watchdog": (
+        "SIGSTOP of the engine host mid-stream",
+        "after `progress_timeout_secs` the stream ends with a \"no progress\" error and the host "
+        "is replaced"),
+    "engine_host_stopped_while_idle_is_found_by_the_next_request_and_replaced": (
+        "SIGSTOP of an idle engine host",
+        "the next request gets 503 \"no progress\" after the progress timeout (not after the 30 s "
+        "prepare timeout, and not again and again), the host is replaced, the other model serves "
+        "throughout"),
+    "killing_one_models_engine_host_leaves_the_other_models_stream_whole": (
+        "SIGKILL of one model's engine host while another model streams",
+        "that stream finishes normally; the killed one restarts"),
+    "client_that_disconnects_frees_its_slot": (
+        "a client hanging up mid-stream", "its slot is freed at once"),
+    "graceful_shutdown_drains_in_flight_streams": (
+        "SIGTERM of the gateway", "in-flight streams finish, then it exits 0"),
+    "unreadable_model_is_refused_with_the_reason_and_served_once_readable": (
+        "an unreadable model file (mode 000, server run as `nobody`)",
+        "503 naming \"Permission denied\" within 5 s, /health says why, the other model serves; "
+        "after `chmod 644` it is served without a restart"),
+    "truncated_gguf_is_refused_with_the_reason_and_the_rest_is_served": (
+        "a GGUF cut in half, and one cut inside its last tensor",
+        "each a 503 within 5 s with the reason: herd's header check (\"past the end of the "
+        "file\") or llama.cpp's load (\"not within the file bounds\"); the other model serves"),
+    "a_model_path_that_is_not_a_file_is_named_as_such": (
+        "a model path that is a directory, or does not exist", "herd exits at once saying which"),
+    "full_state_dir_is_a_clear_error_and_leaves_no_broken_id_behind": (
+        "a full disk for the state dir (an 8 KiB tmpfs)",
+        "herd exits at once with \"node-id: cannot write: No space left on device\"; once there is "
+        "room it starts (no half-written id is left behind)"),
+    "full_temp_dir_makes_the_engine_unavailable_with_the_reason_until_space_returns": (
+        "a full temp dir (where the engine host's socket lives)",
+        "503 naming \"No space left on device\" within 5 s, /v1/models and /health still answer; "
+        "with room again it recovers by itself"),
 }
 
 
 def faults_section(r):
     rows = ["| fault | what herd does | test | result |", "| --- | --- | --- | --- |"]
     for name, verdict in r["tests"].items():
-        text = FAULT_TEXT.get(name, name.replace("_", " "))
-        fault, _, does = text.partition(": ")
-        rows.append(f"| {fault} | {does or '—'} | `{name}` | {verdict} |")
+        fault, does = FAULT_TEXT.get(name, (name.replace("_", " "), "—"))
+        rows.append(f"| {fault} | {does} | `{name}` | {verdict} |")
     notes = ""
     if r.get("skipped_notes"):
         notes = "\nSkipped here: " + "; ".join(r["skipped_notes"]) + "\n"
