@@ -4,6 +4,7 @@ so stopping it also stops its children (herd's engine host)."""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,6 +130,8 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if getattr(self, "keep_log_to", None):
+            shutil.copyfile(self.log.name, self.keep_log_to)
         os.unlink(self.log.name)
 
     def __enter__(self):

@@ -32,7 +32,8 @@ impl NodeId {
             problem,
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => {
+            // Empty: an earlier write that failed half-way (a full disk); it held no id yet.
+            Ok(text) if !text.trim().is_empty() => {
                 let text = text.trim();
                 if Self::is_valid(text) {
                     Ok(Self(text.to_ascii_lowercase()))
@@ -42,16 +43,27 @@ impl NodeId {
                     )))
                 }
             }
+            Ok(_) => Self::create(dir, &path).map_err(err),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| err(format!("cannot create the directory: {e}")))?;
-                let id = Self::random();
-                std::fs::write(&path, format!("{}\n", id.0))
-                    .map_err(|e| err(format!("cannot write: {e}")))?;
-                Ok(id)
+                Self::create(dir, &path).map_err(err)
             }
             Err(e) => Err(err(format!("cannot read: {e}"))),
         }
+    }
+
+    /// Writes a new id next to `path` and renames it into place, so a write
+    /// that fails (a full disk) leaves no half-written id behind.
+    fn create(dir: &Path, path: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the directory: {e}"))?;
+        let id = Self::random();
+        let partial = path.with_extension("partial");
+        let written = std::fs::write(&partial, format!("{}\n", id.0))
+            .and_then(|()| std::fs::rename(&partial, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&partial);
+            return Err(format!("cannot write: {e}"));
+        }
+        Ok(id)
     }
 }
 
@@ -273,13 +285,19 @@ mod tests {
         let second = NodeId::load_or_create(&state).map_err(|e| e.to_string());
         assert!(first.is_ok());
         assert_eq!(first, second);
-        assert_eq!(first.map(|i| i.0.len()), Ok(32));
+        assert_eq!(first.as_ref().map(|i| i.0.len()), Ok(32));
         let _ = std::fs::write(state.join("node-id"), "nope");
         let err = NodeId::load_or_create(&state)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("node-id") && err.contains("nope"), "{err}");
+        // An empty file (a write cut short by a full disk) gets a new id.
+        let _ = std::fs::write(state.join("node-id"), "");
+        let fresh = NodeId::load_or_create(&state).map_err(|e| e.to_string());
+        assert_eq!(fresh.as_ref().map(|i| i.0.len()), Ok(32));
+        assert_ne!(fresh, first);
+        assert!(!state.join("node-id.partial").exists());
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct DeploySpec {
     pub cpu_repack: bool,
     /// Read from the GGUF header by a node that has the file.
     pub facts: Option<ModelFacts>,
+    /// Why a node that has the file could not read its header (unreadable,
+    /// truncated, not a GGUF), so the refusal says so. Absent from older peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_error: Option<String>,
     /// The file's sha256, once the declaring node has hashed it: a copy
     /// made from a peer is checked against it.
     pub sha256: Option<String>,
@@ -96,6 +100,7 @@ impl DeploySpec {
     pub fn runtime(&self) -> Self {
         Self {
             facts: None,
+            facts_error: None,
             sha256: None,
             ..self.clone()
         }

@@ -185,3 +185,41 @@ fn closed_port_reports_connect_errors_quickly() -> TestResult {
     assert!(r["e2e_ms"].is_null(), "{r}");
     Ok(())
 }
+
+#[test]
+fn refusals_are_counted_with_their_retry_after_and_can_be_waited_out() -> TestResult {
+    // One slot and no queue: of three concurrent requests, two are refused at once.
+    let server = Server::start(&["--slots", "1", "--max-queue", "0"])?;
+    let v1 = server.v1();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--base-url",
+            &v1,
+            "--model",
+            MODEL_ID,
+            "-n",
+            "6",
+            "-c",
+            "3",
+            "--max-tokens",
+            "16",
+        ];
+        args.extend_from_slice(extra);
+        bench(&args)
+    };
+    let (_, r) = run(&[])?;
+    let refused = &r["requests"]["errors"]["429"];
+    assert!(refused["count"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert_eq!(refused["with_retry_after"], refused["count"], "{r}");
+
+    // Waiting out Retry-After (herd says at least 1 s) stretches the run past a second.
+    let (_, r) = run(&["--honor-retry-after"])?;
+    let refused = r["requests"]["errors"]["429"]["count"]
+        .as_u64()
+        .unwrap_or(0);
+    if refused > 0 {
+        assert!(f(&r["duration_s"]) >= 1.0, "{r}");
+    }
+    assert!(r["requests"]["completed"].as_u64().unwrap_or(0) >= 1, "{r}");
+    Ok(())
+}

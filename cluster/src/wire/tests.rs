@@ -41,6 +41,7 @@ fn spec(nodes: Wanted) -> DeploySpec {
             kv_bytes_per_token_per_layer: 256,
             file_bytes: 35,
         }),
+        facts_error: Some("a reason".into()),
         sha256: Some("ab".repeat(32)),
     }
 }

@@ -127,9 +127,10 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
 /// Loads the whole model here, or (with `--rpc`) layers `[0, split[0])` here
 /// and the rest on the RPC servers, exactly as split.
 fn load(backend: &LlamaBackend, args: &HostArgs) -> Result<LlamaModel, HostError> {
+    // llama.cpp returns only "null result"; why it failed is in its log.
     let load_error = |message: String| HostError::Load {
         path: args.model.clone(),
-        message,
+        message: super::llama_log::take_first_error().unwrap_or(message),
     };
     if args.rpc.is_empty() && !args.cpu_repack {
         return super::rpc::load_raw(backend, &args.model, args.mmap, false, 0, &[], &[])

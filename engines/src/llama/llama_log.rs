@@ -1,6 +1,7 @@
 //! llama.cpp's log, captured: the lines that say which device got which layer
-//! are kept (the engine host reports the split that really runs); the rest
-//! is dropped, or printed to stderr when `HERD_LLAMA_LOG` is set.
+//! are kept (the engine host reports the split that really runs), and so is
+//! the first error (a failed load says why only there); the rest is dropped,
+//! or printed to stderr when `HERD_LLAMA_LOG` is set.
 
 use std::ffi::{c_char, c_void, CStr};
 use std::io::Write;
@@ -8,12 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 static LAYER_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static FIRST_ERROR: Mutex<Option<String>> = Mutex::new(None);
 static ECHO: AtomicBool = AtomicBool::new(false);
 /// A bound on kept lines: one per layer, models have at most a few hundred.
 const MAX_LINES: usize = 4096;
 
 unsafe extern "C" fn on_log(
-    _level: llama_cpp_sys_2::ggml_log_level,
+    level: llama_cpp_sys_2::ggml_log_level,
     text: *const c_char,
     _user: *mut c_void,
 ) {
@@ -24,6 +26,12 @@ unsafe extern "C" fn on_log(
     let line = unsafe { CStr::from_ptr(text) }.to_string_lossy();
     if ECHO.load(Ordering::Relaxed) {
         let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+    // The first error is the cause; later ones ("failed to load model") only follow from it.
+    if level == llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR {
+        if let Ok(mut first) = FIRST_ERROR.lock() {
+            first.get_or_insert_with(|| line.trim().to_string());
+        }
     }
     if line.contains("assigned to device") {
         if let Ok(mut lines) = LAYER_LINES.lock() {
@@ -47,4 +55,9 @@ pub fn take_layer_lines() -> Vec<String> {
         .lock()
         .map(|mut l| std::mem::take(&mut *l))
         .unwrap_or_default()
+}
+
+/// The first error llama.cpp logged (and forgets it).
+pub fn take_first_error() -> Option<String> {
+    FIRST_ERROR.lock().ok().and_then(|mut e| e.take())
 }

@@ -125,7 +125,9 @@ impl Supervisor {
         loop {
             tokio::select! {
                 _ = watchdog.tick() => {
-                    let busy = self.pending.values().any(|p| matches!(p, Pending::Generate(..)));
+                    // A prepare waits on the host too: a host stopped while idle is
+                    // found by the next request, not only by a running generation.
+                    let busy = !self.pending.is_empty();
                     if self.child.is_some() && busy && last_event.elapsed() >= self.config.progress_timeout {
                         // Dropping the connection kills the process.
                         self.child = None;

@@ -30,6 +30,11 @@ pub struct BenchArgs {
     /// soon as one finishes; latency then includes no client-side queueing.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// After an answer with Retry-After (429, 503), a closed-loop worker waits
+    /// that long before its next request, as OpenAI's SDKs do; without it, it
+    /// sends again at once.
+    #[arg(long)]
+    pub honor_retry_after: bool,
     /// Requests sent (one at a time) before measuring, to load caches and connections.
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,

@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     #[error("HTTP {status}: {message}")]
-    Status { status: u16, message: String },
+    Status {
+        status: u16,
+        message: String,
+        /// The response's Retry-After, in seconds, when it had one.
+        retry_after: Option<u64>,
+    },
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("no complete answer within the --timeout")]
@@ -33,6 +38,14 @@ impl Failure {
             Failure::Transport(_) => "transport".into(),
             Failure::StreamError(_) => "stream_error".into(),
             Failure::Protocol(_) => "protocol".into(),
+        }
+    }
+
+    /// The server's Retry-After (seconds) on an error status.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Failure::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -179,10 +192,16 @@ impl Target {
     async fn read(&self, response: reqwest::Response, start: Instant) -> Result<Done, Failure> {
         let status = response.status();
         if !status.is_success() {
+            // Only the delay-seconds form: herd and llama-server send no HTTP dates.
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse().ok());
             let text = response.text().await.unwrap_or_default();
             return Err(Failure::Status {
                 status: status.as_u16(),
                 message: error_message(&text),
+                retry_after,
             });
         }
         if self.stream && self.endpoint != Endpoint::Models {

@@ -16,6 +16,8 @@ pub struct Plan {
     pub requests: u64,
     pub duration: Option<Duration>,
     pub rate: Option<f64>,
+    /// Closed loop: wait out a refusal's Retry-After before the next request.
+    pub honor_retry_after: bool,
 }
 
 impl Plan {
@@ -94,8 +96,16 @@ async fn closed_loop_worker(
             return;
         }
         let outcome = target.send(&prompts.text(index)).await;
+        let wait = match &outcome {
+            Err(failure) if plan.honor_retry_after => failure.retry_after(),
+            _ => None,
+        };
         if tx.send(outcome).await.is_err() {
             return;
+        }
+        if let Some(secs) = wait {
+            // herd caps Retry-After at 60 s; a stranger value must not stall the run.
+            tokio::time::sleep(Duration::from_secs(secs.min(60))).await;
         }
     }
 }

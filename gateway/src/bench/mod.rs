@@ -38,6 +38,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         requests: args.requests,
         duration: args.duration.map(Duration::from_secs_f64),
         rate: args.rate,
+        honor_retry_after: args.honor_retry_after,
     };
     let progress = progress_bar(&args, &plan);
     let (collector, wall) = load::run(target, prompts, plan, &progress).await;

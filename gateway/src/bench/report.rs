@@ -128,8 +128,8 @@ impl Report {
         for (key, bucket) in &self.requests.errors {
             let _ = writeln!(
                 out,
-                "  error {key:<12} x{:<6} e.g. {}",
-                bucket.count, bucket.example
+                "  error {key:<12} x{:<6} ({} with Retry-After) e.g. {}",
+                bucket.count, bucket.with_retry_after, bucket.example
             );
         }
         let _ = writeln!(

@@ -47,6 +47,8 @@ fn ms(d: Duration) -> f64 {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ErrorBucket {
     pub count: u64,
+    /// How many of them told the client when to retry (a Retry-After header).
+    pub with_retry_after: u64,
     pub example: String,
 }
 
@@ -76,6 +78,7 @@ impl Collector {
                     bucket.example = failure.to_string();
                 }
                 bucket.count += 1;
+                bucket.with_retry_after += u64::from(failure.retry_after().is_some());
             }
         }
     }
@@ -147,10 +150,12 @@ mod tests {
         c.add(Err(Failure::Status {
             status: 429,
             message: "busy".into(),
+            retry_after: Some(1),
         }));
         c.add(Err(Failure::Status {
             status: 429,
             message: "again".into(),
+            retry_after: None,
         }));
         c.add(Err(Failure::Timeout));
         assert_eq!(
@@ -159,6 +164,7 @@ mod tests {
         );
         assert_eq!(c.retried, 1);
         assert_eq!(c.errors["429"].count, 2);
+        assert_eq!(c.errors["429"].with_retry_after, 1);
         assert!(c.errors["429"].example.contains("busy"));
         assert_eq!(c.errors["timeout"].count, 1);
         let rate = c.stream_rate().unwrap_or_else(|| unreachable!());

@@ -117,8 +117,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // A path names this node's own file: missing is a mistake to report now.
         // A store name may be fetched from a peer, so it is checked when placed.
         if m.path.is_absolute() && !m.path.is_file() {
+            let problem = match std::fs::metadata(&m.path) {
+                Ok(_) => "is not a regular file".to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+                Err(e) => format!("cannot be read: {e}"),
+            };
             anyhow::bail!(
-                "model file {} does not exist (models[].path / --model)",
+                "model file {} {problem} (models[].path / --model)",
                 m.path.display()
             );
         }

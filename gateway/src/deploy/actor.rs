@@ -20,8 +20,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 const TICK: Duration = Duration::from_millis(250);
+/// A header that could not be read is read again after this long, so a file
+/// fixed in place (its permissions, a finished copy) is served without a restart.
+const HEADER_RETRY: Duration = Duration::from_secs(5);
 /// The leader resends the plan this often, so late joiners converge.
 const RESEND: Duration = Duration::from_secs(1);
+
+/// What reading one model file's header gave, and when.
+struct HeaderRead {
+    facts: Result<ModelFacts, String>,
+    at: Instant,
+}
 
 pub struct Actor {
     settings: DeploySettings,
@@ -33,7 +42,7 @@ pub struct Actor {
     epoch: u64,
     last_sent: Option<Instant>,
     /// Facts read from GGUF headers in this node's store, by file name.
-    facts: BTreeMap<String, Option<ModelFacts>>,
+    facts: BTreeMap<String, HeaderRead>,
     local: Local,
     /// Peers a plan is being sent to right now (one send in flight each).
     sending: Arc<Mutex<HashSet<NodeId>>>,
@@ -225,13 +234,26 @@ impl Actor {
             else {
                 continue;
             };
-            if !self.facts.contains_key(&spec.model) {
-                let facts = read_facts(&path)
-                    .map_err(|e| tracing::warn!(model = %spec.model, "cannot read the model's header: {e}"))
-                    .ok();
-                self.facts.insert(spec.model.clone(), facts);
+            let known = self.facts.get(&spec.model);
+            if known.is_none_or(|r| r.facts.is_err() && r.at.elapsed() >= HEADER_RETRY) {
+                let facts = read_facts(&path).map_err(|e| e.to_string());
+                if let Err(e) = &facts {
+                    // Once per distinct problem, not once per retry.
+                    if known.is_none_or(|r| r.facts.as_ref().err() != Some(e)) {
+                        tracing::warn!(model = %spec.model, "cannot read the model's header: {e}");
+                    }
+                }
+                let read = HeaderRead {
+                    facts,
+                    at: Instant::now(),
+                };
+                self.facts.insert(spec.model.clone(), read);
             }
-            spec.facts = self.facts.get(&spec.model).cloned().flatten();
+            match self.facts.get(&spec.model).map(|r| &r.facts) {
+                Some(Ok(facts)) => spec.facts = Some(facts.clone()),
+                Some(Err(why)) => spec.facts_error = Some(why.clone()),
+                None => {}
+            }
             if self.hashing.insert(spec.model.clone()) {
                 let (sums, name) = (self.checksums.clone(), spec.model.clone());
                 tokio::task::spawn_blocking(move || match super::copy::sha256_file(&path) {

@@ -39,6 +39,7 @@ pub fn spec_from_config(m: &ValidModel) -> DeploySpec {
         mmap: m.mmap,
         cpu_repack: m.cpu_repack,
         facts: None,
+        facts_error: None,
         sha256: None,
         upstream: None,
     }
@@ -62,6 +63,7 @@ pub fn spec_from_upstream(u: &ValidUpstream) -> DeploySpec {
         mmap: false,
         cpu_repack: false,
         facts: None,
+        facts_error: None,
         sha256: None,
         upstream: Some(UpstreamSpec {
             base_url: u.base_url.clone(),
@@ -155,6 +157,9 @@ pub fn merge_specs(
                         if kept.facts.is_none() {
                             kept.facts.clone_from(&spec.facts);
                         }
+                        if kept.facts_error.is_none() {
+                            kept.facts_error.clone_from(&spec.facts_error);
+                        }
                         if kept.sha256.is_none() {
                             kept.sha256.clone_from(&spec.sha256);
                         }
@@ -190,10 +195,13 @@ pub fn decide(specs: &[DeploySpec], nodes: &[LiveNode], current: &Placement) -> 
         placement.deployments.insert(
             s.id.clone(),
             placement::Decision::Refused {
-                reason: format!(
-                    "no live node has the model file {:?} to read its header from",
-                    s.model
-                ),
+                reason: match &s.facts_error {
+                    Some(why) => format!("the model file {:?} cannot be used: {why}", s.model),
+                    None => format!(
+                        "no live node has the model file {:?} to read its header from",
+                        s.model
+                    ),
+                },
                 shortfall: Vec::new(),
             },
         );
@@ -250,6 +258,7 @@ mod tests {
             mmap: false,
             cpu_repack: true,
             facts: None,
+            facts_error: None,
             sha256: None,
             upstream: None,
         }
@@ -290,5 +299,21 @@ mod tests {
         );
         assert_eq!(conflicts.len(), 1);
         assert!(conflicts["clash"].contains("young defines `clash` differently from old"));
+    }
+
+    #[test]
+    fn a_file_whose_header_cannot_be_read_is_refused_with_the_reason() {
+        let mut broken = spec("broken", 1);
+        broken.facts_error = Some("the file ends in the middle of the header".into());
+        let placement = decide(&[broken, spec("absent", 1)], &[], &Placement::default());
+        let reason = |id: &str| match placement.deployments.get(id) {
+            Some(placement::Decision::Refused { reason, .. }) => reason.clone(),
+            other => format!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            reason("broken"),
+            "the model file \"broken.gguf\" cannot be used: the file ends in the middle of the header"
+        );
+        assert!(reason("absent").starts_with("no live node has the model file"));
     }
 }

@@ -8,7 +8,7 @@ use crate::metrics::RequestTimer;
 use crate::openai::ApiError;
 use crate::router::Deployment;
 use crate::validate::{Endpoint, ValidRequest};
-use herd_engines::{EngineError, GenerateRequest, SlotHold, TokenEvent, TokenStream};
+use herd_engines::{EngineError, EngineState, GenerateRequest, SlotHold, TokenEvent, TokenStream};
 use std::sync::Arc;
 
 /// A running generation. Dropping it cancels the work (which frees the slot).
@@ -43,11 +43,7 @@ pub async fn start(
     await_first: bool,
 ) -> Result<Generation, ApiError> {
     let engine = &deployment.engine;
-    let info = engine.info().ok_or_else(|| {
-        ApiError::Engine(EngineError::Unavailable(
-            "the model is still loading".into(),
-        ))
-    })?;
+    let info = engine.info().ok_or_else(|| not_started(engine.state()))?;
     let prepared = engine.prepare(req.input.clone()).await?;
     let n_prompt = u32::try_from(prepared.tokens.len()).unwrap_or(u32::MAX);
     let max_tokens = completion_budget(
@@ -88,6 +84,18 @@ pub async fn start(
         include_usage: req.include_usage,
         prompt_tokens: n_prompt,
     })
+}
+
+/// Why an engine that has not started yet takes no request: still loading,
+/// or its host keeps failing to start (a broken model file), and why.
+fn not_started(state: EngineState) -> ApiError {
+    let why = match state {
+        EngineState::Restarting { last_error, .. } => {
+            format!("the engine failed to start: {last_error}")
+        }
+        EngineState::Starting | EngineState::Ready => "the model is still loading".into(),
+    };
+    ApiError::Engine(EngineError::Unavailable(why))
 }
 
 /// How many tokens may be generated: what was asked, if it fits; else what fits.

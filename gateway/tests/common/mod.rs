@@ -97,7 +97,40 @@ impl Server {
         env: &[(&str, &str)],
         dir: Option<tempfile::TempDir>,
     ) -> Result<Self, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
+        let server = Self::spawn_cmd(&[], args, env, dir)?;
+        server.wait_healthy(Duration::from_secs(60))?;
+        Ok(server)
+    }
+
+    /// `<prefix...> herd serve --listen 127.0.0.1:0 --threads 1 <args>`: the
+    /// caller names the model(s) (`--model` or `--config`). A prefix (`setpriv
+    /// ...`, `unshare -m sh -c ...`) must end by exec'ing its arguments, so the
+    /// server's pid is herd's. Returns once it listens, healthy or not.
+    pub fn launch(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--threads", "1"]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect();
+        Self::spawn_cmd(prefix, &args, env, None)
+    }
+
+    /// Starts `<prefix...> herd <args>` and returns once it listens.
+    fn spawn_cmd(
+        prefix: &[&str],
+        args: &[String],
+        env: &[(&str, &str)],
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Self, String> {
+        let herd = env!("CARGO_BIN_EXE_herd");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(herd);
+                c
+            }
+            None => Command::new(herd),
+        };
         cmd.args(args)
             .env("OMP_WAIT_POLICY", "PASSIVE")
             .env("HERD_LOG", "info");
@@ -133,14 +166,12 @@ impl Server {
                 ));
             }
         };
-        let server = Self {
+        Ok(Self {
             child,
             url,
             log,
             dir,
-        };
-        server.wait_healthy(Duration::from_secs(60))?;
-        Ok(server)
+        })
     }
 
     pub fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {

@@ -6,13 +6,16 @@ use crate::ModelInfo;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixListener;
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// Commands queued for the host's socket.
 const WRITE_QUEUE: usize = 1024;
 /// Events read from the host, waiting for the supervisor.
 const READ_QUEUE: usize = 4096;
+/// How much of the host's last stderr line an exit reason quotes.
+const MAX_REASON: usize = 400;
 
 pub enum ChildEvent {
     Message(FromHost),
@@ -73,14 +76,16 @@ impl ChildConn {
             })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", config.exe.display()))?;
         let pid = child.id().unwrap_or(0);
+        let mut stderr = child.stderr.take().map(pass_through);
 
         let accepted = tokio::select! {
             accepted = tokio::time::timeout(config.startup_timeout, listener.accept()) => accepted,
-            status = child.wait() => return Err(describe_exit(status)),
+            status = child.wait() => return Err(describe_exit(status, stderr.take()).await),
         };
         let stream = match accepted {
             Ok(Ok((stream, _))) => stream,
@@ -99,14 +104,14 @@ impl ChildConn {
                 Ok(FromHost::Ready { info }) => info,
                 _ => return Err(format!("engine host sent an unexpected greeting: {line}")),
             },
-            _ => return Err(describe_exit(child.wait().await)),
+            _ => return Err(describe_exit(child.wait().await, stderr.take()).await),
         };
         tracing::info!(pid, "engine host connected");
 
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
         let (read_tx, read_rx) = mpsc::channel(READ_QUEUE);
         tokio::spawn(write_loop(BufWriter::new(write_half), write_rx));
-        let watcher = tokio::spawn(watch(child, lines, read_tx));
+        let watcher = tokio::spawn(watch(child, lines, read_tx, stderr));
         Ok((
             Self {
                 writes: write_tx,
@@ -165,6 +170,7 @@ async fn watch(
     mut child: Child,
     mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     events: mpsc::Sender<ChildEvent>,
+    stderr: Option<JoinHandle<Option<String>>>,
 ) {
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<FromHost>(&line) {
@@ -184,17 +190,61 @@ async fn watch(
             child.wait().await
         }
     };
-    let _ = events.send(ChildEvent::Exited(describe_exit(status))).await;
+    let reason = describe_exit(status, stderr).await;
+    let _ = events.send(ChildEvent::Exited(reason)).await;
 }
 
-fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
+/// Copies the host's stderr to ours line by line (its log stays where it
+/// was) and returns its last line when the host closes it.
+fn pass_through(stderr: ChildStderr) -> JoinHandle<Option<String>> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut last = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut out = std::io::stderr().lock();
+            let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
+            if !line.trim().is_empty() {
+                last = Some(line);
+            }
+        }
+        last
+    })
+}
+
+/// How the host ended, with the last thing it said (a failed load says why).
+async fn describe_exit(
+    status: std::io::Result<std::process::ExitStatus>,
+    stderr: Option<JoinHandle<Option<String>>>,
+) -> String {
     use std::os::unix::process::ExitStatusExt;
-    match status {
+    // A host killed from outside (SIGKILL, SIGTERM) said nothing about why.
+    let killed = matches!(&status, Ok(s) if matches!(s.signal(), Some(9 | 15)));
+    let mut reason = match status {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(code), _) => format!("engine host exited with status {code}"),
             (None, Some(sig)) => format!("engine host was killed by signal {sig}"),
             _ => "engine host exited".into(),
         },
         Err(e) => format!("engine host could not be waited on: {e}"),
+    };
+    // The pipe closes when the process is gone; a grandchild holding it open must not stall us.
+    let last = match stderr {
+        Some(_) if killed => None,
+        Some(task) => tokio::time::timeout(std::time::Duration::from_secs(1), task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten(),
+        None => None,
+    };
+    if let Some(line) = last {
+        let line = line.trim().trim_start_matches("herd: ");
+        let mut cut = line.len().min(MAX_REASON);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.push_str(": ");
+        reason.push_str(&line[..cut]);
     }
+    reason
 }
