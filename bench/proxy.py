@@ -138,19 +138,20 @@ def latency(targets, rates, reps, secs):
     for t in targets:  # warm connections, pools and caches
         for kind in KINDS:
             measure(t, kind, 1000, 1)
-    rows, given_up = [], set()
+    rows = []
     for rep in range(reps):
+        behind = set()  # (target, kind) that fell behind at a lower rate in this repetition
         for rate in rates:
             for kind in KINDS:
                 order = targets[rep % len(targets):] + targets[:rep % len(targets)]
                 for t in order:
-                    if (t.name, kind) in given_up:
-                        continue
+                    if (t.name, kind) in behind:
+                        continue  # higher rates only queue
                     row = dict(measure(t, kind, rate, secs), rep=rep)
                     rows.append(row)
                     log(f"rep {rep} {describe(row)}")
                     if saturated(row):
-                        given_up.add((t.name, kind))  # higher rates only queue
+                        behind.add((t.name, kind))
     return rows
 
 
