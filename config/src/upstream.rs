@@ -150,6 +150,20 @@ pub(crate) fn validate(m: ModelConfig, index: usize) -> Result<ValidUpstream, Co
         }
     };
     const DAY: u64 = 86_400_000;
+    let total = ms("total_timeout_ms", m.total_timeout_ms, 600_000, 1, DAY)?;
+    let first_byte = ms(
+        "first_byte_timeout_ms",
+        m.first_byte_timeout_ms,
+        60_000,
+        1,
+        DAY,
+    )?;
+    if m.first_byte_timeout_ms.is_some() && first_byte > total {
+        return Err(ConfigError::invalid(
+            field("first_byte_timeout_ms"),
+            "must not exceed `total_timeout_ms`",
+        ));
+    }
     let timeouts = UpstreamTimeouts {
         connect: ms(
             "connect_timeout_ms",
@@ -158,22 +172,11 @@ pub(crate) fn validate(m: ModelConfig, index: usize) -> Result<ValidUpstream, Co
             1,
             600_000,
         )?,
-        first_byte: ms(
-            "first_byte_timeout_ms",
-            m.first_byte_timeout_ms,
-            60_000,
-            1,
-            DAY,
-        )?,
+        // The default first-byte wait never outlasts a shorter total.
+        first_byte: first_byte.min(total),
         idle: ms("idle_timeout_ms", m.idle_timeout_ms, 60_000, 1, DAY)?,
-        total: ms("total_timeout_ms", m.total_timeout_ms, 600_000, 1, DAY)?,
+        total,
     };
-    if timeouts.first_byte > timeouts.total {
-        return Err(ConfigError::invalid(
-            field("first_byte_timeout_ms"),
-            "must not exceed `total_timeout_ms`",
-        ));
-    }
     let count = |name: &str, v: Option<u32>, default: u32, lo: u32, hi: u32| {
         let v = v.unwrap_or(default);
         if (lo..=hi).contains(&v) {

@@ -23,10 +23,12 @@ use herd_engines::EngineError;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// An answer that has started, from a local engine or an upstream.
+/// An answer that has started, from a local engine, an upstream, or the
+/// head of a deployment on another node.
 pub enum Answer {
     Local(Generation),
     Upstream(Opened),
+    Forwarded(axum::response::Response),
 }
 
 /// `raw` is the client's body (sent on to upstreams). `timer` sees each
@@ -60,18 +62,33 @@ pub async fn start(
                 timer.fell_back(backend.id());
             }
             let attempt = match backend {
-                Backend::Local(d) => local::start(d, &req, timer).await.map(Answer::Local),
+                Backend::Local(d) => {
+                    let more = i + 1 < route.chain.len() || round < route.retries;
+                    local::start(d, &req, timer, more).await.map(Answer::Local)
+                }
                 Backend::Upstream(u) => upstream::open(u, &call, req.include_usage, timer)
                     .await
                     .map(Answer::Upstream),
+                Backend::Remote(r) => {
+                    crate::deploy::forward::attempt(r, req.endpoint.path(), raw, timer.key())
+                        .await
+                        .map(Answer::Forwarded)
+                }
             };
             let error = match attempt {
                 Ok(answer) => return Ok(answer),
                 Err(e) if allows_fallback(&e) => e,
                 Err(e) => return Err(e),
             };
-            if let Backend::Local(d) = backend {
-                timer.backend_failed(&d.id, local_reason(&error));
+            match (backend, &error) {
+                // An upstream records its own failures (and its circuit learns).
+                (Backend::Upstream(_), _) => {}
+                (Backend::Remote(r), ApiError::Upstream(u)) => {
+                    timer.backend_failed(&r.id, u.reason())
+                }
+                (Backend::Local(_) | Backend::Remote(_), e) => {
+                    timer.backend_failed(backend.id(), local_reason(e))
+                }
             }
             tracing::debug!(deployment = backend.id(), "attempt failed: {error}");
             last = Some(error);

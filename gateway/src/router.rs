@@ -9,6 +9,7 @@ use crate::routing::RoutingPolicy;
 use crate::scheduler::Admission;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
+use herd_cluster::client::PeerClient;
 use herd_cluster::NodeId;
 use herd_engines::Engine;
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ pub enum Route {
 pub struct RouteTable {
     routes: BTreeMap<String, (Route, u64)>,
     pub(crate) policy: Arc<RoutingPolicy>,
+    /// How this node reaches the heads of remote routes (in a cluster).
+    pub(crate) peers: Option<PeerClient>,
 }
 
 impl RouteTable {
@@ -54,7 +57,13 @@ impl RouteTable {
         Self {
             routes: BTreeMap::new(),
             policy,
+            peers: None,
         }
+    }
+
+    /// The cluster client requests to remote heads go through.
+    pub fn set_peers(&mut self, peers: Option<PeerClient>) {
+        self.peers = peers;
     }
 
     /// `created` is the Unix time the deployment was first seen (for `/v1/models`).

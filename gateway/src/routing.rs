@@ -5,16 +5,18 @@
 //! that target's fallbacks, then the alias's other targets. Deployments that
 //! are down are left out; one whose circuit is open stays in the list and
 //! is refused at once when its turn comes (the caller counts a fallback).
+//! A deployment headed on another node is forwarded there (`deploy/forward.rs`).
 //! The ordering is the pure [`order`]; the rest reads the route table.
 
 use crate::openai::ApiError;
-use crate::router::{Deployment, Route, RouteTable};
+use crate::router::{Deployment, RemoteRoute, Route, RouteTable};
 use crate::upstream::Upstream;
+use herd_cluster::client::PeerClient;
 use herd_config::{Policy, Routing};
 use herd_engines::{EngineError, EngineState};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Aliases and fallbacks, built once from the config; every route-table
@@ -24,6 +26,9 @@ pub struct RoutingPolicy {
     aliases: BTreeMap<String, AliasRoute>,
     fallbacks: BTreeMap<String, Vec<String>>,
     created: u64,
+    /// Requests this node has forwarded to each remote deployment and
+    /// whose answers are still open (least-in-flight needs a number).
+    forwarded: Mutex<BTreeMap<String, Arc<AtomicUsize>>>,
 }
 
 #[derive(Debug)]
@@ -50,6 +55,14 @@ impl RoutingPolicy {
                 .collect(),
             fallbacks: routing.fallbacks.clone(),
             created,
+            forwarded: Mutex::default(),
+        }
+    }
+
+    fn forwarded(&self, id: &str) -> Arc<AtomicUsize> {
+        match self.forwarded.lock() {
+            Ok(mut m) => m.entry(id.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
         }
     }
 
@@ -58,11 +71,21 @@ impl RoutingPolicy {
     }
 }
 
-/// A deployment that can take a request on this node.
+/// A deployment that can take a request from this node.
 #[derive(Clone)]
 pub enum Backend {
     Local(Arc<Deployment>),
     Upstream(Arc<Upstream>),
+    /// Headed on another node: the request is forwarded to its head.
+    Remote(Arc<Remote>),
+}
+
+pub struct Remote {
+    pub id: String,
+    pub route: RemoteRoute,
+    pub client: PeerClient,
+    /// Raised while a forwarded answer is open.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -70,6 +93,7 @@ impl Backend {
         match self {
             Self::Local(d) => &d.id,
             Self::Upstream(u) => &u.id,
+            Self::Remote(r) => &r.id,
         }
     }
 
@@ -77,6 +101,7 @@ impl Backend {
         match self {
             Self::Local(d) => d.admission.in_flight(),
             Self::Upstream(u) => u.admission.in_flight(),
+            Self::Remote(r) => r.in_flight.load(Ordering::Relaxed),
         }
     }
 
@@ -84,6 +109,7 @@ impl Backend {
         match self {
             Self::Local(d) => d.engine.state() == EngineState::Ready,
             Self::Upstream(u) => u.breaker.resting().is_none(),
+            Self::Remote(_) => true,
         }
     }
 }
@@ -181,7 +207,7 @@ impl RouteTable {
         };
         let (retries, budget) = match first {
             Backend::Upstream(u) => (u.retries, Some(u.timeouts.total)),
-            Backend::Local(_) => (0, None),
+            Backend::Local(_) | Backend::Remote(_) => (0, None),
         };
         Ok(Resolved {
             chain,
@@ -194,7 +220,13 @@ impl RouteTable {
         match self.get(id)? {
             Route::Local(d) => Some(Backend::Local(d.clone())),
             Route::Upstream(u) => Some(Backend::Upstream(u.clone())),
-            Route::Remote(_) | Route::Down(_) => None,
+            Route::Remote(route) => Some(Backend::Remote(Arc::new(Remote {
+                id: id.to_string(),
+                route: route.clone(),
+                client: self.peers.clone()?,
+                in_flight: self.policy.forwarded(id),
+            }))),
+            Route::Down(_) => None,
         }
     }
 

@@ -16,6 +16,16 @@ pub enum Endpoint {
     Completions,
 }
 
+impl Endpoint {
+    /// Its path under the API root.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ValidRequest {
     pub endpoint: Endpoint,

@@ -11,6 +11,8 @@ use super::Deployer;
 use crate::auth::KeyName;
 use crate::openai::ApiError;
 use crate::router::{Route, Router};
+use crate::routing::Remote;
+use crate::upstream::{error_message, UpstreamError};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -105,7 +107,7 @@ pub async fn forward_remote(
             .into_response();
         }
     };
-    relay(resp)
+    relay(resp, None)
 }
 
 fn unavailable(why: &str) -> ApiError {
@@ -125,8 +127,72 @@ fn encode_key(key: &str) -> String {
         .collect()
 }
 
+/// Counts a forwarded answer as in flight until it is dropped.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One attempt of the router (`generate.rs`) at a deployment headed on
+/// another node: the client's body, `model` set to the deployment's id, to
+/// the head. An unreachable head, a 429 or a 5xx may still fall back;
+/// anything else is the answer, streamed back.
+pub async fn attempt(
+    remote: &Remote,
+    path: &str,
+    raw: &[u8],
+    key: &str,
+) -> Result<Response, ApiError> {
+    let body = crate::upstream::with_model(raw, &remote.id).map_err(|e| {
+        ApiError::InvalidJson(format!("the request body is not a JSON object: {e}"))
+    })?;
+    remote
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let held = InFlight(remote.in_flight.clone());
+    let r = &remote.route;
+    let resp = remote
+        .client
+        .open_stream(
+            r.addr,
+            &r.head,
+            reqwest::Method::POST,
+            &format!("{FORWARD_PREFIX}{}{path}", encode_key(key)),
+            Bytes::from(body),
+            &[("content-type", "application/json".to_string())],
+        )
+        .await
+        .map_err(|e| {
+            ApiError::Upstream(UpstreamError::Connect {
+                id: remote.id.clone(),
+                why: format!("its head ({}) is not reachable: {e}", r.head_name),
+            })
+        })?;
+    let status = resp.status().as_u16();
+    if status == 429 || status >= 500 {
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+        let body = resp.bytes().await.unwrap_or_default();
+        let (message, openai_shaped) = error_message(&body);
+        return Err(ApiError::Upstream(UpstreamError::Answered {
+            id: remote.id.clone(),
+            status,
+            message,
+            body: openai_shaped.then_some(body),
+            retry_after,
+        }));
+    }
+    Ok(relay(resp, Some(held)))
+}
+
 /// The head's answer, streamed; a broken stream ends with an error event.
-fn relay(resp: reqwest::Response) -> Response {
+/// `held` lives as long as the answer.
+fn relay(resp: reqwest::Response, held: Option<InFlight>) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = HeaderMap::new();
     for name in ["content-type", "retry-after", "cache-control"] {
@@ -143,6 +209,7 @@ fn relay(resp: reqwest::Response) -> Response {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut upstream = resp.bytes_stream();
     let body = async_stream::stream! {
+        let _held = held;
         while let Some(chunk) = upstream.next().await {
             match chunk {
                 Ok(c) => yield Ok::<Bytes, std::io::Error>(c),

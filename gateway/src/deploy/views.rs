@@ -20,6 +20,7 @@ impl Local {
     ) -> Vec<DeploymentView> {
         let now = crate::openai::response::unix_now();
         let mut table = RouteTable::with_policy(self.policy.clone());
+        table.set_peers(self.agent.peer_client());
         let mut views = Vec::new();
         let mut heads = Vec::new();
         let specs = plan.map_or(mine, |p| &p.specs);

@@ -7,12 +7,14 @@ use crate::openai::ApiError;
 use crate::router::Deployment;
 use crate::scheduler::Permit;
 use crate::validate::{Endpoint, ValidRequest};
-use herd_engines::{EngineError, GenerateRequest, TokenStream};
+use herd_engines::{EngineError, GenerateRequest, TokenEvent, TokenStream};
 use std::sync::Arc;
 
 /// A running generation. Dropping it cancels the work and frees the slot.
 pub struct Generation {
-    pub tokens: TokenStream,
+    tokens: TokenStream,
+    /// The first event, when it was awaited before answering.
+    first: Option<TokenEvent>,
     pub deployment: Arc<Deployment>,
     pub endpoint: Endpoint,
     pub stream: bool,
@@ -21,11 +23,24 @@ pub struct Generation {
     _permit: Permit,
 }
 
-/// `timer` sees the wait for a slot; the caller records how the request ends.
+impl Generation {
+    pub async fn next(&mut self) -> Option<TokenEvent> {
+        match self.first.take() {
+            Some(event) => Some(event),
+            None => self.tokens.next().await,
+        }
+    }
+}
+
+/// `timer` sees the wait for a slot; the caller records how the request
+/// ends. With `await_first` (another deployment could still take the
+/// request), the first event is awaited here, so an engine that fails
+/// before producing anything is a failed attempt, not a broken answer.
 pub async fn start(
     deployment: &Arc<Deployment>,
     req: &ValidRequest,
     timer: &mut RequestTimer,
+    await_first: bool,
 ) -> Result<Generation, ApiError> {
     let engine = &deployment.engine;
     let info = engine.info().ok_or_else(|| {
@@ -46,12 +61,26 @@ pub async fn start(
     timer.admitted();
     let mut sampling = req.sampling.clone();
     sampling.max_tokens = max_tokens;
-    let tokens = engine.generate(GenerateRequest {
+    let mut tokens = engine.generate(GenerateRequest {
         prompt: prepared,
         params: sampling,
     })?;
+    let first = if await_first {
+        match tokens.next().await {
+            Some(TokenEvent::Failed(e)) => return Err(ApiError::Engine(e)),
+            None => {
+                return Err(ApiError::Engine(EngineError::Crashed(
+                    "the engine stopped before the first token".into(),
+                )))
+            }
+            event => event,
+        }
+    } else {
+        None
+    };
     Ok(Generation {
         tokens,
+        first,
         deployment: deployment.clone(),
         endpoint: req.endpoint,
         stream: req.stream,

@@ -22,6 +22,11 @@ pub async fn respond(answer: Answer, timer: RequestTimer) -> Response {
     match answer {
         Answer::Local(gen) => local(gen, timer).await,
         Answer::Upstream(opened) => super::relay::relay(opened, timer),
+        Answer::Forwarded(response) => {
+            let mut timer = timer;
+            timer.handed_off(response.status().as_u16());
+            response
+        }
     }
 }
 
@@ -55,7 +60,7 @@ fn ended_early() -> ApiError {
 async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
     let mut text = String::new();
     let (reason, usage) = loop {
-        let failure = match gen.tokens.next().await {
+        let failure = match gen.next().await {
             Some(TokenEvent::Delta(t)) => {
                 timer.token();
                 text.push_str(&t);
@@ -194,7 +199,7 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
             yield chunker.event(Some(String::new()), true, None, None);
         }
         loop {
-            match gen.tokens.next().await {
+            match gen.next().await {
                 Some(TokenEvent::Delta(t)) => {
                     timer.token();
                     yield chunker.event(Some(t), false, None, None);

@@ -173,6 +173,25 @@ impl RequestTimer {
         self.metrics.backend_failure(deployment, reason);
     }
 
+    /// The API key's name this request is counted under.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The request went to another node, which records its generation;
+    /// here it counts as answered with `status`.
+    pub fn handed_off(&mut self, status: u16) {
+        if self.ended {
+            return;
+        }
+        let error = if (200..300).contains(&status) {
+            ErrorType::None
+        } else {
+            ErrorType::UpstreamError
+        };
+        self.end(&status.to_string(), error);
+    }
+
     /// The request starts waiting for a slot.
     pub fn queued(&mut self) {
         self.queued_at = Some(Instant::now());

@@ -27,6 +27,8 @@ const NAMES: &[&str] = &[
     "herd_kv_cache_capacity_tokens",
     "herd_engine_up",
     "herd_engine_restarts_total",
+    "herd_backend_up",
+    "herd_backend_retries_total",
     "herd_build_info",
     "process_resident_memory_bytes",
 ];

@@ -11,7 +11,12 @@ mod error;
 pub mod health;
 mod open;
 
-pub use body::Peek;
+pub use body::{error_message, Peek};
+
+/// The client's body with `model` renamed (for a request forwarded to a head).
+pub fn with_model(raw: &[u8], model: &str) -> Result<Vec<u8>, serde_json::Error> {
+    body::rewrite(raw, model, false)
+}
 pub use error::{Phase, UpstreamError};
 pub use open::{open, Call, Opened, Reply};
 

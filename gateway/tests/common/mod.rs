@@ -32,6 +32,8 @@ pub struct Server {
     pub child: Child,
     pub url: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The config file's directory, kept as long as the server runs.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -56,14 +58,47 @@ impl Server {
                 model.display()
             ));
         }
+        let mut args = vec![
+            "serve".to_string(),
+            "--model".to_string(),
+            model.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--threads".into(),
+            "1".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(&args, env, None)
+    }
+
+    /// `herd serve --config FILE --listen 127.0.0.1:0 <extra>`, FILE holding
+    /// `config` (no `--model`: the config says what to serve).
+    pub fn start_config(
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("herd.toml");
+        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        let mut args = vec![
+            "serve".to_string(),
+            "--config".into(),
+            path.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(&args, env, Some(dir))
+    }
+
+    fn spawn(
+        args: &[String],
+        env: &[(&str, &str)],
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Self, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
-        cmd.arg("serve").arg("--model").arg(model).args([
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-        ]);
-        cmd.args(extra)
+        cmd.args(args)
             .env("OMP_WAIT_POLICY", "PASSIVE")
             .env("HERD_LOG", "info");
         for (k, v) in env {
@@ -98,7 +133,12 @@ impl Server {
                 ));
             }
         };
-        let server = Self { child, url, log };
+        let server = Self {
+            child,
+            url,
+            log,
+            dir,
+        };
         server.wait_healthy(Duration::from_secs(60))?;
         Ok(server)
     }
