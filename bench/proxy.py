@@ -190,7 +190,11 @@ class Watch:
     def _run(self):
         while not self._stop.is_set():
             rss = sum(self.server.rss_mib().values())
-            self.samples.append((time.time(), rss, canned.active_connections(self.upstream.url)))
+            try:
+                open_now = canned.active_connections(self.upstream.url)
+            except OSError:
+                open_now = 0  # nginx too busy to answer within its timeout: not counted
+            self.samples.append((time.time(), rss, open_now))
             time.sleep(0.05)
 
     def __enter__(self):
