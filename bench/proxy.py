@@ -73,9 +73,8 @@ class Target:
         return self.server.url + path, canned.MODEL
 
 
-def herd_server(tmp, upstream_url, keys, env=None):
-    """herd with one upstream model per kind of answer; `env` adds to its
-    environment (logging at herd's default level, `info`, unless it says)."""
+def herd_config(tmp, upstream_url, keys):
+    """herd's config: one upstream model per kind of answer."""
     cfg = os.path.join(tmp, "herd.toml")
     with open(cfg, "w") as f:
         f.write(f'api_key_file = "{keys}"\n')
@@ -84,6 +83,13 @@ def herd_server(tmp, upstream_url, keys, env=None):
             f.write(f'\n[[models]]\nid = "{model}"\nengine = "upstream"\n'
                     f'base_url = "{upstream_url}{path}"\nupstream_model = "{canned.MODEL}"\n'
                     "max_concurrency = 4096\nmax_queue = 4096\n")
+    return cfg
+
+
+def herd_server(tmp, upstream_url, keys, env=None):
+    """herd in front of the upstream; `env` adds to its environment (logging
+    stays at herd's default level, `info`, unless it says otherwise)."""
+    cfg = herd_config(tmp, upstream_url, keys)
     port = procs.free_port()
     return Server("herd", [HERD, "serve", "--config", cfg, "--listen", f"127.0.0.1:{port}"],
                   env={"NO_COLOR": "1", **(env or {})}, url=f"http://127.0.0.1:{port}")

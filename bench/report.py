@@ -63,10 +63,12 @@ def summary_rows(r):
 def markdown(r, command):
     m = r["machine"]
     out = ["# Benchmarks", "",
-           f"Regenerate with `{command}` (about 25 minutes on 2 cores; the first run also builds llama.cpp "
-           "b11434 and installs LiteLLM, ~15 minutes more). Every ratio compares two things "
-           "measured in the same run, one server at a time, alternating, "
-           f"{r['reps']} repetitions (P1 {r['reps'] + 4}, P2 {r['reps'] + 2}), medians.", "",
+           f"Regenerate with `{command}` (about 35 minutes on 2 cores, P4 ~16 of them; the first "
+           "run also builds llama.cpp b11434 and installs nginx and LiteLLM, ~15 minutes more). "
+           "Every ratio compares two things measured in the same run, one server at a time, "
+           f"alternating, {r['reps']} repetitions (P1 {r['reps'] + 4}, P2 {r['reps'] + 2}), "
+           "medians. The P4 rows are bench/proxy.py's (its own section below; each of its runs is "
+           "kept, the rows give the median over them).", "",
            f"- date: {m['date']}; commit `{m['commit']}`"
            f"{' (with uncommitted changes)' if m['tree_dirty'] else ''}; {m['rustc']}",
            f"- machine: {m['cpu']}, {m['cores']} cores, L3 {m['l3']}, {m['memory_gib']} GiB, "
