@@ -66,6 +66,9 @@ def headline(r):
     for _, field, kind, _ in GOALS:
         for t in ("herd", "nginx-proxy"):
             h[f"{t} {kind} {field}"] = added(lat, t, kind, GOAL_RATE, field)
+    for rate in r["rates"]:  # p50 below the goal's rate too, where herd keeps up
+        for t in ("herd", "nginx-proxy"):
+            h[f"{t} chat p50_ms @{rate}"] = added(lat, t, "chat", rate, "p50_ms")
     for t in ("herd", "nginx-proxy"):
         h[f"{t} failed"], kept = kept_up(lat, t, r["rates"])
         h[f"{t} kept up to"] = max(kept) if kept else None
@@ -125,14 +128,20 @@ def summary_rows(runs):
 
 def runs_table(runs):
     out = ["| run | load | " + " | ".join(f"herd {w} (nginx proxy)" for w, _, _, _ in GOALS)
-           + " | herd kept up through | herd RSS with the streams open |",
-           "|" + "---|" * (len(GOALS) + 4)]
+           + " | herd p50 added, chat JSON, at lower rates (nginx proxy) | herd kept up through "
+           "| herd RSS with the streams open |",
+           "|" + "---|" * (len(GOALS) + 5)]
     for h in runs:
         cells = [f"{h['date']} `{h['commit']}`",
                  "—" if not h["load"] else f"{h['load'][0]:.1f}–{h['load'][1]:.1f}"]
         for _, field, kind, _ in GOALS:
             cells.append(f"{shown(h.get(f'herd {kind} {field}'))} "
                          f"({shown(h.get(f'nginx-proxy {kind} {field}'))})")
+        lower = [k.split("@")[1] for k in h if k.startswith("herd chat p50_ms @")
+                 and int(k.split("@")[1]) < GOAL_RATE]
+        cells.append(", ".join(f"{shown(h[f'herd chat p50_ms @{x}'])} "
+                               f"({shown(h.get(f'nginx-proxy chat p50_ms @{x}'))}) @ {x}/s"
+                               for x in lower) or "—")
         cells.append(f"{h.get('herd kept up to') or '—'}/s, {h.get('herd failed')} failed")
         held = h.get("herd held MiB")
         cells.append("—" if held is None else f"{held:.1f} MiB ({h.get('streams')} streams)")
