@@ -109,6 +109,8 @@ class Server:
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
+            if "VmRSS" not in fields:
+                continue  # exiting: no memory left to count
             role = argv[1].decode() if len(argv) > 1 and argv[1] else "?"
             rss[f"{os.path.basename(argv[0].decode())} {role}"] = \
                 int(fields["VmRSS"].split()[0]) / 1024

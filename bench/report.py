@@ -1,6 +1,9 @@
 """docs/benchmarks.md from bench/run's results (also kept as bench/results/latest.json)."""
+import json
 import os
 import statistics
+
+import proxy_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,43 +40,10 @@ def summary_rows(r):
                      f"{med(h['warm_ms']):.1f} / {med(h['cold_ms']):.1f}",
                      f"{l['ratio']:.2f}", f"{h['ratio']:.2f}", "≤ 0.25",
                      verdict(h["ratio"] <= 0.25)))
-    if "P4" in r:
-        herd = sustained(r["P4"], "herd", "GET /v1/models")
-        lite = sustained(r["P4"], "litellm", "GET /v1/models")
-        floor = {x["offered"]: x for x in r["P4"] if x["server"] == "fixed upstream"
-                 and x["failed"] == 0 and x["achieved"] >= 0.95 * x["offered"]}
-        both = [x for x in r["P4"] if x["server"] == "herd" and x["request"] == "GET /v1/models"
-                and x["offered"] in floor and x["failed"] == 0
-                and x["achieved"] >= 0.95 * x["offered"]]
-        if both:
-            top = max(both, key=lambda x: x["offered"])
-            base = floor[top["offered"]]
-            added50, added99 = top["p50_ms"] - base["p50_ms"], top["p99_ms"] - base["p99_ms"]
-            worst = max(both, key=lambda x: x["p99_ms"] - floor[x["offered"]]["p99_ms"])
-            worst99 = worst["p99_ms"] - floor[worst["offered"]]["p99_ms"]
-            # A floor whose own p99 exceeds the goal cannot show whether herd adds ≤ 1 ms.
-            noisy = max(floor[x["offered"]]["p99_ms"] for x in both) > 1.0
-            rows.append(("P4a", "herd's added latency on GET /v1/models (ms, herd − fixed-response "
-                         "floor, p50 / p99) at the highest rate both sustained; worst p99 "
-                         "difference over all rates",
-                         f"{added50:.2f} / {added99:.2f} @ {top['offered']}/s; worst "
-                         f"{worst99:.2f} @ {worst['offered']}/s",
-                         f"floor {base['p50_ms']:.2f} / {base['p99_ms']:.2f}", "",
-                         "p99 ≤ 1 ms",
-                         "**not measurable here** (the floor's own p99 is > 1 ms)" if noisy
-                         else verdict(worst99 <= 1.0)))
-        elif herd:
-            rows.append(("P4a", "GET /v1/models p99 latency (ms) at the highest rate tried that "
-                         "herd sustained", f"{herd['p99_ms']:.2f} @ {herd['offered']}/s", "", "",
-                         "≤ 1 ms", verdict(herd["p99_ms"] <= 1.0)))
-        same = lite and [x for x in r["P4"] if x["server"] == "herd"
-                         and x["request"] == "GET /v1/models" and x["offered"] == lite["offered"]]
-        if same:
-            ratio = lite["p99_ms"] / same[0]["p99_ms"]
-            rows.append(("P4b", "GET /v1/models p99 latency (ms), herd vs LiteLLM, at the highest "
-                         "rate LiteLLM sustained (ratio = LiteLLM ÷ herd)",
-                         f"{same[0]['p99_ms']:.2f} @ {lite['offered']}/s",
-                         f"{lite['p99_ms']:.2f}", f"{ratio:.0f}×", "≥ 20×", verdict(ratio >= 20)))
+    proxy = os.path.join(HERE, "results/proxy-runs.json")
+    if os.path.isfile(proxy):
+        with open(proxy) as f:
+            rows += proxy_report.summary_rows(json.load(f))
     if "P7" in r:
         p = r["P7"]
         rows.append(("P7", "herd RSS idle (MiB) / growth per concurrent stream (MiB)",
@@ -90,20 +60,15 @@ def summary_rows(r):
     return rows
 
 
-def sustained(rows, server, request):
-    """The highest offered rate this server kept up with (≥ 95 %, no failures)."""
-    ok = [x for x in rows if x["server"] == server and x["request"] == request
-          and x["failed"] == 0 and x["achieved"] >= 0.95 * x["offered"] and x["p99_ms"]]
-    return max(ok, key=lambda x: x["offered"]) if ok else None
-
-
 def markdown(r, command):
     m = r["machine"]
     out = ["# Benchmarks", "",
-           f"Regenerate with `{command}` (about 25 minutes on 2 cores; the first run also builds llama.cpp "
-           "b11434 and installs LiteLLM, ~15 minutes more). Every ratio compares two things "
-           "measured in the same run, one server at a time, alternating, "
-           f"{r['reps']} repetitions (P1 {r['reps'] + 4}, P2 {r['reps'] + 2}), medians.", "",
+           f"Regenerate with `{command}` (about 35 minutes on 2 cores, P4 ~16 of them; the first "
+           "run also builds llama.cpp b11434 and installs nginx and LiteLLM, ~15 minutes more). "
+           "Every ratio compares two things measured in the same run, one server at a time, "
+           f"alternating, {r['reps']} repetitions (P1 {r['reps'] + 4}, P2 {r['reps'] + 2}), "
+           "medians. The P4 rows are bench/proxy.py's (its own section below; each of its runs is "
+           "kept, the rows give the median over them).", "",
            f"- date: {m['date']}; commit `{m['commit']}`"
            f"{' (with uncommitted changes)' if m['tree_dirty'] else ''}; {m['rustc']}",
            f"- machine: {m['cpu']}, {m['cores']} cores, L3 {m['l3']}, {m['memory_gib']} GiB, "
@@ -148,31 +113,6 @@ def markdown(r, command):
                 "|---|---|---|---|"]
         for name, x in r["P3"].items():
             out.append(f"| {name} | {fmt(x['cold_ms'])} | {fmt(x['warm_ms'])} | {x['ratio']:.2f} |")
-        out.append("")
-    if "P4" in r:
-        out += ["### P4: gateway path latency under open-loop load",
-                "End-to-end latency seen by `herd bench` (client, loopback TCP and server "
-                "together). The fixed upstream (bench/fixed_upstream.py, Python asyncio, the same "
-                "small JSON for every request) is the floor: herd's added latency is herd's "
-                "number minus the floor's at the same rate. Open loop: "
-                "RATE = " + ", ".join(sorted({str(x["offered"]) for x in r["P4"]}, key=int))
-                + " requests/s, for max(4 s, 300 requests) each, stopping for a server once it achieves < 80 % of "
-                "the offered rate. Both gateways check a bearer key on every request.", "",
-                f"Medians of {r['reps']} runs per rate (each run's p99 in the last column).", "",
-                "| server | request | offered/s | achieved/s | failed | p50 ms | p99 ms | "
-                "p99 of each run | herd − floor p50 / p99 |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        floor = {x["offered"]: x for x in r["P4"] if x["server"] == "fixed upstream"}
-        for x in r["P4"]:
-            base = floor.get(x["offered"]) if x["server"] == "herd" else None
-            added = (f"{x['p50_ms'] - base['p50_ms']:.2f} / {x['p99_ms'] - base['p99_ms']:.2f}"
-                     if base and x["p99_ms"] is not None and base["p99_ms"] is not None else "")
-            p50 = f"{x['p50_ms']:.2f}" if x["p50_ms"] is not None else "—"
-            p99 = f"{x['p99_ms']:.2f}" if x["p99_ms"] is not None else "—"
-            out.append(f"| {x['server']} | {x['request']} | {x['offered']} | {x['achieved']:.0f} | "
-                       f"{x['failed']} | {p50} | {p99} | "
-                       + ", ".join("—" if v is None else f"{v:.2f}" for v in x.get("p99_each_ms", []))
-                       + f" | {added} |")
         out.append("")
     if "P7" in r:
         out += ["### P7: memory (RSS, MiB, per process)", "| state | processes |", "|---|---|"]
