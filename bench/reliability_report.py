@@ -215,6 +215,9 @@ def soak_section(r):
         host_rows.append(f"| {h['pid']} | {h['samples']} | {n(h['rss_mib_max'], '', 1)} / "
                          f"{n(h['rss_mib_last'], ' MiB', 1)} | {n(h['rss_slope_mib_per_h'], ' MiB/h', 1)} | "
                          f"{n(h['fds_last'])} | {n(h['fds_slope_per_h'], '/h', 1)} |")
+    peaks = [h["rss_mib_max"] for h in hosts if h["samples"] >= 10]
+    host_range = (f"{n(min(peaks), '', 1)}–{n(max(peaks), ' MiB', 1)} over {len(peaks)} lifetimes"
+                  if peaks else "—")
     lost = r["lost"]
     verdict = ("**No request was lost**: every one ended in a complete answer, an error status or an "
                "error event." if lost == 0 else
@@ -224,7 +227,7 @@ def soak_section(r):
              else "`herd_requests_total` did **not** match the clients for the statuses marked ✗.")
     return f"""## Soak
 
-{n(r['minutes'], '', 1)} minutes of mixed traffic from {r['workers']} clients against one server
+{n(r['minutes'], '', 0)} minutes of mixed traffic from {r['workers']} clients against one server
 (`herd serve {' '.join(r['server_flags'])}`): streamed and plain chat and completions of 8–200 tokens,
 clients that hang up after the first token, malformed JSON, unknown models, `max_tokens` over the
 limit, prompts over the context, `GET /v1/models`. Every {n(r['kill_every_s'])} s the engine host
@@ -245,7 +248,9 @@ without Retry-After.
 ("ok" = complete answer; "status" = an HTTP error status with OpenAI's error body; "event" = a
 stream that ended with an error event and `[DONE]`; "cancelled" = the client hung up on purpose.)
 
-Each engine host lives from one kill to the next; its slope is taken after its first 30 s:
+Each engine host lives from one kill to the next; its slope is taken after its first 30 s (a few
+minutes of samples, so a rise of a few MiB reads as tens of MiB/h). The flat line is across
+lifetimes: each host's peak was {host_range}.
 
 {chr(10).join(host_rows)}
 
@@ -255,7 +260,7 @@ counted under that error's status, a hang-up as 499):
 {status_table(r['metrics_vs_client'])}
 
 {machine(r.get('context'))}
-Reproduce: `bench/reliability --only soak --soak-minutes {n(r['minutes'], '', 1)} --kill-every {n(r['kill_every_s'])}`.
+Reproduce: `bench/reliability --only soak --soak-minutes {n(r['minutes'], '', 0)} --kill-every {n(r['kill_every_s'])}`.
 """
 
 
