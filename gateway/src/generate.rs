@@ -120,6 +120,7 @@ fn allows_fallback(e: &ApiError) -> bool {
         | ApiError::BodyTooLarge { .. }
         | ApiError::InvalidRequest { .. }
         | ApiError::ModelNotFound(_)
+        | ApiError::ResponseNotFound(_)
         | ApiError::ContextLengthExceeded(_)
         | ApiError::Unauthorized
         | ApiError::RouteNotFound(_)
