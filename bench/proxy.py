@@ -78,6 +78,9 @@ def herd_config(tmp, upstream_url, keys):
     cfg = os.path.join(tmp, "herd.toml")
     with open(cfg, "w") as f:
         f.write(f'api_key_file = "{keys}"\n')
+        # herd serves at most `max_connections` at once (the rest wait in the
+        # listen backlog); the memory test holds 1,000 streams open.
+        f.write("max_connections = 4096\n")
         for (path, model) in [v[:2] for v in KINDS.values()] + [SLOW]:
             # Limits far above the load, so that herd's admission never answers 429 here.
             f.write(f'\n[[models]]\nid = "{model}"\nengine = "upstream"\n'
