@@ -1,28 +1,114 @@
 //! Admission control per deployment: `slots` requests run, at most
 //! `max_queue` wait (each at most `max_wait`), everyone else gets 429 with
-//! Retry-After. The permit travels with the request into the engine, so a
-//! slot is held until generation ends (finished, failed or cancelled), not
-//! until headers are sent, nor until a slow client has read the last token.
+//! Retry-After. Waiters queue per API key, and a freed slot goes to the
+//! next key in round-robin order (each key's own requests in FIFO order),
+//! so one key flooding the queue delays another key by at most one turn.
+//! The permit travels with the request into the engine, so a slot is held
+//! until generation ends (finished, failed or cancelled), not until
+//! headers are sent, nor until a slow client has read the last token.
 
 use crate::openai::ApiError;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 
 #[derive(Debug)]
 pub struct Admission {
-    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
     capacity: usize,
     waiting: AtomicUsize,
     max_queue: usize,
     max_wait: Duration,
 }
 
-/// Holding this is holding a slot.
+#[derive(Debug, Default)]
+struct Shared {
+    slots: Mutex<Slots>,
+}
+
+/// Free slots and the waiters, per key. Invariant: a slot is free only
+/// when no live waiter is queued (a released slot goes to a waiter first).
+#[derive(Debug, Default)]
+struct Slots {
+    free: usize,
+    queues: HashMap<Arc<str>, VecDeque<oneshot::Sender<Permit>>>,
+    /// Keys with waiters, in the order their next turn comes.
+    turns: VecDeque<Arc<str>>,
+}
+
+/// Holding this is holding a slot; dropping it hands the slot to the next waiter.
 #[derive(Debug)]
 pub struct Permit {
-    _permit: OwnedSemaphorePermit,
+    shared: Option<Arc<Shared>>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            Shared::release(shared);
+        }
+    }
+}
+
+impl Shared {
+    fn release(shared: Arc<Self>) {
+        loop {
+            let next = {
+                let Ok(mut s) = shared.slots.lock() else {
+                    return;
+                };
+                match s.next_waiter() {
+                    Some(tx) => tx,
+                    None => {
+                        s.free += 1;
+                        return;
+                    }
+                }
+            };
+            // Sent outside the lock: a waiter that already left hands it back.
+            match next.send(Permit {
+                shared: Some(shared.clone()),
+            }) {
+                Ok(()) => return,
+                Err(mut back) => {
+                    back.shared = None;
+                }
+            }
+        }
+    }
+}
+
+impl Slots {
+    fn next_waiter(&mut self) -> Option<oneshot::Sender<Permit>> {
+        while let Some(key) = self.turns.pop_front() {
+            let Some(queue) = self.queues.get_mut(&key) else {
+                continue;
+            };
+            let tx = queue.pop_front();
+            if queue.is_empty() {
+                self.queues.remove(&key);
+            } else {
+                self.turns.push_back(key);
+            }
+            if let Some(tx) = tx.filter(|t| !t.is_closed()) {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    fn enqueue(&mut self, key: &str, tx: oneshot::Sender<Permit>) {
+        if let Some(queue) = self.queues.get_mut(key) {
+            queue.retain(|t| !t.is_closed());
+            queue.push_back(tx);
+            return;
+        }
+        let key: Arc<str> = Arc::from(key);
+        self.queues.insert(key.clone(), VecDeque::from([tx]));
+        self.turns.push_back(key);
+    }
 }
 
 /// Decrements the waiting count however the wait ends (admitted, timed out, or the client left).
@@ -36,8 +122,14 @@ impl Drop for Waiting<'_> {
 
 impl Admission {
     pub fn new(slots: usize, max_queue: usize, max_wait: Duration) -> Self {
+        let shared = Shared {
+            slots: Mutex::new(Slots {
+                free: slots,
+                ..Slots::default()
+            }),
+        };
         Self {
-            slots: Arc::new(Semaphore::new(slots)),
+            shared: Arc::new(shared),
             capacity: slots,
             waiting: AtomicUsize::new(0),
             max_queue,
@@ -45,25 +137,45 @@ impl Admission {
         }
     }
 
-    pub async fn admit(&self) -> Result<Permit, ApiError> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(Permit { _permit: p });
-        }
-        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _waiting = Waiting(&self.waiting);
-        if queued >= self.max_queue {
-            return Err(ApiError::Overloaded(
-                "the wait queue is full",
-                self.retry_after(),
-            ));
-        }
-        match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Permit { _permit: p }),
+    /// A slot for a request made with the API key named `key`.
+    pub async fn admit(&self, key: &str) -> Result<Permit, ApiError> {
+        let (mut rx, _waiting) = {
+            let Ok(mut s) = self.shared.slots.lock() else {
+                return Err(ApiError::Overloaded("the model is shutting down", 5));
+            };
+            if s.free > 0 {
+                s.free -= 1;
+                return Ok(Permit {
+                    shared: Some(self.shared.clone()),
+                });
+            }
+            let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+            let waiting = Waiting(&self.waiting);
+            if queued >= self.max_queue {
+                drop(s);
+                return Err(ApiError::Overloaded(
+                    "the wait queue is full",
+                    self.retry_after(),
+                ));
+            }
+            let (tx, rx) = oneshot::channel();
+            s.enqueue(key, tx);
+            (rx, waiting)
+        };
+        match tokio::time::timeout(self.max_wait, &mut rx).await {
+            Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(ApiError::Overloaded("the model is shutting down", 5)),
-            Err(_) => Err(ApiError::Overloaded(
-                "no slot became free in time",
-                self.retry_after(),
-            )),
+            Err(_) => {
+                // A slot sent just as the wait ended is still ours.
+                rx.close();
+                match rx.try_recv() {
+                    Ok(p) => Ok(p),
+                    Err(_) => Err(ApiError::Overloaded(
+                        "no slot became free in time",
+                        self.retry_after(),
+                    )),
+                }
+            }
         }
     }
 
@@ -72,7 +184,7 @@ impl Admission {
     }
 
     pub fn free_slots(&self) -> usize {
-        self.slots.available_permits()
+        self.shared.slots.lock().map_or(0, |s| s.free)
     }
 
     /// Requests holding a slot or waiting for one (least-in-flight routing).
@@ -87,37 +199,4 @@ impl Admission {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn queue_overflow_is_429_with_retry_after() {
-        let a = Arc::new(Admission::new(1, 1, Duration::from_secs(5)));
-        let held = a.admit().await;
-        assert!(held.is_ok());
-        let a2 = a.clone();
-        let waiter = tokio::spawn(async move { a2.admit().await.map(|_| ()) });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(a.waiting(), 1);
-        let third = a.admit().await;
-        match third {
-            Err(e) => {
-                assert_eq!(e.status().as_u16(), 429);
-                assert!(e.parts().3.is_some());
-            }
-            Ok(_) => unreachable!("a full queue must refuse"),
-        }
-        drop(held);
-        assert!(matches!(waiter.await, Ok(Ok(()))));
-        assert_eq!(a.waiting(), 0);
-    }
-
-    #[tokio::test]
-    async fn wait_times_out_into_429() {
-        let a = Admission::new(1, 4, Duration::from_millis(50));
-        let _held = a.admit().await;
-        let r = a.admit().await;
-        assert_eq!(r.err().map(|e| e.status().as_u16()), Some(429));
-        assert_eq!(a.waiting(), 0);
-    }
-}
+mod tests;

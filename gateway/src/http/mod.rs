@@ -9,7 +9,8 @@ mod relay;
 pub(crate) mod respond;
 pub mod server;
 
-use crate::auth::{require_key, ApiKeys};
+use crate::auth::require_key;
+use crate::keys::KeyStore;
 use crate::metrics::{count_unauthorized, Metrics};
 use crate::openai::json::BodyLimit;
 use crate::openai::ApiError;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub router: ModelRouter,
-    pub keys: Arc<ApiKeys>,
+    pub keys: KeyStore,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
 }
@@ -66,6 +67,8 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
             crate::deploy::forward::forward_remote,
         ));
     }
+    // After auth, before forwarding: the key's model allow-list and limits.
+    generation = generation.route_layer(middleware::from_fn(crate::keys::enforce::enforce));
     // Inner to outer: auth runs only on matched API routes (so unknown paths
     // are a plain 404), after the body limit and before any handler work.
     let api = Router::new()

@@ -35,6 +35,21 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("rate limit reached for key `{key}` on {limit} ({detail}); retry after {retry_after} s")]
+    KeyLimit {
+        key: String,
+        limit: &'static str,
+        detail: String,
+        retry_after: u64,
+    },
+    #[error("this API key may not {0}; use a key created with `--role admin`")]
+    Forbidden(&'static str),
+    #[error("a key named `{0}` already exists (rotate it, or revoke it first)")]
+    KeyExists(String),
+    #[error("no key named `{0}`")]
+    KeyNotFound(String),
+    #[error("the key store failed: {0}")]
+    KeyStore(String),
     #[error("no response within {} s (the server's request_timeout_secs); for long generations send \"stream\": true", .0.as_secs())]
     RequestTimeout(std::time::Duration),
 }
@@ -215,6 +230,26 @@ impl ApiError {
                 Some("request_timeout"),
                 None,
             ),
+            Self::KeyLimit { retry_after, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+                Some(*retry_after),
+            ),
+            Self::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                INVALID,
+                Some("insufficient_permissions"),
+                None,
+            ),
+            Self::KeyExists(_) => (StatusCode::CONFLICT, INVALID, Some("key_exists"), None),
+            Self::KeyNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("key_not_found"), None),
+            Self::KeyStore(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                Some("key_store_error"),
+                None,
+            ),
         }
     }
 
@@ -315,6 +350,16 @@ mod tests {
             ApiError::RouteNotFound("GET /x".into()),
             ApiError::MethodNotAllowed,
             ApiError::RequestTimeout(Duration::from_secs(5)),
+            ApiError::KeyLimit {
+                key: "k".into(),
+                limit: "rpm",
+                detail: "1 requests per minute".into(),
+                retry_after: 60,
+            },
+            ApiError::Forbidden("manage keys"),
+            ApiError::KeyExists("k".into()),
+            ApiError::KeyNotFound("k".into()),
+            ApiError::KeyStore("disk full".into()),
             ApiError::Engine(EngineError::PromptTooLong {
                 ctx: 8,
                 at_least: 9,
@@ -372,6 +417,11 @@ mod tests {
                 | ApiError::RouteNotFound(_)
                 | ApiError::MethodNotAllowed
                 | ApiError::RequestTimeout(_)
+                | ApiError::KeyLimit { .. }
+                | ApiError::Forbidden(_)
+                | ApiError::KeyExists(_)
+                | ApiError::KeyNotFound(_)
+                | ApiError::KeyStore(_)
                 | ApiError::Upstream(_) => {}
             }
         }
