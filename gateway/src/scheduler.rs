@@ -1,8 +1,9 @@
 //! Admission control per deployment: `slots` requests run, at most
 //! `max_queue` wait (each at most `max_wait`), everyone else gets 429 with
-//! Retry-After. Waiters queue per API key, and a freed slot goes to the
-//! next key in round-robin order (each key's own requests in FIFO order),
-//! so one key flooding the queue delays another key by at most one turn.
+//! Retry-After. Waiters queue per API key (each key's own in FIFO order),
+//! and a freed slot goes to the waiting key with the fewest requests
+//! running, of those the one served longest ago: one key flooding the
+//! queue delays another key's request by at most the one running ahead.
 //! The permit travels with the request into the engine, so a slot is held
 //! until generation ends (finished, failed or cancelled), not until
 //! headers are sent, nor until a slow client has read the last token.
@@ -28,86 +29,108 @@ struct Shared {
     slots: Mutex<Slots>,
 }
 
-/// Free slots and the waiters, per key. Invariant: a slot is free only
-/// when no live waiter is queued (a released slot goes to a waiter first).
+/// Free slots, and per key its running requests and waiters. Invariant: a
+/// slot is free only when no live waiter is queued (a released slot goes
+/// to a waiter first).
 #[derive(Debug, Default)]
 struct Slots {
     free: usize,
-    queues: HashMap<Arc<str>, VecDeque<oneshot::Sender<Permit>>>,
-    /// Keys with waiters, in the order their next turn comes.
-    turns: VecDeque<Arc<str>>,
+    keys: HashMap<Arc<str>, KeyState>,
+    /// Admissions so far: orders keys by when they were last served.
+    admitted: u64,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    running: usize,
+    last_admitted: u64,
+    waiters: VecDeque<oneshot::Sender<Permit>>,
 }
 
 /// Holding this is holding a slot; dropping it hands the slot to the next waiter.
 #[derive(Debug)]
 pub struct Permit {
-    shared: Option<Arc<Shared>>,
+    shared: Arc<Shared>,
+    key: Arc<str>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(shared) = self.shared.take() {
-            Shared::release(shared);
-        }
-    }
-}
-
-impl Shared {
-    fn release(shared: Arc<Self>) {
-        loop {
-            let next = {
-                let Ok(mut s) = shared.slots.lock() else {
-                    return;
-                };
-                match s.next_waiter() {
-                    Some(tx) => tx,
-                    None => {
-                        s.free += 1;
-                        return;
-                    }
-                }
+        let next = {
+            let Ok(mut s) = self.shared.slots.lock() else {
+                return;
             };
-            // Sent outside the lock: a waiter that already left hands it back.
-            match next.send(Permit {
-                shared: Some(shared.clone()),
-            }) {
-                Ok(()) => return,
-                Err(mut back) => {
-                    back.shared = None;
+            s.finished(&self.key);
+            match s.next_waiter() {
+                Some(next) => next,
+                None => {
+                    s.free += 1;
+                    return;
                 }
             }
-        }
+        };
+        // Sent outside the lock. A waiter that left just now drops it,
+        // which hands the slot on again.
+        let (key, tx) = next;
+        let _ = tx.send(Permit {
+            shared: self.shared.clone(),
+            key,
+        });
     }
 }
 
 impl Slots {
-    fn next_waiter(&mut self) -> Option<oneshot::Sender<Permit>> {
-        while let Some(key) = self.turns.pop_front() {
-            let Some(queue) = self.queues.get_mut(&key) else {
-                continue;
-            };
-            let tx = queue.pop_front();
-            if queue.is_empty() {
-                self.queues.remove(&key);
-            } else {
-                self.turns.push_back(key);
-            }
-            if let Some(tx) = tx.filter(|t| !t.is_closed()) {
-                return Some(tx);
-            }
-        }
-        None
+    fn admit(&mut self, key: &Arc<str>) {
+        self.admitted += 1;
+        let k = self.keys.entry(key.clone()).or_default();
+        k.running += 1;
+        k.last_admitted = self.admitted;
     }
 
-    fn enqueue(&mut self, key: &str, tx: oneshot::Sender<Permit>) {
-        if let Some(queue) = self.queues.get_mut(key) {
-            queue.retain(|t| !t.is_closed());
-            queue.push_back(tx);
-            return;
+    fn finished(&mut self, key: &str) {
+        if let Some(k) = self.keys.get_mut(key) {
+            k.running = k.running.saturating_sub(1);
+            if k.running == 0 && k.waiters.is_empty() {
+                self.keys.remove(key);
+            }
         }
-        let key: Arc<str> = Arc::from(key);
-        self.queues.insert(key.clone(), VecDeque::from([tx]));
-        self.turns.push_back(key);
+    }
+
+    /// The next waiter of the key with the fewest requests running, and of
+    /// those the one served longest ago; it counts as admitted.
+    fn next_waiter(&mut self) -> Option<(Arc<str>, oneshot::Sender<Permit>)> {
+        loop {
+            let key = self
+                .keys
+                .iter()
+                .filter(|(_, k)| !k.waiters.is_empty())
+                .min_by_key(|(_, k)| (k.running, k.last_admitted))
+                .map(|(key, _)| key.clone())?;
+            let tx = self.keys.get_mut(&key).and_then(|k| k.waiters.pop_front());
+            match tx {
+                Some(tx) if !tx.is_closed() => {
+                    self.admit(&key);
+                    return Some((key, tx));
+                }
+                _ => self.finished_waiting(&key),
+            }
+        }
+    }
+
+    fn finished_waiting(&mut self, key: &str) {
+        if self
+            .keys
+            .get(key)
+            .is_some_and(|k| k.running == 0 && k.waiters.is_empty())
+        {
+            self.keys.remove(key);
+        }
+    }
+
+    fn enqueue(&mut self, key: &Arc<str>, tx: oneshot::Sender<Permit>) {
+        let k = self.keys.entry(key.clone()).or_default();
+        k.waiters.retain(|t| !t.is_closed());
+        k.waiters.push_back(tx);
     }
 }
 
@@ -143,10 +166,13 @@ impl Admission {
             let Ok(mut s) = self.shared.slots.lock() else {
                 return Err(ApiError::Overloaded("the model is shutting down", 5));
             };
+            let key: Arc<str> = Arc::from(key);
             if s.free > 0 {
                 s.free -= 1;
+                s.admit(&key);
                 return Ok(Permit {
-                    shared: Some(self.shared.clone()),
+                    shared: self.shared.clone(),
+                    key,
                 });
             }
             let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -159,7 +185,7 @@ impl Admission {
                 ));
             }
             let (tx, rx) = oneshot::channel();
-            s.enqueue(key, tx);
+            s.enqueue(&key, tx);
             (rx, waiting)
         };
         match tokio::time::timeout(self.max_wait, &mut rx).await {

@@ -80,10 +80,10 @@ async fn list(
 async fn create(
     State(store): State<KeyStore>,
     caller: Option<Extension<Caller>>,
-    body: OpenAiJson<CreateKey>,
+    body: Result<OpenAiJson<CreateKey>, ApiError>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     admin(caller)?;
-    let b = body.value;
+    let b = body?.value;
     let spec = KeySpec {
         role: b.role,
         limits: Limits {

@@ -150,7 +150,9 @@ async fn every_route_is_documented_and_every_documented_route_answers() -> TestR
     assert_eq!(routed, documented, "routes and document disagree");
 
     for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-        let uri = path.replace("{id}", "no-such-model");
+        let uri = path
+            .replace("{id}", "no-such-model")
+            .replace("{name}", "no-such-key");
         for method in METHODS {
             let req = Request::builder()
                 .method(method.to_uppercase().as_str())
