@@ -55,11 +55,12 @@ async fn keys_and_revocations_reach_every_node() -> TestResult {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Created on A with the CLI: works on B.
+    // Created on A with the CLI: B, open until it knows a key, then
+    // refuses other keys and takes this one.
     let alice = create_key(&state_a, "alice", &["--rpm", "100"])?;
-    let took = wait_for_status(&b.url, &alice, 200, TWO_SECONDS).await?;
+    let took = wait_for_status(&b.url, "sk-herd-wrong", 401, TWO_SECONDS).await?;
+    assert_eq!(models_status(&b.url, &alice).await?, 200);
     println!("a key created on A worked on B after {took:?}");
-    assert_eq!(models_status(&b.url, "sk-herd-wrong").await?, 401);
 
     // Revoked on B (whose key file now holds the record): stops on A.
     herd_keys(&state_b, &["revoke", "alice"])?;
