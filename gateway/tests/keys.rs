@@ -33,7 +33,10 @@ async fn keys_work_stop_when_revoked_and_never_leak() -> TestResult {
     let http = reqwest::Client::new();
 
     assert_eq!(models_status(&base, &alice).await?, 200);
-    assert_eq!(models_status(&base, "sk-legacy-0123456789abcdef").await?, 200);
+    assert_eq!(
+        models_status(&base, "sk-legacy-0123456789abcdef").await?,
+        200
+    );
     assert_eq!(models_status(&base, "sk-herd-not-a-key").await?, 401);
     let chat = http
         .post(format!("{base}/v1/chat/completions"))
@@ -85,7 +88,10 @@ async fn keys_work_stop_when_revoked_and_never_leak() -> TestResult {
         .await?;
     assert_eq!(r.status(), 201);
     let made: Value = r.json().await?;
-    let webui = made["key"].as_str().ok_or("no key in the answer")?.to_string();
+    let webui = made["key"]
+        .as_str()
+        .ok_or("no key in the answer")?
+        .to_string();
     assert_eq!(made["rpm"], 600);
     wait_for_status(&base, &webui, 200, TWO_SECONDS).await?;
     let r = http
@@ -136,7 +142,12 @@ async fn keys_work_stop_when_revoked_and_never_leak() -> TestResult {
     let listing_json = herd_keys(&state, &["list", "--json"])?;
     assert!(listing.contains("sk-herd-"), "{listing}");
     assert!(listing.contains("revoked"), "{listing}");
-    let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     let cluster = http
         .get(format!("{base}/cluster"))
         .bearer_auth(&admin)
@@ -148,7 +159,14 @@ async fn keys_work_stop_when_revoked_and_never_leak() -> TestResult {
     for entry in std::fs::read_dir(&state)? {
         disk.push_str(&String::from_utf8_lossy(&std::fs::read(entry?.path())?));
     }
-    for text in [&disk, &listing, &listing_json, &metrics, &cluster, &server.log_text()] {
+    for text in [
+        &disk,
+        &listing,
+        &listing_json,
+        &metrics,
+        &cluster,
+        &server.log_text(),
+    ] {
         for s in secrets {
             assert!(!text.contains(s.as_str()), "a secret leaked");
             assert!(!text.contains(&s[12..]), "most of a secret leaked");
@@ -156,7 +174,9 @@ async fn keys_work_stop_when_revoked_and_never_leak() -> TestResult {
         assert!(!text.contains("sk-legacy-0123456789abcdef"));
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(state.join("keys.json"))?.permissions().mode();
+    let mode = std::fs::metadata(state.join("keys.json"))?
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     Ok(())
 }
@@ -172,7 +192,11 @@ async fn model_allow_list_hides_other_models() -> TestResult {
     let ids = |v: Value| -> Vec<String> {
         v["data"]
             .as_array()
-            .map(|a| a.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let list = |key: String| {

@@ -39,12 +39,22 @@ async fn keys_and_revocations_reach_every_node() -> TestResult {
     let (state_a, state_b) = (dir.path().join("a"), dir.path().join("b"));
     let a = serve("node-a", secret, state_a.to_str().ok_or("path")?, None)?;
     let a_addr = a.url.trim_start_matches("http://").to_string();
-    let b = serve("node-b", secret, state_b.to_str().ok_or("path")?, Some(&a_addr))?;
+    let b = serve(
+        "node-b",
+        secret,
+        state_b.to_str().ok_or("path")?,
+        Some(&a_addr),
+    )?;
     let http = reqwest::Client::new();
     // Wait until each sees the other (the cluster is open: no key yet).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let v: Value = http.get(format!("{}/cluster", a.url)).send().await?.json().await?;
+        let v: Value = http
+            .get(format!("{}/cluster", a.url))
+            .send()
+            .await?
+            .json()
+            .await?;
         let alive = v["nodes"]
             .as_array()
             .map_or(0, |n| n.iter().filter(|n| n["state"] == "alive").count());
@@ -82,7 +92,9 @@ async fn keys_and_revocations_reach_every_node() -> TestResult {
     let webui = made["key"].as_str().ok_or("no key")?.to_string();
     wait_for_status(&a.url, &webui, 200, TWO_SECONDS).await?;
     // Rotated on A: the old secret stops on B.
-    let rotated = herd_keys(&state_a, &["rotate", "webui"])?.trim().to_string();
+    let rotated = herd_keys(&state_a, &["rotate", "webui"])?
+        .trim()
+        .to_string();
     wait_for_status(&b.url, &webui, 401, TWO_SECONDS).await?;
     wait_for_status(&b.url, &rotated, 200, TWO_SECONDS).await?;
 

@@ -116,7 +116,10 @@ async fn tpm_counts_prompt_and_completion_tokens() -> TestResult {
         // Streamed, so the tokens are charged as they arrive.
         let r = post(&base, &key, &chat(24, i == 1)).await?;
         assert_eq!(r.status(), 200, "request {i}");
-        assert_eq!(header(r.headers(), "x-ratelimit-limit-tokens"), tpm.to_string());
+        assert_eq!(
+            header(r.headers(), "x-ratelimit-limit-tokens"),
+            tpm.to_string()
+        );
         remaining.push(header(r.headers(), "x-ratelimit-remaining-tokens").parse::<u64>()?);
         let text = r.text().await?;
         assert!(text.contains("content"), "{text}");
@@ -126,7 +129,10 @@ async fn tpm_counts_prompt_and_completion_tokens() -> TestResult {
     // Each later admission sees the earlier requests' tokens (plus a little refill).
     for (i, r) in remaining.iter().enumerate().skip(1) {
         let spent = used * i as u64;
-        assert!(*r >= tpm - spent && *r <= tpm - spent + used / 4, "{remaining:?}");
+        assert!(
+            *r >= tpm - spent && *r <= tpm - spent + used / 4,
+            "{remaining:?}"
+        );
     }
     let r = post(&base, &key, &chat(24, false)).await?;
     assert_eq!(header(r.headers(), "x-ratelimit-remaining-tokens"), "0");
@@ -181,7 +187,11 @@ async fn a_flooding_key_does_not_starve_another() -> TestResult {
     let service = start.elapsed();
     let mut flooders = Vec::new();
     for _ in 0..8 {
-        flooders.push(tokio::spawn(first_token(base.clone(), flood.clone(), TOKENS)));
+        flooders.push(tokio::spawn(first_token(
+            base.clone(),
+            flood.clone(),
+            TOKENS,
+        )));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -199,6 +209,9 @@ async fn a_flooding_key_does_not_starve_another() -> TestResult {
         ttft <= service * 2 + Duration::from_millis(500),
         "polite waited {ttft:?}, one request takes {service:?}"
     );
-    assert!(flood_ttfts[7] > ttft * 3, "the flood was not actually queued");
+    assert!(
+        flood_ttfts[7] > ttft * 3,
+        "the flood was not actually queued"
+    );
     Ok(())
 }

@@ -20,7 +20,12 @@ pub struct KeysArgs {
     #[arg(long, env = "HERD_STATE_DIR", value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
     /// The server's node name, which names its default state dir.
-    #[arg(long = "name", env = "HERD_NODE_NAME", value_name = "NODE", global = true)]
+    #[arg(
+        long = "name",
+        env = "HERD_NODE_NAME",
+        value_name = "NODE",
+        global = true
+    )]
     pub node_name: Option<String>,
     #[command(subcommand)]
     pub command: KeysCommand,
@@ -126,7 +131,16 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
 
 fn table(keys: &[KeyView], now: u64) -> String {
     let mut rows = vec![[
-        "NAME", "PREFIX", "ROLE", "RPM", "TPM", "CONC", "MODELS", "CREATED", "LAST USED", "STATUS",
+        "NAME",
+        "PREFIX",
+        "ROLE",
+        "RPM",
+        "TPM",
+        "CONC",
+        "MODELS",
+        "CREATED",
+        "LAST USED",
+        "STATUS",
     ]
     .map(String::from)];
     let num = |v: Option<u64>| v.map_or_else(|| "-".into(), |n| n.to_string());
@@ -142,10 +156,14 @@ fn table(keys: &[KeyView], now: u64) -> String {
             num(k.limits.rpm),
             num(k.limits.tpm),
             num(k.limits.max_concurrency),
-            k.limits.models.as_ref().map_or("all".into(), |m| m.join(",")),
+            k.limits
+                .models
+                .as_ref()
+                .map_or("all".into(), |m| m.join(",")),
             format!("{} ago", ago(now.saturating_sub(k.created_ms))),
-            k.last_used_ms
-                .map_or("never".into(), |t| format!("{} ago", ago(now.saturating_sub(t)))),
+            k.last_used_ms.map_or("never".into(), |t| {
+                format!("{} ago", ago(now.saturating_sub(t)))
+            }),
             status,
         ]);
     }

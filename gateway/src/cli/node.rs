@@ -6,9 +6,9 @@
 use super::cluster_args::{read_config, ClusterArgs};
 use super::runtime::{self, RuntimeParts};
 use crate::auth::{load_key_file, require_key};
-use crate::keys::KeyStore;
 use crate::http::cluster::{peer_routes, public_routes};
 use crate::http::{openai_routes, AppState};
+use crate::keys::KeyStore;
 use crate::router::Router;
 use anyhow::Context;
 use clap::Args;

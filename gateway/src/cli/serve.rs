@@ -4,11 +4,11 @@
 
 use super::runtime::{self, RuntimeParts};
 use crate::auth::load_key_file;
-use crate::keys::file::KeyFile;
-use crate::keys::KeyStore;
 use crate::deploy::forward::ForwardState;
 use crate::http::cluster;
 use crate::http::{app, AppState, ExtraRoutes};
+use crate::keys::file::KeyFile;
+use crate::keys::KeyStore;
 use crate::router::Router;
 use anyhow::Context;
 use clap::Args;

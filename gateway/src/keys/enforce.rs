@@ -46,7 +46,8 @@ pub async fn enforce(req: Request, next: Next) -> Response {
         }
     };
     if limiter.quota().tpm.is_some() {
-        req.extensions_mut().insert(TokenMeter::new(limiter.clone()));
+        req.extensions_mut()
+            .insert(TokenMeter::new(limiter.clone()));
     }
     let mut resp = next.run(req).await;
     snapshot.write(resp.headers_mut());
@@ -63,10 +64,7 @@ async fn allowed(entry: &KeyEntry, req: Request) -> Result<Request, ApiError> {
     if entry.limits.models.is_none() {
         return Ok(req);
     }
-    let limit = req
-        .extensions()
-        .get::<BodyLimit>()
-        .map_or(4 << 20, |l| l.0);
+    let limit = req.extensions().get::<BodyLimit>().map_or(4 << 20, |l| l.0);
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, limit)
         .await

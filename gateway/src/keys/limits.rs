@@ -306,7 +306,10 @@ mod tests {
         assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
         let l = quota(Some(60), Some(1000), None);
-        let (_held, snap) = l.admit().map_err(|e| e.detail).unwrap_or_else(|_| unreachable!());
+        let (_held, snap) = l
+            .admit()
+            .map_err(|e| e.detail)
+            .unwrap_or_else(|_| unreachable!());
         let mut h = HeaderMap::new();
         snap.write(&mut h);
         assert_eq!(h["x-ratelimit-limit-requests"], "60");

@@ -173,7 +173,11 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "h" => 3_600_000,
         "m" => 60_000,
         "s" => 1_000,
-        _ => return Err(format!("expected a duration like 30d, 12h, 90m; got {text:?}")),
+        _ => {
+            return Err(format!(
+                "expected a duration like 30d, 12h, 90m; got {text:?}"
+            ))
+        }
     };
     match n.checked_mul(per) {
         Some(ms) if ms > 0 => Ok(ms),

@@ -86,7 +86,10 @@ fn check_limits(l: &Limits) -> Result<(), KeyOpError> {
             )));
         }
     }
-    if l.models.as_ref().is_some_and(|m| m.is_empty() || m.iter().any(|x| x.trim().is_empty())) {
+    if l.models
+        .as_ref()
+        .is_some_and(|m| m.is_empty() || m.iter().any(|x| x.trim().is_empty()))
+    {
         return Err(KeyOpError::Invalid(
             "`models` must name at least one model, none empty".into(),
         ));

@@ -89,7 +89,11 @@ async fn receive(State((agent, store)): State<(Agent, KeyStore)>, req: Request) 
                 .map(Body::from)
         }
         Err(e) => agent
-            .refusal(&peer, StatusCode::BAD_REQUEST, format!("bad key records: {e}"))
+            .refusal(
+                &peer,
+                StatusCode::BAD_REQUEST,
+                format!("bad key records: {e}"),
+            )
             .map(Body::from),
     }
 }

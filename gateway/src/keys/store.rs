@@ -34,9 +34,10 @@ pub struct KeyEntry {
 
 impl KeyEntry {
     fn new(name: &str, hash: [u8; 32], record: Option<&KeyRecord>) -> Self {
-        let (role, limits, expires_ms) = record.map_or((Role::User, Limits::default(), None), |r| {
-            (r.role, r.limits.clone(), r.expires_ms)
-        });
+        let (role, limits, expires_ms) = record
+            .map_or((Role::User, Limits::default(), None), |r| {
+                (r.role, r.limits.clone(), r.expires_ms)
+            });
         let limiter = (!limits.is_unlimited()).then(|| {
             Arc::new(KeyLimiter::new(Quota {
                 rpm: limits.rpm,
@@ -116,8 +117,13 @@ impl KeyStore {
         let legacy = hashed(legacy);
         let mut records = BTreeMap::new();
         merge(&mut records, file.read()?);
-        let table = Arc::new(ArcSwap::from_pointee(build(&legacy, &records, &HashMap::new())));
-        let (records_tx, records_rx) = watch::channel(Arc::new(records.values().cloned().collect()));
+        let table = Arc::new(ArcSwap::from_pointee(build(
+            &legacy,
+            &records,
+            &HashMap::new(),
+        )));
+        let (records_tx, records_rx) =
+            watch::channel(Arc::new(records.values().cloned().collect()));
         let (tx, rx) = mpsc::channel(64);
         let actor = Actor {
             file: file.clone(),
@@ -265,13 +271,21 @@ impl Actor {
         let newer: Vec<KeyRecord> = incoming
             .into_iter()
             .filter(|r| super::check_name(&r.name).is_ok())
-            .filter(|r| self.records.get(&r.name).is_none_or(|have| r.newer_than(have)))
+            .filter(|r| {
+                self.records
+                    .get(&r.name)
+                    .is_none_or(|have| r.newer_than(have))
+            })
             .collect();
         if newer.is_empty() {
             return;
         }
         for r in &newer {
-            let what = if r.revoked_ms.is_some() { "revoked" } else { "updated" };
+            let what = if r.revoked_ms.is_some() {
+                "revoked"
+            } else {
+                "updated"
+            };
             tracing::info!(key = %r.name, "key {what} by another node");
         }
         merge(&mut self.records, newer.clone());

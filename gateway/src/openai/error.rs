@@ -35,7 +35,9 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("rate limit reached for key `{key}` on {limit} ({detail}); retry after {retry_after} s")]
+    #[error(
+        "rate limit reached for key `{key}` on {limit} ({detail}); retry after {retry_after} s"
+    )]
     KeyLimit {
         key: String,
         limit: &'static str,

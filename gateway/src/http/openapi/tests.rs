@@ -1,9 +1,9 @@
 //! The document against the real router and the real validation.
 
 use super::DOCUMENT;
-use crate::keys::KeyStore;
 use crate::cli::serve::gateway_app;
 use crate::http::AppState;
+use crate::keys::KeyStore;
 use crate::openai::request::{ChatCompletionRequest, CompletionRequest};
 use crate::router::Router as ModelRouter;
 use crate::validate;
@@ -12,7 +12,6 @@ use axum::http::Request;
 use herd_cluster::{Agent, AgentConfig, Role};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use tower::ServiceExt;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
