@@ -6,7 +6,7 @@
 //! and the next waits until the debt is paid back. The answer's
 //! `x-ratelimit-*` headers are written as OpenAI writes them.
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -190,23 +190,30 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs_f64().ceil() as u64
 }
 
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 impl Snapshot {
     /// The `x-ratelimit-*` headers for the limits the key has.
     pub fn write(&self, headers: &mut HeaderMap) {
-        let mut put = |name: &'static str, value: String| {
-            if let Ok(v) = HeaderValue::from_str(&value) {
+        let mut put = |name: HeaderName, value: String| {
+            if let Ok(v) = HeaderValue::try_from(value) {
                 headers.insert(name, v);
             }
         };
         if let Some((limit, remaining, reset)) = self.requests {
-            put("x-ratelimit-limit-requests", limit.to_string());
-            put("x-ratelimit-remaining-requests", remaining.to_string());
-            put("x-ratelimit-reset-requests", openai_duration(reset));
+            put(LIMIT_REQUESTS, limit.to_string());
+            put(REMAINING_REQUESTS, remaining.to_string());
+            put(RESET_REQUESTS, openai_duration(reset));
         }
         if let Some((limit, remaining, reset)) = self.tokens {
-            put("x-ratelimit-limit-tokens", limit.to_string());
-            put("x-ratelimit-remaining-tokens", remaining.to_string());
-            put("x-ratelimit-reset-tokens", openai_duration(reset));
+            put(LIMIT_TOKENS, limit.to_string());
+            put(REMAINING_TOKENS, remaining.to_string());
+            put(RESET_TOKENS, openai_duration(reset));
         }
     }
 }
