@@ -55,6 +55,12 @@ async fn keys_work_stop_when_revoked_and_never_leak() -> TestResult {
     let took = wait_for_status(&base, &bob, 401, TWO_SECONDS).await?;
     println!("a revoked key stopped after {took:?}");
 
+    // An expiring key works, then stops, and is listed as expired.
+    let brief = create_key(&state, "brief", &["--expires", "2s"])?;
+    wait_for_status(&base, &brief, 200, TWO_SECONDS).await?;
+    wait_for_status(&base, &brief, 401, Duration::from_secs(4)).await?;
+    assert!(herd_keys(&state, &["list"])?.contains("expired"));
+
     // Rotation: the old secret stops, the new one works.
     let rotated = herd_keys(&state, &["rotate", "alice"])?.trim().to_string();
     wait_for_status(&base, &alice, 401, TWO_SECONDS).await?;
@@ -121,7 +127,7 @@ async fn keys_work_stop_when_revoked_and_never_leak() -> TestResult {
         .iter()
         .filter_map(|k| k["name"].as_str())
         .collect();
-    assert_eq!(names, ["alice", "bob", "lead", "webui"]);
+    assert_eq!(names, ["alice", "bob", "brief", "lead", "webui"]);
     let r = http
         .delete(format!("{base}/admin/keys/webui"))
         .bearer_auth(&admin)
@@ -137,7 +143,7 @@ async fn keys_work_stop_when_revoked_and_never_leak() -> TestResult {
     assert_eq!(r.status(), 404);
 
     // No secret anywhere: key file, listing, log, metrics, /cluster.
-    let secrets = [&alice, &admin, &bob, &rotated, &webui];
+    let secrets = [&alice, &admin, &bob, &brief, &rotated, &webui];
     let listing = herd_keys(&state, &["list"])?;
     let listing_json = herd_keys(&state, &["list", "--json"])?;
     assert!(listing.contains("sk-herd-"), "{listing}");

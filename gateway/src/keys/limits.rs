@@ -40,10 +40,11 @@ impl Bucket {
         self.level = (self.level + elapsed.as_secs_f64() * self.per_sec()).min(self.capacity);
     }
 
-    /// Time until the level reaches `target`.
+    /// Time until the level reaches `target` (a minute for a bucket that never
+    /// refills: a limit of 0, possible only in a hand-edited or foreign record).
     fn until(&self, target: f64) -> Duration {
         let gap = (target - self.level).max(0.0);
-        Duration::from_secs_f64(gap / self.per_sec())
+        Duration::try_from_secs_f64(gap / self.per_sec()).unwrap_or(Duration::from_secs(60))
     }
 }
 
@@ -305,6 +306,15 @@ mod tests {
         let refused = l.admit().err();
         assert_eq!(refused.as_ref().map(|e| e.limit), Some("tpm"));
         assert!(refused.is_some_and(|e| e.retry_after >= 18));
+    }
+
+    #[test]
+    fn a_zero_limit_refuses_without_panicking() {
+        let l = quota(Some(0), Some(0), Some(0));
+        let refused = l.admit().err();
+        assert_eq!(refused.map(|e| e.retry_after), Some(1));
+        let l = quota(Some(0), None, None);
+        assert_eq!(l.admit().err().map(|e| e.retry_after), Some(60));
     }
 
     #[test]

@@ -340,3 +340,52 @@ impl Actor {
 pub fn lookup_now() -> u64 {
     now_ms()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{new_key, KeySpec};
+
+    #[test]
+    fn merge_keeps_the_newest_record_per_name_and_revoked_keys_stop() {
+        let spec = KeySpec::default();
+        let a = new_key("alice", &spec, 10);
+        let mut records = BTreeMap::new();
+        assert!(merge(&mut records, vec![a.record.clone()]));
+        assert!(!merge(&mut records, vec![a.record.clone()]));
+        let table = build(&[], &records, &HashMap::new());
+        assert!(table.required());
+        assert!(table.lookup(a.secret.as_bytes(), 11).is_some());
+        let mut revoked = a.record.clone();
+        revoked.revoked_ms = Some(20);
+        revoked.updated_ms = 20;
+        let mut stale = a.record.clone();
+        stale.updated_ms = 5;
+        assert!(merge(&mut records, vec![revoked, stale]));
+        let table = build(&[], &records, &table.by_hash);
+        assert!(table.lookup(a.secret.as_bytes(), 21).is_none());
+        // A revoked key still turns auth on.
+        assert!(table.required());
+    }
+
+    #[test]
+    fn expired_keys_stop_and_limiters_survive_rebuilds() {
+        let spec = KeySpec {
+            expires_in_ms: Some(100),
+            limits: Limits {
+                rpm: Some(5),
+                ..Limits::default()
+            },
+            ..KeySpec::default()
+        };
+        let k = new_key("temp", &spec, 1_000);
+        let records = BTreeMap::from([(k.record.name.clone(), k.record.clone())]);
+        let table = build(&[], &records, &HashMap::new());
+        let entry = table.lookup(k.secret.as_bytes(), 1_050).cloned();
+        assert!(entry.is_some());
+        assert!(table.lookup(k.secret.as_bytes(), 1_100).is_none());
+        let again = build(&[], &records, &table.by_hash);
+        let same = again.lookup(k.secret.as_bytes(), 1_050);
+        assert!(matches!((entry, same), (Some(a), Some(b)) if Arc::ptr_eq(&a, b)));
+    }
+}
