@@ -70,6 +70,19 @@ async fn rpm_and_concurrency_are_exact() -> TestResult {
     let r = post(&base, &rpm, &chat(2, false)).await?;
     assert_eq!(header(r.headers(), "x-ratelimit-remaining-requests"), "0");
     assert_refused(r, "rpm").await?;
+    // The refusal is counted under the key's name (never its secret).
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let refused = metrics.lines().find(|l| {
+        l.starts_with("herd_requests_total")
+            && l.contains("status=\"429\"")
+            && l.contains("error_type=\"rate_limited\"")
+    });
+    assert!(refused.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
+    assert!(metrics.contains("key=\"rpm3\""));
+    assert!(!metrics.contains(&rpm[12..]));
 
     // Two streams held open; the third request is refused, and once one
     // stream is dropped another is admitted.

@@ -68,7 +68,10 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
         ));
     }
     // After auth, before forwarding: the key's model allow-list and limits.
-    generation = generation.route_layer(middleware::from_fn(crate::keys::enforce::enforce));
+    generation = generation.route_layer(middleware::from_fn_with_state(
+        state.metrics.clone(),
+        crate::keys::enforce::enforce,
+    ));
     // Inner to outer: auth runs only on matched API routes (so unknown paths
     // are a plain 404), after the body limit and before any handler work.
     let api = Router::new()

@@ -7,10 +7,11 @@
 
 use super::limits::{InFlight, TokenMeter};
 use super::KeyEntry;
+use crate::metrics::{Metrics, UNKNOWN_MODEL};
 use crate::openai::json::BodyLimit;
 use crate::openai::ApiError;
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -19,13 +20,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-pub async fn enforce(req: Request, next: Next) -> Response {
+/// Refusals here never reach a handler: they are counted in `metrics`
+/// (`herd_requests_total`, `herd_key_requests_total`) under model `unknown`.
+pub async fn enforce(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let Some(entry) = req.extensions().get::<Arc<KeyEntry>>().cloned() else {
         return next.run(req).await;
     };
     let mut req = match allowed(&entry, req).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(&metrics, &entry, e),
     };
     let Some(limiter) = entry.limiter.clone() else {
         return next.run(req).await;
@@ -34,13 +37,13 @@ pub async fn enforce(req: Request, next: Next) -> Response {
         Ok(admitted) => admitted,
         Err(over) => {
             tracing::info!(key = %entry.name, limit = over.limit, "over its limit");
-            let mut resp = ApiError::KeyLimit {
+            let error = ApiError::KeyLimit {
                 key: entry.name.to_string(),
                 limit: over.limit,
                 detail: over.detail,
                 retry_after: over.retry_after,
-            }
-            .into_response();
+            };
+            let mut resp = refuse(&metrics, &entry, error);
             over.snapshot.write(resp.headers_mut());
             return resp;
         }
@@ -57,6 +60,11 @@ pub async fn enforce(req: Request, next: Next) -> Response {
             _hold: hold,
         })
     })
+}
+
+fn refuse(metrics: &Arc<Metrics>, entry: &KeyEntry, error: ApiError) -> Response {
+    metrics.request(UNKNOWN_MODEL, &entry.name).fail(&error);
+    error.into_response()
 }
 
 /// Refuses a model outside the key's allow-list as if it did not exist.
