@@ -1,6 +1,13 @@
-//! API keys: a file of `name:key` lines (or bare keys). Requests present
-//! `Authorization: Bearer KEY`; the key's *name* is what logs and metrics see.
+//! API-key authentication. Keys come from the [`KeyStore`] (named keys
+//! created with `herd keys`, stored hashed) and from the older
+//! `api_key_file` (`name:key` lines, hashed when loaded). A request
+//! presents `Authorization: Bearer KEY`; what later layers see is the
+//! key's *name* ([`KeyName`], [`Caller`]) and its entry (limits), never the
+//! key itself. A server with no key at all is open.
 
+use crate::caller::{Caller, Role};
+use crate::keys::store::lookup_now;
+use crate::keys::KeyStore;
 use crate::openai::ApiError;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -10,99 +17,71 @@ use axum::response::{IntoResponse, Response};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The authenticated caller, attached to the request for later layers.
+/// The authenticated key's name, attached to the request for later layers.
 #[derive(Debug, Clone)]
 pub struct KeyName(pub Arc<str>);
 
-#[derive(Default)]
-pub struct ApiKeys {
-    keys: Vec<(Arc<str>, Vec<u8>)>,
+/// Reads an `api_key_file`: `name:key` lines (or bare keys, named `key-N`).
+pub fn load_key_file(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read API key file {}: {e}", path.display()))?;
+    let keys = parse_key_file(&text);
+    if keys.is_empty() {
+        anyhow::bail!("API key file {} holds no keys", path.display());
+    }
+    Ok(keys)
 }
 
-impl ApiKeys {
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read API key file {}: {e}", path.display()))?;
-        let keys = Self::parse(&text);
-        if keys.keys.is_empty() {
-            anyhow::bail!("API key file {} holds no keys", path.display());
-        }
-        Ok(keys)
-    }
-
-    pub fn parse(text: &str) -> Self {
-        let keys = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .enumerate()
-            .map(|(i, line)| match line.split_once(':') {
-                Some((name, key)) if !name.trim().is_empty() && !key.trim().is_empty() => {
-                    (Arc::from(name.trim()), key.trim().as_bytes().to_vec())
-                }
-                _ => (
-                    Arc::from(format!("key-{}", i + 1).as_str()),
-                    line.as_bytes().to_vec(),
-                ),
-            })
-            .collect();
-        Self { keys }
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
-    /// Constant-time comparison against every key, so timing reveals nothing.
-    pub fn check(&self, presented: &[u8]) -> Option<KeyName> {
-        let mut found = None;
-        for (name, key) in &self.keys {
-            if constant_time_eq(key, presented) {
-                found = Some(KeyName(name.clone()));
+pub fn parse_key_file(text: &str) -> Vec<(String, Vec<u8>)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, line)| match line.split_once(':') {
+            Some((name, key)) if !name.trim().is_empty() && !key.trim().is_empty() => {
+                (name.trim().to_string(), key.trim().as_bytes().to_vec())
             }
-        }
-        found
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|(n, _)| n.as_ref())
-    }
+            _ => (format!("key-{}", i + 1), line.as_bytes().to_vec()),
+        })
+        .collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The key a request presents as `Authorization: Bearer KEY`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }
 
-impl ApiKeys {
-    /// The caller a request's `Authorization: Bearer KEY` names, if the key is one of ours.
-    pub fn caller(&self, headers: &HeaderMap) -> Option<KeyName> {
-        let presented = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)?;
-        self.check(presented.as_bytes())
-    }
-}
-
-pub async fn require_key(
-    State(keys): State<Arc<ApiKeys>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    if !keys.is_enabled() {
+pub async fn require_key(State(keys): State<KeyStore>, mut req: Request, next: Next) -> Response {
+    let table = keys.table();
+    if !table.required() {
+        drop(table);
         req.extensions_mut().insert(KeyName(Arc::from("anonymous")));
+        req.extensions_mut().insert(Caller {
+            key_name: None,
+            role: Role::User,
+        });
         return next.run(req).await;
     }
-    match keys.caller(req.headers()) {
-        Some(name) => {
-            req.extensions_mut().insert(name);
+    let found = bearer(req.headers())
+        .and_then(|k| table.lookup(k.as_bytes(), lookup_now()))
+        .cloned();
+    drop(table);
+    match found {
+        Some(entry) => {
+            let ext = req.extensions_mut();
+            ext.insert(KeyName(entry.name.clone()));
+            ext.insert(Caller {
+                key_name: Some(entry.name.to_string()),
+                role: entry.role,
+            });
+            ext.insert(entry);
             next.run(req).await
         }
         None => ApiError::Unauthorized.into_response(),
@@ -115,17 +94,22 @@ mod tests {
 
     #[test]
     fn named_and_bare_keys() {
-        let keys = ApiKeys::parse("# team keys\nalice:sk-a\n\nsk-bare\n");
+        let keys = parse_key_file("# team keys\nalice:sk-a\n\nsk-bare\n");
         assert_eq!(
-            keys.check(b"sk-a").map(|k| k.0.to_string()),
+            keys,
+            vec![
+                ("alice".to_string(), b"sk-a".to_vec()),
+                ("key-2".to_string(), b"sk-bare".to_vec())
+            ]
+        );
+        let store = KeyStore::fixed(keys);
+        let t = store.table();
+        assert_eq!(
+            t.lookup(b"sk-a", 0).map(|e| e.name.to_string()),
             Some("alice".into())
         );
-        assert_eq!(
-            keys.check(b"sk-bare").map(|k| k.0.to_string()),
-            Some("key-2".into())
-        );
-        assert!(keys.check(b"sk-").is_none());
-        assert!(keys.check(b"").is_none());
-        assert!(ApiKeys::parse("\n# none\n").keys.is_empty());
+        assert!(t.lookup(b"sk-", 0).is_none());
+        assert!(t.lookup(b"", 0).is_none());
+        assert!(parse_key_file("\n# none\n").is_empty());
     }
 }

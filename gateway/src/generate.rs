@@ -125,7 +125,12 @@ fn allows_fallback(e: &ApiError) -> bool {
         | ApiError::Unauthorized
         | ApiError::RouteNotFound(_)
         | ApiError::MethodNotAllowed
-        | ApiError::RequestTimeout(_) => false,
+        | ApiError::RequestTimeout(_)
+        | ApiError::KeyLimit { .. }
+        | ApiError::Forbidden(_)
+        | ApiError::KeyExists(_)
+        | ApiError::KeyNotFound(_)
+        | ApiError::KeyStore(_) => false,
     }
 }
 

@@ -3,12 +3,14 @@
 pub mod access_log;
 pub mod auth;
 pub mod bench;
+pub mod caller;
 pub mod cli;
 pub mod deploy;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod openai;
 pub mod router;

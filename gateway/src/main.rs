@@ -29,6 +29,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Run the node agent only: join a cluster and host shards for it.
     Node(cli::node::NodeArgs),
+    /// Manage API keys: create, list, revoke, rotate (stored hashed in the state dir).
+    Keys(cli::keys::KeysArgs),
     /// Print the cluster's membership as a table.
     Status(cli::status::StatusArgs),
     /// Load-generate against any OpenAI-compatible base URL.
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::block_on(cli::serve::run(args)),
         Command::Node(args) => cli::block_on(cli::node::run(args)),
         Command::Status(args) => cli::block_on(cli::status::run(args)),
+        Command::Keys(args) => cli::keys::run(args),
         Command::Bench(args) => cli::block_on(bench::run(args)),
         Command::TunnelServe(args) => cli::block_on(cli::tunnel_tools::serve(args)),
         Command::TunnelForward(args) => cli::block_on(cli::tunnel_tools::forward(args)),

@@ -68,10 +68,7 @@ pub fn agent_config(
         .clone()
         .or_else(|| file.node_name.clone())
         .unwrap_or_else(herd_cluster::node::host_name);
-    let state_dir = match args.state_dir.as_ref().or(file.state_dir.as_ref()) {
-        Some(dir) => expand_home(dir),
-        None => default_state_dir(&node_name),
-    };
+    let state_dir = resolve_state_dir(args.state_dir.as_ref(), Some(&node_name), file);
     let mut config = AgentConfig::new(node_name, advertise, state_dir, role);
     config.cluster = args
         .cluster
@@ -115,6 +112,25 @@ pub fn agent_config(
         );
     }
     Ok(config)
+}
+
+/// The state dir: the flag, else the file's `[cluster] state_dir`, else
+/// `~/.local/state/herd/<node name>` (the host name unless named).
+pub fn resolve_state_dir(
+    flag: Option<&PathBuf>,
+    node_name: Option<&String>,
+    file: &ClusterConfig,
+) -> PathBuf {
+    match flag.or(file.state_dir.as_ref()) {
+        Some(dir) => expand_home(dir),
+        None => {
+            let name = node_name
+                .cloned()
+                .or_else(|| file.node_name.clone())
+                .unwrap_or_else(herd_cluster::node::host_name);
+            default_state_dir(&name)
+        }
+    }
 }
 
 fn default_state_dir(node_name: &str) -> PathBuf {

@@ -3,6 +3,7 @@
 
 pub mod cluster_args;
 pub mod http_args;
+pub mod keys;
 pub mod node;
 pub mod runtime;
 pub mod serve;

@@ -5,16 +5,16 @@
 
 use super::cluster_args::{read_config, ClusterArgs};
 use super::runtime::{self, RuntimeParts};
-use crate::auth::{require_key, ApiKeys};
+use crate::auth::{load_key_file, require_key};
 use crate::http::cluster::{peer_routes, public_routes};
 use crate::http::{openai_routes, AppState};
+use crate::keys::KeyStore;
 use crate::router::Router;
 use anyhow::Context;
 use clap::Args;
 use herd_cluster::Role;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a node listens when nothing says otherwise: every interface, so peers can reach it.
@@ -50,7 +50,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("`--listen` must be an address like 0.0.0.0:8080, got {listen_text:?}")
     })?;
     let key_file = args.api_key_file.clone().or(raw.api_key_file.clone());
-    let keys = key_file.as_deref().map(ApiKeys::load).transpose()?;
+    let keys = key_file.as_deref().map(load_key_file).transpose()?;
     // The same file may be copied to every node: its [[models]] are this
     // node's proposal of the cluster's deployments (the leader's list wins).
     let deployments = herd_config::RawConfig {
@@ -69,7 +69,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // OpenAI handlers, but serves no OpenAI API of its own.
     let state = AppState {
         router: router.clone(),
-        keys: Arc::new(ApiKeys::default()),
+        keys: KeyStore::fixed(Vec::new()),
         max_body_bytes: raw.max_body_bytes.unwrap_or(4 << 20),
         metrics: metrics.clone(),
         responses: Default::default(),
@@ -94,7 +94,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .merge(peer_routes(agent.clone()));
     if let Some(keys) = keys {
         let protected = public_routes(agent.clone()).route_layer(
-            axum::middleware::from_fn_with_state(Arc::new(keys), require_key),
+            axum::middleware::from_fn_with_state(KeyStore::fixed(keys), require_key),
         );
         app = app.merge(protected);
     }

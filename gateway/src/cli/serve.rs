@@ -3,17 +3,18 @@
 //! graceful shutdown.
 
 use super::runtime::{self, RuntimeParts};
-use crate::auth::ApiKeys;
+use crate::auth::load_key_file;
 use crate::deploy::forward::ForwardState;
 use crate::http::cluster;
 use crate::http::{app, AppState, ExtraRoutes};
+use crate::keys::file::KeyFile;
+use crate::keys::KeyStore;
 use crate::router::Router;
 use anyhow::Context;
 use clap::Args;
 use herd_cluster::{Agent, Role};
 use herd_config::{Config, HttpLimits, ModelConfig, RawConfig};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -109,10 +110,16 @@ impl ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
-    let keys = match &config.api_key_file {
-        Some(path) => ApiKeys::load(path)?,
-        None => ApiKeys::default(),
+    let legacy = match &config.api_key_file {
+        Some(path) => load_key_file(path)?,
+        None => Vec::new(),
     };
+    let state_dir = super::cluster_args::resolve_state_dir(
+        args.cluster.state_dir.as_ref(),
+        args.cluster.name.as_ref(),
+        &config.cluster,
+    );
+    let keys = KeyStore::start(KeyFile::new(&state_dir), legacy)?;
     for m in &config.models {
         // A path names this node's own file: missing is a mistake to report now.
         // A store name may be fetched from a peer, so it is checked when placed.
@@ -143,7 +150,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     metrics.add_scrape_hook(move |m| m.observe_router(&scraped));
     let state = AppState {
         router: router.clone(),
-        keys: Arc::new(keys),
+        keys: keys.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics: metrics.clone(),
         responses: Default::default(),
@@ -167,9 +174,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     let agent = runtime.agent.clone();
+    let replication = crate::keys::replicate::spawn(agent.clone(), keys);
     let app = gateway_app(state, agent.clone(), runtime.peer_routes.clone());
     tracing::info!("herd listening on http://{addr}");
     let served = serve_until_signal(listener, app, config.http, config.shutdown_grace).await;
+    replication.abort();
     agent.shutdown().await;
     drop(runtime);
     served
@@ -182,8 +191,13 @@ pub fn gateway_app(state: AppState, agent: Agent, peer_routes: axum::Router) -> 
     let extra = ExtraRoutes {
         open: crate::metrics::routes(state.metrics.clone())
             .merge(peer_routes)
-            .merge(cluster::peer_routes(agent.clone())),
-        protected: cluster::public_routes(agent.clone()),
+            .merge(cluster::peer_routes(agent.clone()))
+            .merge(crate::keys::replicate::routes(
+                agent.clone(),
+                state.keys.clone(),
+            )),
+        protected: cluster::public_routes(agent.clone())
+            .merge(crate::keys::admin::routes(state.keys.clone())),
         forward: Some(ForwardState {
             router: state.router.clone(),
             agent,

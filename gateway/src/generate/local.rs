@@ -53,7 +53,7 @@ pub async fn start(
         deployment.max_tokens_limit,
     )?;
     timer.queued();
-    let permit = deployment.admission.admit().await?;
+    let permit = deployment.admission.admit(timer.key()).await?;
     timer.admitted();
     let mut sampling = req.sampling.clone();
     sampling.max_tokens = max_tokens;

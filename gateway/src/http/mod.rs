@@ -10,7 +10,8 @@ pub(crate) mod respond;
 mod responses;
 pub mod server;
 
-use crate::auth::{require_key, ApiKeys};
+use crate::auth::require_key;
+use crate::keys::KeyStore;
 use crate::metrics::{count_unauthorized, Metrics};
 use crate::openai::json::BodyLimit;
 use crate::openai::ApiError;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub router: ModelRouter,
-    pub keys: Arc<ApiKeys>,
+    pub keys: KeyStore,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     /// Stored Responses API answers (`previous_response_id`, `GET`).
@@ -69,20 +70,28 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
             crate::deploy::forward::forward_remote,
         ));
     }
+    // After auth, before forwarding: the key's model allow-list and limits.
+    let enforce =
+        middleware::from_fn_with_state(state.metrics.clone(), crate::keys::enforce::enforce);
+    generation = generation.route_layer(enforce.clone());
+    // Not behind the forwarding layer: a deployment headed elsewhere is a
+    // `Remote` backend of the chat request a Responses request becomes.
+    let responses = Router::new()
+        .route("/v1/responses", post(responses::create))
+        .with_state(state.clone())
+        .route_layer(enforce);
     // Inner to outer: auth runs only on matched API routes (so unknown paths
     // are a plain 404), after the body limit and before any handler work.
     let api = Router::new()
         .route("/v1/models", get(openai_api::list_models))
         .route("/v1/models/{id}", get(openai_api::get_model))
-        // Not behind the forwarding layer: a deployment headed elsewhere is a
-        // `Remote` backend of the chat request it becomes.
-        .route("/v1/responses", post(responses::create))
         .route(
             "/v1/responses/{id}",
             get(responses::get).delete(responses::delete),
         )
         .with_state(state.clone())
         .merge(generation)
+        .merge(responses)
         .merge(extra.protected)
         .route_layer(middleware::from_fn_with_state(
             state.keys.clone(),

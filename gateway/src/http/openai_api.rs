@@ -4,6 +4,8 @@ use super::respond::respond;
 use super::AppState;
 use crate::auth::KeyName;
 use crate::generate;
+use crate::keys::limits::TokenMeter;
+use crate::keys::KeyEntry;
 use crate::metrics::{RequestTimer, ANONYMOUS_KEY};
 use crate::openai::request::{ChatCompletionRequest, CompletionRequest};
 use crate::openai::response::{ModelCard, ModelList};
@@ -14,17 +16,20 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Extension;
 use axum::Json;
+use std::sync::Arc;
 
 // The body is taken as a `Result` so that a body that fails to parse is
 // still counted in the metrics (under model `unknown`).
 pub async fn chat_completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyName>>,
+    meter: Option<Extension<TokenMeter>>,
     body: Result<OpenAiJson<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let timer = timer(
         &state,
         key,
+        meter,
         body.as_ref().map_or("", |b| b.value.model.as_str()),
     );
     let req = body.and_then(|b| Ok((validate::chat(b.value)?, b.raw)));
@@ -34,11 +39,13 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyName>>,
+    meter: Option<Extension<TokenMeter>>,
     body: Result<OpenAiJson<CompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let timer = timer(
         &state,
         key,
+        meter,
         body.as_ref().map_or("", |b| b.value.model.as_str()),
     );
     let req = body.and_then(|b| Ok((validate::completion(b.value)?, b.raw)));
@@ -48,10 +55,15 @@ pub async fn completions(
 pub(super) fn timer(
     state: &AppState,
     key: Option<Extension<KeyName>>,
+    meter: Option<Extension<TokenMeter>>,
     model: &str,
 ) -> RequestTimer {
     let key = key.as_ref().map_or(ANONYMOUS_KEY, |Extension(k)| &k.0);
-    state.metrics.request(model, key)
+    let mut timer = state.metrics.request(model, key);
+    if let Some(Extension(m)) = meter {
+        timer.charge_to(m);
+    }
+    timer
 }
 
 /// `req` is the validated request and the client's body as sent.
@@ -85,10 +97,21 @@ pub(super) async fn run(
     }
 }
 
-pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+/// A key with a model allow-list sees only those models.
+fn visible(entry: &Option<Extension<Arc<KeyEntry>>>, id: &str) -> bool {
+    entry
+        .as_ref()
+        .is_none_or(|Extension(e)| e.limits.allows_model(id))
+}
+
+pub async fn list_models(
+    State(state): State<AppState>,
+    entry: Option<Extension<Arc<KeyEntry>>>,
+) -> Json<ModelList> {
     let table = state.router.current();
     let data = table
         .names()
+        .filter(|(id, _)| visible(&entry, id))
         .map(|(id, created)| card(id, created))
         .collect();
     Json(ModelList {
@@ -99,12 +122,13 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 
 pub async fn get_model(
     State(state): State<AppState>,
+    entry: Option<Extension<Arc<KeyEntry>>>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, ApiError> {
     let table = state.router.current();
     let (id, created) = table
         .names()
-        .find(|(known, _)| *known == id)
+        .find(|(known, _)| *known == id && visible(&entry, known))
         .ok_or(ApiError::ModelNotFound(id.clone()))?;
     Ok(Json(card(id, created)))
 }

@@ -7,6 +7,7 @@
 use super::openai_api::{run, timer};
 use super::AppState;
 use crate::auth::KeyName;
+use crate::keys::limits::TokenMeter;
 use crate::openai::error::ENCODING_FAILED;
 use crate::openai::json::parse_body;
 use crate::openai::responses::events::Converter;
@@ -31,11 +32,13 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 pub async fn create(
     State(state): State<AppState>,
     key: Option<Extension<KeyName>>,
+    meter: Option<Extension<TokenMeter>>,
     body: Result<OpenAiJson<ResponsesRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut timer = timer(
         &state,
         key,
+        meter,
         body.as_ref().map_or("", |b| b.value.model.as_str()),
     );
     let prepared = body.and_then(|b| {

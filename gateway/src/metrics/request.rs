@@ -73,11 +73,14 @@ impl ErrorType {
             | ApiError::InvalidRequest { .. }
             | ApiError::RouteNotFound(_)
             | ApiError::ResponseNotFound(_)
-            | ApiError::MethodNotAllowed => Self::InvalidRequest,
+            | ApiError::MethodNotAllowed
+            | ApiError::KeyExists(_)
+            | ApiError::KeyNotFound(_) => Self::InvalidRequest,
             ApiError::ModelNotFound(_) => Self::ModelNotFound,
             ApiError::ContextLengthExceeded(_) => Self::ContextLengthExceeded,
-            ApiError::Unauthorized => Self::Unauthorized,
-            ApiError::Overloaded(..) => Self::RateLimited,
+            ApiError::Unauthorized | ApiError::Forbidden(_) => Self::Unauthorized,
+            ApiError::Overloaded(..) | ApiError::KeyLimit { .. } => Self::RateLimited,
+            ApiError::KeyStore(_) => Self::EngineError,
             // The listener drops a timed-out request, whose dropped timer records it as cancelled.
             ApiError::RequestTimeout(_) => Self::Cancelled,
             ApiError::Engine(engine) => match engine {
@@ -131,6 +134,8 @@ pub struct RequestTimer {
     itl: Histogram,
     last_token: Option<Instant>,
     ended: bool,
+    /// Charges tokens to the key's tpm limit as they stream.
+    meter: Option<crate::keys::limits::TokenMeter>,
 }
 
 impl RequestTimer {
@@ -149,6 +154,7 @@ impl RequestTimer {
             itl,
             last_token: None,
             ended: false,
+            meter: None,
         }
     }
 
@@ -185,6 +191,11 @@ impl RequestTimer {
     /// The API key's name this request is counted under.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Charge this request's tokens to its key's tpm limit.
+    pub fn charge_to(&mut self, meter: crate::keys::limits::TokenMeter) {
+        self.meter = Some(meter);
     }
 
     /// The request went to another node, which records its generation;
@@ -240,6 +251,9 @@ impl RequestTimer {
             Some(prev) => self.itl.observe(now.duration_since(prev).as_secs_f64()),
         }
         self.last_token = Some(now);
+        if let Some(m) = &mut self.meter {
+            m.token();
+        }
     }
 
     /// Generation ended normally.
@@ -262,6 +276,9 @@ impl RequestTimer {
         s.generation_tokens_hist
             .with_label_values(l)
             .observe(generated as f64);
+        if let Some(m) = &mut self.meter {
+            m.settle(prompt + generated);
+        }
         s.prompt_tokens.with_label_values(l).inc_by(prompt);
         s.generation_tokens.with_label_values(l).inc_by(generated);
         let key = self.key.as_str();

@@ -81,7 +81,7 @@ pub async fn open(
         return Err(resting(retry_after));
     }
     timer.queued();
-    let permit = up.admission.admit().await?;
+    let permit = up.admission.admit(timer.key()).await?;
     timer.admitted();
     if let Admit::No { retry_after } = up.breaker.admit() {
         return Err(resting(retry_after));

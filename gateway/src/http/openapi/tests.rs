@@ -1,9 +1,9 @@
 //! The document against the real router and the real validation.
 
 use super::DOCUMENT;
-use crate::auth::ApiKeys;
 use crate::cli::serve::gateway_app;
 use crate::http::AppState;
+use crate::keys::KeyStore;
 use crate::openai::request::{ChatCompletionRequest, CompletionRequest};
 use crate::router::Router as ModelRouter;
 use crate::validate;
@@ -12,7 +12,6 @@ use axum::http::Request;
 use herd_cluster::{Agent, AgentConfig, Role};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use tower::ServiceExt;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -110,7 +109,7 @@ async fn every_route_is_documented_and_every_documented_route_answers() -> TestR
     let agent = Agent::start(config).await?;
     let state = AppState {
         router: ModelRouter::default(),
-        keys: Arc::new(ApiKeys::default()),
+        keys: KeyStore::fixed(Vec::new()),
         max_body_bytes: 1 << 20,
         metrics: crate::metrics::Metrics::new()?,
         responses: Default::default(),
@@ -151,7 +150,9 @@ async fn every_route_is_documented_and_every_documented_route_answers() -> TestR
     assert_eq!(routed, documented, "routes and document disagree");
 
     for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-        let uri = path.replace("{id}", "no-such-model");
+        let uri = path
+            .replace("{id}", "no-such-model")
+            .replace("{name}", "no-such-key");
         for method in METHODS {
             let req = Request::builder()
                 .method(method.to_uppercase().as_str())
