@@ -1,6 +1,8 @@
-//! API keys: a file of `name:key` lines (or bare keys). Requests present
+//! API keys: a file of `name:key` lines (or bare keys; `name:key:admin` for a
+//! key that may also read `/admin/usage`). Requests present
 //! `Authorization: Bearer KEY`; the key's *name* is what logs and metrics see.
 
+use crate::caller::{Caller, Role};
 use crate::openai::ApiError;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -17,6 +19,8 @@ pub struct KeyName(pub Arc<str>);
 #[derive(Default)]
 pub struct ApiKeys {
     keys: Vec<(Arc<str>, Vec<u8>)>,
+    /// Names of the keys whose line ends in `:admin`.
+    admins: Vec<Arc<str>>,
 }
 
 impl ApiKeys {
@@ -31,12 +35,19 @@ impl ApiKeys {
     }
 
     pub fn parse(text: &str) -> Self {
+        let mut admins = Vec::new();
         let keys = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .enumerate()
             .map(|(i, line)| match line.split_once(':') {
+                Some((name, rest)) if rest.ends_with(":admin") && !name.trim().is_empty() => {
+                    let key = rest.trim_end_matches(":admin").trim();
+                    let name: Arc<str> = Arc::from(name.trim());
+                    admins.push(name.clone());
+                    (name, key.as_bytes().to_vec())
+                }
                 Some((name, key)) if !name.trim().is_empty() && !key.trim().is_empty() => {
                     (Arc::from(name.trim()), key.trim().as_bytes().to_vec())
                 }
@@ -46,7 +57,15 @@ impl ApiKeys {
                 ),
             })
             .collect();
-        Self { keys }
+        Self { keys, admins }
+    }
+
+    fn role(&self, name: &KeyName) -> Role {
+        if self.admins.contains(&name.0) {
+            Role::Admin
+        } else {
+            Role::User
+        }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -98,10 +117,19 @@ pub async fn require_key(
 ) -> Response {
     if !keys.is_enabled() {
         req.extensions_mut().insert(KeyName(Arc::from("anonymous")));
+        // Without keys the API is open: everyone may read usage too.
+        req.extensions_mut().insert(Caller {
+            key_name: None,
+            role: Role::Admin,
+        });
         return next.run(req).await;
     }
     match keys.caller(req.headers()) {
         Some(name) => {
+            req.extensions_mut().insert(Caller {
+                key_name: Some(name.0.to_string()),
+                role: keys.role(&name),
+            });
             req.extensions_mut().insert(name);
             next.run(req).await
         }
@@ -127,5 +155,10 @@ mod tests {
         assert!(keys.check(b"sk-").is_none());
         assert!(keys.check(b"").is_none());
         assert!(ApiKeys::parse("\n# none\n").keys.is_empty());
+        let keys = ApiKeys::parse("boss:sk-b:admin\nalice:sk-a\n");
+        let boss = keys.check(b"sk-b");
+        assert_eq!(boss.as_ref().map(|k| keys.role(k)), Some(Role::Admin));
+        let alice = keys.check(b"sk-a");
+        assert_eq!(alice.as_ref().map(|k| keys.role(k)), Some(Role::User));
     }
 }

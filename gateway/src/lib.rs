@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod bench;
+pub mod caller;
 pub mod cli;
 pub mod deploy;
 #[doc(hidden)]
@@ -15,4 +16,5 @@ pub mod router;
 pub mod routing;
 pub mod scheduler;
 pub mod upstream;
+pub mod usage;
 pub mod validate;

@@ -24,6 +24,8 @@ enum Command {
     Node(cli::node::NodeArgs),
     /// Print the cluster's membership as a table.
     Status(cli::status::StatusArgs),
+    /// Usage by key, end user, model or day, for the whole cluster.
+    Usage(cli::usage::UsageArgs),
     /// Load-generate against any OpenAI-compatible base URL.
     Bench(bench::BenchArgs),
     /// Internal: the llama.cpp engine host child process (spawned by `serve`).
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::block_on(cli::serve::run(args)),
         Command::Node(args) => cli::block_on(cli::node::run(args)),
         Command::Status(args) => cli::block_on(cli::status::run(args)),
+        Command::Usage(args) => cli::block_on(cli::usage::run(args)),
         Command::Bench(args) => cli::block_on(bench::run(args)),
         Command::TunnelServe(args) => cli::block_on(cli::tunnel_tools::serve(args)),
         Command::TunnelForward(args) => cli::block_on(cli::tunnel_tools::forward(args)),

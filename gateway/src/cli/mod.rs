@@ -8,6 +8,7 @@ pub mod runtime;
 pub mod serve;
 pub mod status;
 pub mod tunnel_tools;
+pub mod usage;
 
 use std::future::Future;
 

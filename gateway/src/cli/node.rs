@@ -67,11 +67,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let router = Router::default();
     // A node may head deployments: it runs forwarded requests through the
     // OpenAI handlers, but serves no OpenAI API of its own.
+    // A head records the usage of the requests it runs, like a gateway.
+    let (node_name, state_dir) =
+        super::cluster_args::node_name_and_state_dir(&args.cluster, &raw.cluster);
+    let usage_settings = raw.usage.validate()?;
+    let usage = crate::usage::open(&usage_settings, &state_dir, &node_name, &metrics).await?;
+    let usage_handle = usage.as_ref().map(crate::usage::UsageService::handle);
     let state = AppState {
         router: router.clone(),
         keys: Arc::new(ApiKeys::default()),
         max_body_bytes: raw.max_body_bytes.unwrap_or(4 << 20),
         metrics: metrics.clone(),
+        usage: usage_handle.clone(),
     };
     let runtime = runtime::start(RuntimeParts {
         args: &args.cluster,
@@ -90,7 +97,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut app = runtime
         .peer_routes
         .clone()
-        .merge(peer_routes(agent.clone()));
+        .merge(peer_routes(agent.clone()))
+        .merge(crate::usage::http::peer_routes(usage_handle, agent.clone()));
     if let Some(keys) = keys {
         let protected = public_routes(agent.clone()).route_layer(
             axum::middleware::from_fn_with_state(Arc::new(keys), require_key),
@@ -100,6 +108,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!("herd node listening on http://{addr}");
     let served =
         super::serve::serve_until_signal(listener, app, limits, Duration::from_secs(2)).await;
+    if let Some(usage) = usage {
+        usage.shutdown().await;
+    }
     agent.shutdown().await;
     drop(runtime);
     served

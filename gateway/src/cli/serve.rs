@@ -8,6 +8,7 @@ use crate::deploy::forward::ForwardState;
 use crate::http::cluster;
 use crate::http::{app, AppState, ExtraRoutes};
 use crate::router::Router;
+use crate::usage::{http as usage_http, UsageService};
 use anyhow::Context;
 use clap::Args;
 use herd_cluster::{Agent, Role};
@@ -141,11 +142,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Engine gauges (up, restarts, slots, KV cache) are read fresh at each scrape.
     let scraped = router.clone();
     metrics.add_scrape_hook(move |m| m.observe_router(&scraped));
+    let (node_name, state_dir) =
+        super::cluster_args::node_name_and_state_dir(&args.cluster, &config.cluster);
+    let usage = crate::usage::open(&config.usage, &state_dir, &node_name, &metrics).await?;
     let state = AppState {
         router: router.clone(),
         keys: Arc::new(keys),
         max_body_bytes: config.max_body_bytes,
         metrics: metrics.clone(),
+        usage: usage.as_ref().map(UsageService::handle),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -169,6 +174,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let app = gateway_app(state, agent.clone(), runtime.peer_routes.clone());
     tracing::info!("herd listening on http://{addr}");
     let served = serve_until_signal(listener, app, config.http, config.shutdown_grace).await;
+    // Every request has ended (or been cut at the grace deadline): write their usage.
+    if let Some(usage) = usage {
+        usage.shutdown().await;
+    }
     agent.shutdown().await;
     drop(runtime);
     served
@@ -181,8 +190,10 @@ pub fn gateway_app(state: AppState, agent: Agent, peer_routes: axum::Router) -> 
     let extra = ExtraRoutes {
         open: crate::metrics::routes(state.metrics.clone())
             .merge(peer_routes)
-            .merge(cluster::peer_routes(agent.clone())),
-        protected: cluster::public_routes(agent.clone()),
+            .merge(cluster::peer_routes(agent.clone()))
+            .merge(usage_http::peer_routes(state.usage.clone(), agent.clone())),
+        protected: cluster::public_routes(agent.clone())
+            .merge(usage_http::admin_routes(state.usage.clone(), agent.clone())),
         forward: Some(ForwardState {
             router: state.router.clone(),
             agent,

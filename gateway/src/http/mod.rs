@@ -25,6 +25,8 @@ pub struct AppState {
     pub keys: Arc<ApiKeys>,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
+    /// Usage accounting's request-path handle; `None` when it is off.
+    pub usage: Option<crate::usage::UsageHandle>,
 }
 
 /// Extra routes other parts of herd contribute.
@@ -74,6 +76,11 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
         .with_state(state.clone())
         .merge(generation)
         .merge(extra.protected)
+        // Inside auth, outside everything else: a refusal no handler recorded gets its usage row.
+        .route_layer(middleware::from_fn_with_state(
+            state.usage.clone(),
+            crate::usage::refusals::record_refusals,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.keys.clone(),
             require_key,

@@ -3,14 +3,18 @@
 use super::respond::respond;
 use super::AppState;
 use crate::auth::KeyName;
+use crate::caller::Caller;
 use crate::generate;
 use crate::metrics::{RequestTimer, ANONYMOUS_KEY};
-use crate::openai::request::{ChatCompletionRequest, CompletionRequest};
+use crate::openai::request::{ChatCompletionRequest, CommonParams, CompletionRequest};
 use crate::openai::response::{ModelCard, ModelList};
 use crate::openai::{ApiError, OpenAiJson};
+use crate::usage::refusals::UsageSeen;
+use crate::usage::{self, UsageTag};
 use crate::validate::{self, ValidRequest};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
 use axum::Json;
@@ -20,13 +24,22 @@ use axum::Json;
 pub async fn chat_completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyName>>,
+    caller: Option<Extension<Caller>>,
+    seen: Option<Extension<UsageSeen>>,
+    headers: HeaderMap,
     body: Result<OpenAiJson<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let timer = timer(
-        &state,
-        key,
-        body.as_ref().map_or("", |b| b.value.model.as_str()),
-    );
+    let asked = body
+        .as_ref()
+        .ok()
+        .map(|b| (&b.value.model, &b.value.common));
+    let mut timer = timer(&state, key, asked.map_or("", |(m, _)| m.as_str()));
+    let who = Who {
+        caller,
+        seen,
+        headers: &headers,
+    };
+    tag_usage(&state, &mut timer, who, asked, "chat.completions");
     let req = body.and_then(|b| Ok((validate::chat(b.value)?, b.raw)));
     complete(&state, timer, req).await
 }
@@ -34,13 +47,22 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyName>>,
+    caller: Option<Extension<Caller>>,
+    seen: Option<Extension<UsageSeen>>,
+    headers: HeaderMap,
     body: Result<OpenAiJson<CompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let timer = timer(
-        &state,
-        key,
-        body.as_ref().map_or("", |b| b.value.model.as_str()),
-    );
+    let asked = body
+        .as_ref()
+        .ok()
+        .map(|b| (&b.value.model, &b.value.common));
+    let mut timer = timer(&state, key, asked.map_or("", |(m, _)| m.as_str()));
+    let who = Who {
+        caller,
+        seen,
+        headers: &headers,
+    };
+    tag_usage(&state, &mut timer, who, asked, "completions");
     let req = body.and_then(|b| Ok((validate::completion(b.value)?, b.raw)));
     complete(&state, timer, req).await
 }
@@ -48,6 +70,38 @@ pub async fn completions(
 fn timer(state: &AppState, key: Option<Extension<KeyName>>, model: &str) -> RequestTimer {
     let key = key.as_ref().map_or(ANONYMOUS_KEY, |Extension(k)| &k.0);
     state.metrics.request(model, key)
+}
+
+/// Who is asking, as the layers before the handler found out.
+struct Who<'a> {
+    caller: Option<Extension<Caller>>,
+    seen: Option<Extension<UsageSeen>>,
+    headers: &'a HeaderMap,
+}
+
+/// Who asked for what, for the request's usage row (when accounting is on).
+fn tag_usage(
+    state: &AppState,
+    timer: &mut RequestTimer,
+    who: Who<'_>,
+    asked: Option<(&String, &CommonParams)>,
+    endpoint: &'static str,
+) {
+    let Some(usage) = &state.usage else {
+        return;
+    };
+    if let Some(Extension(seen)) = who.seen {
+        seen.raise();
+    }
+    let (caller, headers) = (who.caller, who.headers);
+    let user = asked.and_then(|(_, c)| c.user.as_deref());
+    timer.tag_usage(UsageTag::new(
+        usage.recorder.clone(),
+        caller.and_then(|Extension(c)| c.key_name),
+        usage::end_user(user, headers),
+        asked.map_or("", |(m, _)| m.as_str()),
+        endpoint,
+    ));
 }
 
 /// `req` is the validated request and the client's body as sent.

@@ -25,6 +25,8 @@ pub enum ApiError {
     ContextLengthExceeded(String),
     #[error("incorrect or missing API key; pass it as `Authorization: Bearer KEY`")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the server is busy ({0}); retry after {1} s")]
     Overloaded(&'static str, u64),
     #[error("{0}")]
@@ -100,6 +102,12 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 INVALID,
                 Some("invalid_api_key"),
+                None,
+            ),
+            Self::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some("forbidden"),
                 None,
             ),
             Self::Overloaded(_, secs) => (
@@ -306,6 +314,7 @@ mod tests {
             ApiError::ModelNotFound("m".into()),
             ApiError::ContextLengthExceeded("long".into()),
             ApiError::Unauthorized,
+            ApiError::Forbidden("admin only".into()),
             ApiError::Overloaded("queue full", 1),
             ApiError::Engine(EngineError::NoChatTemplate),
             ApiError::Engine(EngineError::Template("t".into())),
@@ -367,6 +376,7 @@ mod tests {
                 | ApiError::ModelNotFound(_)
                 | ApiError::ContextLengthExceeded(_)
                 | ApiError::Unauthorized
+                | ApiError::Forbidden(_)
                 | ApiError::Overloaded(..)
                 | ApiError::Engine(_)
                 | ApiError::RouteNotFound(_)

@@ -1,0 +1,166 @@
+//! The recorder actor: the one task that writes the usage store. It takes
+//! records from a bounded channel, writes them in one transaction per batch
+//! (`flush_rows` records, or whatever arrived within `flush_ms`), and every
+//! `rollup_interval` moves raw rows past the retention horizon into daily
+//! totals. On shutdown it drains the channel and writes what is left.
+
+use super::store::{Store, DAY_MS};
+use super::{now_ms, Recorder, UsageRecord, UserMetrics};
+use herd_config::UsageSettings;
+use prometheus::IntCounter;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// The running accounting: the request path's [`Recorder`], the store for
+/// reports, and the actor, stopped (and flushed) by [`UsageService::shutdown`].
+pub struct UsageService {
+    pub recorder: Recorder,
+    pub store: Store,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Starts the recorder actor over `store`.
+pub fn start(
+    store: Store,
+    settings: &UsageSettings,
+    dropped: IntCounter,
+    users: UserMetrics,
+) -> UsageService {
+    let (tx, rx) = mpsc::channel(settings.queue);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let recorder = Recorder::new(tx, dropped, users);
+    let actor = Actor {
+        store: store.clone(),
+        rx,
+        batch: Vec::with_capacity(settings.flush_rows),
+        flush_rows: settings.flush_rows,
+        max_pending: settings.queue.max(settings.flush_rows),
+        retention_ms: i64::from(settings.retention_days) * DAY_MS,
+        recorder: recorder.clone(),
+    };
+    let task = tokio::spawn(actor.run(
+        Duration::from_millis(settings.flush_ms),
+        settings.rollup_interval,
+        stop_rx,
+    ));
+    UsageService {
+        recorder,
+        store,
+        stop: Some(stop_tx),
+        task: Some(task),
+    }
+}
+
+impl UsageService {
+    /// What the HTTP layer holds.
+    pub fn handle(&self) -> super::UsageHandle {
+        super::UsageHandle {
+            recorder: self.recorder.clone(),
+            store: self.store.clone(),
+        }
+    }
+
+    /// Writes every record queued so far and stops the actor.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                tracing::error!("the usage writer failed: {e}");
+            }
+        }
+        self.store.close().await;
+    }
+}
+
+struct Actor {
+    store: Store,
+    rx: mpsc::Receiver<UsageRecord>,
+    batch: Vec<UsageRecord>,
+    flush_rows: usize,
+    /// Records kept for a retry while the database fails; more are dropped (counted).
+    max_pending: usize,
+    retention_ms: i64,
+    /// For counting records this actor has to drop.
+    recorder: Recorder,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        flush_every: Duration,
+        rollup_every: Duration,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        let mut flush_tick = tokio::time::interval(flush_every);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first roll-up runs at start.
+        let mut rollup_tick = tokio::time::interval(rollup_every);
+        rollup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                got = self.rx.recv() => match got {
+                    Some(record) => {
+                        self.batch.push(record);
+                        if self.batch.len() >= self.flush_rows {
+                            self.flush().await;
+                        }
+                    }
+                    None => break,
+                },
+                _ = flush_tick.tick() => self.flush().await,
+                _ = rollup_tick.tick() => self.roll_up().await,
+                _ = &mut stop => break,
+            }
+        }
+        // Shutting down: what is queued now is all there will be.
+        self.rx.close();
+        while let Some(record) = self.rx.recv().await {
+            self.batch.push(record);
+        }
+        let n = self.batch.len();
+        self.flush().await;
+        if self.batch.is_empty() {
+            tracing::info!(rows = n, "usage records written on shutdown");
+        }
+    }
+
+    async fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        match self.store.insert(&self.batch).await {
+            Ok(()) => self.batch.clear(),
+            Err(e) => {
+                tracing::error!(
+                    rows = self.batch.len(),
+                    "cannot write usage records (kept for a retry): {e}"
+                );
+                if self.batch.len() > self.max_pending {
+                    let excess = self.batch.len() - self.max_pending;
+                    self.batch.drain(..excess);
+                    self.recorder.dropped(
+                        u64::try_from(excess).unwrap_or(u64::MAX),
+                        "the usage database keeps failing",
+                    );
+                }
+            }
+        }
+    }
+
+    async fn roll_up(&mut self) {
+        // Whole days only, so a day is either raw or rolled up.
+        let cutoff = (now_ms() - self.retention_ms).div_euclid(DAY_MS) * DAY_MS;
+        match self.store.roll_up(cutoff).await {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(
+                rows = moved,
+                "usage rows past the retention horizon rolled up into daily totals"
+            ),
+            Err(e) => tracing::error!("cannot roll up old usage rows: {e}"),
+        }
+    }
+}
