@@ -37,6 +37,9 @@ enum Command {
     /// Measurement tool: a tunnel responder in front of loopback services.
     #[command(hide = true)]
     TunnelServe(cli::tunnel_tools::TunnelServeArgs),
+    /// Measurement tool: usage store write throughput and the cost of recording a request.
+    #[command(hide = true)]
+    UsageBench(cli::usage_bench::UsageBenchArgs),
     /// Measurement tool: a loopback listener whose connections go through a tunnel.
     #[command(hide = true)]
     TunnelForward(cli::tunnel_tools::TunnelForwardArgs),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::block_on(cli::status::run(args)),
         Command::Usage(args) => cli::block_on(cli::usage::run(args)),
         Command::Bench(args) => cli::block_on(bench::run(args)),
+        Command::UsageBench(args) => cli::block_on(cli::usage_bench::run(args)),
         Command::TunnelServe(args) => cli::block_on(cli::tunnel_tools::serve(args)),
         Command::TunnelForward(args) => cli::block_on(cli::tunnel_tools::forward(args)),
     };

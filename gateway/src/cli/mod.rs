@@ -9,6 +9,7 @@ pub mod serve;
 pub mod status;
 pub mod tunnel_tools;
 pub mod usage;
+pub mod usage_bench;
 
 use std::future::Future;
 

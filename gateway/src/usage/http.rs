@@ -153,20 +153,17 @@ async fn peer_usage(State(s): State<AdminState>, req: Request) -> Response {
         Ok(p) => p,
         Err(answer) => return answer.map(Body::from),
     };
-    let answer = match serde_json::from_slice::<Filter>(&bytes) {
-        Err(e) => Err((StatusCode::BAD_REQUEST, format!("bad usage filter: {e}"))),
+    let answer = match (serde_json::from_slice::<Filter>(&bytes), &s.usage) {
+        (Err(e), _) => Err((StatusCode::BAD_REQUEST, format!("bad usage filter: {e}"))),
         // A node without accounting has no usage to add.
-        Ok(_) if s.usage.is_none() => Ok(Vec::new()),
-        Ok(filter) => match &s.usage {
-            Some(u) => u.store.buckets(&filter).await.map_err(|e| {
-                tracing::error!("usage query failed: {e}");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the usage database could not be read".into(),
-                )
-            }),
-            None => Ok(Vec::new()),
-        },
+        (Ok(_), None) => Ok(Vec::new()),
+        (Ok(filter), Some(u)) => u.store.buckets(&filter).await.map_err(|e| {
+            tracing::error!("usage query failed: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the usage database could not be read".to_string(),
+            )
+        }),
     };
     let signed = match answer.and_then(|b| {
         serde_json::to_vec(&b).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))

@@ -81,7 +81,13 @@ impl Store {
             kind,
             node: node.to_string(),
         };
-        store.migrator().run(&store.pool).await?;
+        // Two processes opening a new SQLite file at once may both try to apply
+        // the migration (SQLite has no migration lock); the loser finds it done on a retry.
+        if let Err(first) = store.migrator().run(&store.pool).await {
+            tracing::debug!("usage migration failed once, retrying: {first}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            store.migrator().run(&store.pool).await?;
+        }
         Ok(store)
     }
 

@@ -1,5 +1,5 @@
 -- One row per request (raw), kept for the retention horizon.
-CREATE TABLE usage_requests (
+CREATE TABLE IF NOT EXISTS usage_requests (
     id BIGSERIAL PRIMARY KEY,
     at_ms BIGINT NOT NULL,
     node TEXT NOT NULL,
@@ -14,11 +14,11 @@ CREATE TABLE usage_requests (
     ttft_ms DOUBLE PRECISION,
     duration_ms DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX usage_requests_at ON usage_requests (at_ms);
+CREATE INDEX IF NOT EXISTS usage_requests_at ON usage_requests (at_ms);
 
 -- Rows past the horizon, summed per day (days since 1970-01-01, UTC) x key x user x model.
 -- '' stands for "none" so the key is a plain primary key.
-CREATE TABLE usage_daily (
+CREATE TABLE IF NOT EXISTS usage_daily (
     day BIGINT NOT NULL,
     key_name TEXT NOT NULL,
     end_user TEXT NOT NULL,
