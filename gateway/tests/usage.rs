@@ -55,7 +55,7 @@ impl Db {
         let state = tempfile::tempdir()?;
         let url = match &self.postgres {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}/usage.db", state.path().display()),
+            None => format!("sqlite://{}/usage.db?mode=rwc", state.path().display()),
         };
         let database = match &self.postgres {
             Some(url) => format!("database_url = \"{url}\"\n"),
@@ -80,6 +80,10 @@ impl Db {
         )?;
         sqlx::any::install_default_drivers();
         let pool = AnyPool::connect(&url).await?;
+        // herd opens (and migrates) its store at start, before it listens.
+        sqlx::query("SELECT COUNT(*) FROM usage_requests")
+            .fetch_one(&pool)
+            .await?;
         Ok(Node {
             server,
             pool,
@@ -240,7 +244,7 @@ async fn accounting_and_reports(db: &Db) -> TestResult {
     let node = &node;
     // Non-streaming, end user from `user`.
     let (status, body) = post(
-        &node,
+        node,
         "/v1/chat/completions",
         ALICE,
         &[],
@@ -258,7 +262,7 @@ async fn accounting_and_reports(db: &Db) -> TestResult {
 
     // Streaming with include_usage, end user from Open WebUI's id header.
     let (status, body) = post(
-        &node,
+        node,
         "/v1/chat/completions",
         ALICE,
         &[
@@ -284,7 +288,7 @@ async fn accounting_and_reports(db: &Db) -> TestResult {
 
     // Text completions by the admin key, end user from Open WebUI's email header.
     let (status, body) = post(
-        &node,
+        node,
         "/v1/completions",
         BOSS,
         &[("X-OpenWebUI-User-Email", "mail@example.org")],
@@ -303,7 +307,7 @@ async fn accounting_and_reports(db: &Db) -> TestResult {
     // Refusals: an unknown model (404), and a full server (429: one slot, no queue).
     let mut asked = chat(Some("u-404"), 4, false);
     asked["model"] = json!("no-such-model");
-    let (status, _) = post(&node, "/v1/chat/completions", ALICE, &[], asked).await?;
+    let (status, _) = post(node, "/v1/chat/completions", ALICE, &[], asked).await?;
     assert_eq!(status, 404);
     let long = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", node.server.url))
@@ -316,7 +320,7 @@ async fn accounting_and_reports(db: &Db) -> TestResult {
     let first = long.next().await.ok_or("no first chunk")??;
     assert!(!first.is_empty());
     let (status, body) = post(
-        &node,
+        node,
         "/v1/chat/completions",
         ALICE,
         &[],
@@ -333,9 +337,9 @@ async fn accounting_and_reports(db: &Db) -> TestResult {
     }
     assert_eq!(row_of(node, "u-long").await?["status"], 200);
 
-    admin_usage(&node).await?;
-    herd_usage_cli(&node).await?;
-    retention_rolls_up(&node).await?;
+    admin_usage(node).await?;
+    herd_usage_cli(node).await?;
+    retention_rolls_up(node).await?;
     Ok(())
 }
 
@@ -452,7 +456,7 @@ async fn retention_rolls_up(node: &Node) -> TestResult {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while count(
-        &node,
+        node,
         "SELECT COUNT(*) FROM usage_requests WHERE key_name = ?",
         "old-key",
     )
@@ -477,7 +481,7 @@ async fn retention_rolls_up(node: &Node) -> TestResult {
     // Recent rows stay raw; reports read both.
     assert!(
         count(
-            &node,
+            node,
             "SELECT COUNT(*) FROM usage_requests WHERE key_name = ?",
             "alice"
         )

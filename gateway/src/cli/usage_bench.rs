@@ -70,7 +70,7 @@ pub async fn run(args: UsageBenchArgs) -> anyhow::Result<()> {
     .validate()?;
     let dropped = prometheus::IntCounter::new("bench_dropped", "dropped")?;
     let service = usage::start(
-        store.clone(),
+        Ok(store.clone()),
         &settings,
         dropped.clone(),
         UserMetrics::disabled(),

@@ -3,8 +3,11 @@
 //! (`flush_rows` records, or whatever arrived within `flush_ms`), and every
 //! `rollup_interval` moves raw rows past the retention horizon into daily
 //! totals. On shutdown it drains the channel and writes what is left.
+//! A store that cannot be opened at start (PostgreSQL down, a full disk) does
+//! not stop herd: the actor retries (1 s, doubling to 30 s) while records
+//! wait in the channel, and reports answer 503 until it is open.
 
-use super::store::{Store, DAY_MS};
+use super::store::{Location, Store, StoreCell, DAY_MS};
 use super::{now_ms, Recorder, UsageRecord, UserMetrics};
 use herd_config::UsageSettings;
 use prometheus::IntCounter;
@@ -16,23 +19,34 @@ use tokio::task::JoinHandle;
 /// reports, and the actor, stopped (and flushed) by [`UsageService::shutdown`].
 pub struct UsageService {
     pub recorder: Recorder,
-    pub store: Store,
+    pub store: StoreCell,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
-/// Starts the recorder actor over `store`.
+/// Starts the recorder actor over `store`, or, when that is an error (the
+/// first attempt to open `location` failed), over the store it will open.
 pub fn start(
-    store: Store,
+    store: Result<Store, Location>,
     settings: &UsageSettings,
     dropped: IntCounter,
     users: UserMetrics,
 ) -> UsageService {
+    let cell = StoreCell::default();
+    let (store, location) = match store {
+        Ok(s) => {
+            cell.set(s.clone());
+            (Some(s), None)
+        }
+        Err(location) => (None, Some(location)),
+    };
     let (tx, rx) = mpsc::channel(settings.queue);
     let (stop_tx, stop_rx) = oneshot::channel();
     let recorder = Recorder::new(tx, dropped, users);
     let actor = Actor {
-        store: store.clone(),
+        store,
+        location,
+        cell: cell.clone(),
         rx,
         batch: Vec::with_capacity(settings.flush_rows),
         flush_rows: settings.flush_rows,
@@ -47,7 +61,7 @@ pub fn start(
     ));
     UsageService {
         recorder,
-        store,
+        store: cell,
         stop: Some(stop_tx),
         task: Some(task),
     }
@@ -72,12 +86,17 @@ impl UsageService {
                 tracing::error!("the usage writer failed: {e}");
             }
         }
-        self.store.close().await;
+        if let Some(store) = self.store.get() {
+            store.close().await;
+        }
     }
 }
 
 struct Actor {
-    store: Store,
+    /// `None` until `location` opens.
+    store: Option<Store>,
+    location: Option<Location>,
+    cell: StoreCell,
     rx: mpsc::Receiver<UsageRecord>,
     batch: Vec<UsageRecord>,
     flush_rows: usize,
@@ -95,6 +114,15 @@ impl Actor {
         rollup_every: Duration,
         mut stop: oneshot::Receiver<()>,
     ) {
+        if self.store.is_none() && !self.open(&mut stop).await {
+            let waiting = self.rx.len();
+            self.rx.close();
+            self.recorder.dropped(
+                u64::try_from(waiting).unwrap_or(u64::MAX),
+                "herd stopped before the usage database could be opened",
+            );
+            return;
+        }
         let mut flush_tick = tokio::time::interval(flush_every);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first roll-up runs at start.
@@ -128,11 +156,41 @@ impl Actor {
         }
     }
 
+    /// Opens the store, retrying until it opens (true) or herd stops (false).
+    async fn open(&mut self, stop: &mut oneshot::Receiver<()>) -> bool {
+        let Some(location) = self.location.clone() else {
+            return false;
+        };
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = &mut *stop => return false,
+            }
+            match location.open().await {
+                Ok(store) => {
+                    tracing::info!("usage database open: recording resumes");
+                    self.cell.set(store.clone());
+                    self.store = Some(store);
+                    return true;
+                }
+                Err(e) => tracing::error!(
+                    queued = self.rx.len(),
+                    "usage database still cannot be opened (retrying in {backoff:?}): {e}"
+                ),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
     async fn flush(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
         if self.batch.is_empty() {
             return;
         }
-        match self.store.insert(&self.batch).await {
+        match store.insert(&self.batch).await {
             Ok(()) => self.batch.clear(),
             Err(e) => {
                 tracing::error!(
@@ -153,8 +211,11 @@ impl Actor {
 
     async fn roll_up(&mut self) {
         // Whole days only, so a day is either raw or rolled up.
+        let Some(store) = &self.store else {
+            return;
+        };
         let cutoff = (now_ms() - self.retention_ms).div_euclid(DAY_MS) * DAY_MS;
-        match self.store.roll_up(cutoff).await {
+        match store.roll_up(cutoff).await {
             Ok(0) => {}
             Ok(moved) => tracing::info!(
                 rows = moved,

@@ -4,7 +4,7 @@
 //! same tables, so one query already covers them all.
 
 use super::report::{self, Bucket, Filter, RawQuery, Report};
-use super::{now_ms, Recorder, Store, StoreKind};
+use super::{now_ms, Recorder, StoreCell, StoreKind};
 use crate::caller::{Caller, Role};
 use crate::openai::ApiError;
 use axum::body::{Body, Bytes};
@@ -25,7 +25,7 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct UsageHandle {
     pub recorder: Recorder,
-    pub store: Store,
+    pub store: StoreCell,
 }
 
 #[derive(Clone)]
@@ -67,11 +67,16 @@ async fn admin_usage(
             "usage accounting is off on this server ([usage] enabled = false)",
         )
     })?;
+    let store = usage.store.get().ok_or_else(|| {
+        ApiError::Engine(herd_engines::EngineError::Unavailable(
+            "the usage database is not open yet (see the server log)".into(),
+        ))
+    })?;
     let me = s.agent.me().name;
-    let mut buckets = usage.store.buckets(&q.filter).await.map_err(store_error)?;
+    let mut buckets = store.buckets(&q.filter).await.map_err(store_error)?;
     let mut nodes = vec![me];
     let mut missing_nodes = Vec::new();
-    if q.cluster && usage.store.kind() == StoreKind::Sqlite {
+    if q.cluster && store.kind() == StoreKind::Sqlite {
         for (name, answer) in ask_peers(&s.agent, &q.filter).await {
             match answer {
                 Ok(mut theirs) => {
@@ -157,7 +162,15 @@ async fn peer_usage(State(s): State<AdminState>, req: Request) -> Response {
         (Err(e), _) => Err((StatusCode::BAD_REQUEST, format!("bad usage filter: {e}"))),
         // A node without accounting has no usage to add.
         (Ok(_), None) => Ok(Vec::new()),
-        (Ok(filter), Some(u)) => u.store.buckets(&filter).await.map_err(|e| {
+        (Ok(_), Some(u)) if u.store.get().is_none() => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the usage database is not open yet".to_string(),
+        )),
+        (Ok(filter), Some(u)) => match u.store.get() {
+            Some(store) => store.buckets(&filter).await,
+            None => Ok(Vec::new()),
+        }
+        .map_err(|e| {
             tracing::error!("usage query failed: {e}");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,

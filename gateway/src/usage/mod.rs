@@ -22,10 +22,9 @@ mod user_metrics;
 
 pub use actor::{start, UsageService};
 pub use http::UsageHandle;
-pub use store::{Store, StoreKind};
+pub use store::{Location, Store, StoreCell, StoreKind};
 pub use user_metrics::UserMetrics;
 
-use anyhow::Context;
 use herd_config::UsageSettings;
 use std::path::Path;
 
@@ -132,15 +131,29 @@ pub async fn open(
     if !settings.enabled {
         return Ok(None);
     }
-    let store = match &settings.database_url {
-        Some(url) => Store::connect(url, node)
-            .await
-            .context("cannot open the usage database ([usage] database_url)")?,
-        None => {
-            let path = state_dir.join(SQLITE_FILE);
-            Store::sqlite(&path, node)
-                .await
-                .with_context(|| format!("cannot open the usage database {}", path.display()))?
+    let location = match &settings.database_url {
+        Some(url) => Location::Url {
+            url: url.clone(),
+            node: node.to_string(),
+        },
+        None => Location::SqliteFile {
+            path: state_dir.join(SQLITE_FILE),
+            node: node.to_string(),
+        },
+    };
+    let what = match &location {
+        Location::Url { .. } => "[usage] database_url".to_string(),
+        Location::SqliteFile { path, .. } => path.display().to_string(),
+    };
+    // herd serves even when the store cannot be opened yet: the actor retries.
+    let store = match location.open().await {
+        Ok(store) => {
+            tracing::info!(store = ?store.kind(), "usage accounting on ({what})");
+            Ok(store)
+        }
+        Err(e) => {
+            tracing::error!("cannot open the usage database ({what}): {e}; requests wait in the queue (then are dropped and counted) until it opens");
+            Err(location)
         }
     };
     let registry = metrics.registry();
@@ -154,7 +167,6 @@ pub async fn open(
     } else {
         UserMetrics::disabled()
     };
-    tracing::info!(store = ?store.kind(), "usage accounting on");
     Ok(Some(start(store, settings, dropped, users)))
 }
 

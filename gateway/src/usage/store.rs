@@ -26,6 +26,41 @@ pub enum StoreKind {
     Postgres,
 }
 
+/// Where the store is: what to (re)open.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// `[usage] database_url` (never logged: it may hold a password).
+    Url { url: String, node: String },
+    SqliteFile {
+        path: std::path::PathBuf,
+        node: String,
+    },
+}
+
+impl Location {
+    pub async fn open(&self) -> Result<Store, sqlx::Error> {
+        match self {
+            Self::Url { url, node } => Store::connect(url, node).await,
+            Self::SqliteFile { path, node } => Store::sqlite(path, node).await,
+        }
+    }
+}
+
+/// The store once it is open, shared by the recorder actor (which opens it)
+/// and the report handlers.
+#[derive(Clone, Default)]
+pub struct StoreCell(std::sync::Arc<std::sync::OnceLock<Store>>);
+
+impl StoreCell {
+    pub fn set(&self, store: Store) {
+        let _ = self.0.set(store);
+    }
+
+    pub fn get(&self) -> Option<&Store> {
+        self.0.get()
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
