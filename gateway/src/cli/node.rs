@@ -71,7 +71,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let (node_name, state_dir) =
         super::cluster_args::node_name_and_state_dir(&args.cluster, &raw.cluster);
     let usage_settings = raw.usage.validate()?;
-    let usage = crate::usage::open(&usage_settings, &state_dir, &node_name, &metrics).await?;
+    let mut usage = crate::usage::open(&usage_settings, &state_dir, &node_name, &metrics)?;
     let usage_handle = usage.as_ref().map(crate::usage::UsageService::handle);
     let state = AppState {
         router: router.clone(),
@@ -94,6 +94,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     })
     .await?;
     let agent = runtime.agent.clone();
+    // The node's id is on disk now: the usage store may take its room.
+    if let Some(usage) = usage.as_mut() {
+        usage.run();
+    }
     let mut app = runtime
         .peer_routes
         .clone()

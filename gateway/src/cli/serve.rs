@@ -144,7 +144,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     metrics.add_scrape_hook(move |m| m.observe_router(&scraped));
     let (node_name, state_dir) =
         super::cluster_args::node_name_and_state_dir(&args.cluster, &config.cluster);
-    let usage = crate::usage::open(&config.usage, &state_dir, &node_name, &metrics).await?;
+    let mut usage = crate::usage::open(&config.usage, &state_dir, &node_name, &metrics)?;
     let state = AppState {
         router: router.clone(),
         keys: Arc::new(keys),
@@ -171,6 +171,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     let agent = runtime.agent.clone();
+    // The node's id is on disk now: the usage store may take its room.
+    if let Some(usage) = usage.as_mut() {
+        usage.run();
+    }
     let app = gateway_app(state, agent.clone(), runtime.peer_routes.clone());
     tracing::info!("herd listening on http://{addr}");
     let served = serve_until_signal(listener, app, config.http, config.shutdown_grace).await;

@@ -69,12 +69,23 @@ pub async fn run(args: UsageBenchArgs) -> anyhow::Result<()> {
     }
     .validate()?;
     let dropped = prometheus::IntCounter::new("bench_dropped", "dropped")?;
-    let service = usage::start(
-        Ok(store.clone()),
+    let location = match &args.database_url {
+        Some(url) => usage::Location::Url {
+            url: url.clone(),
+            node: "bench".into(),
+        },
+        None => usage::Location::SqliteFile {
+            path: tmp.join(usage::SQLITE_FILE),
+            node: "bench".into(),
+        },
+    };
+    let mut service = usage::start(
+        location,
         &settings,
         dropped.clone(),
         UserMetrics::disabled(),
     );
+    service.run();
     let mut per_call_ns: Vec<u64> = Vec::with_capacity(args.rows);
     let started = Instant::now();
     for r in rows {

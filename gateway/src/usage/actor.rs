@@ -15,36 +15,38 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-/// The running accounting: the request path's [`Recorder`], the store for
-/// reports, and the actor, stopped (and flushed) by [`UsageService::shutdown`].
+/// The accounting: the request path's [`Recorder`], the store for reports
+/// (once open), and the actor, which [`UsageService::run`] starts and
+/// [`UsageService::shutdown`] stops (and flushes).
 pub struct UsageService {
     pub recorder: Recorder,
     pub store: StoreCell,
+    /// The actor until `run` spawns it.
+    actor: Option<(Actor, Timing)>,
     stop: Option<oneshot::Sender<()>>,
+    stop_rx: Option<oneshot::Receiver<()>>,
     task: Option<JoinHandle<()>>,
 }
 
-/// Starts the recorder actor over `store`, or, when that is an error (the
-/// first attempt to open `location` failed), over the store it will open.
+struct Timing {
+    flush_every: Duration,
+    rollup_every: Duration,
+}
+
+/// The accounting for the store at `location`: records queue from now on;
+/// nothing is opened or written until [`UsageService::run`].
 pub fn start(
-    store: Result<Store, Location>,
+    location: Location,
     settings: &UsageSettings,
     dropped: IntCounter,
     users: UserMetrics,
 ) -> UsageService {
     let cell = StoreCell::default();
-    let (store, location) = match store {
-        Ok(s) => {
-            cell.set(s.clone());
-            (Some(s), None)
-        }
-        Err(location) => (None, Some(location)),
-    };
     let (tx, rx) = mpsc::channel(settings.queue);
     let (stop_tx, stop_rx) = oneshot::channel();
     let recorder = Recorder::new(tx, dropped, users);
     let actor = Actor {
-        store,
+        store: None,
         location,
         cell: cell.clone(),
         rx,
@@ -54,16 +56,17 @@ pub fn start(
         retention_ms: i64::from(settings.retention_days) * DAY_MS,
         recorder: recorder.clone(),
     };
-    let task = tokio::spawn(actor.run(
-        Duration::from_millis(settings.flush_ms),
-        settings.rollup_interval,
-        stop_rx,
-    ));
+    let timing = Timing {
+        flush_every: Duration::from_millis(settings.flush_ms),
+        rollup_every: settings.rollup_interval,
+    };
     UsageService {
         recorder,
         store: cell,
+        actor: Some((actor, timing)),
         stop: Some(stop_tx),
-        task: Some(task),
+        stop_rx: Some(stop_rx),
+        task: None,
     }
 }
 
@@ -73,6 +76,19 @@ impl UsageService {
         super::UsageHandle {
             recorder: self.recorder.clone(),
             store: self.store.clone(),
+        }
+    }
+
+    /// Spawns the actor: it opens the store (retrying until it can) and writes.
+    /// `herd serve` calls this once the node's own state (its id) is on disk,
+    /// so that on a nearly full disk the id gets the room first.
+    pub fn run(&mut self) {
+        if let (Some((actor, timing)), Some(stop)) = (self.actor.take(), self.stop_rx.take()) {
+            self.task = Some(tokio::spawn(actor.run(
+                timing.flush_every,
+                timing.rollup_every,
+                stop,
+            )));
         }
     }
 
@@ -95,7 +111,7 @@ impl UsageService {
 struct Actor {
     /// `None` until `location` opens.
     store: Option<Store>,
-    location: Option<Location>,
+    location: Location,
     cell: StoreCell,
     rx: mpsc::Receiver<UsageRecord>,
     batch: Vec<UsageRecord>,
@@ -114,13 +130,15 @@ impl Actor {
         rollup_every: Duration,
         mut stop: oneshot::Receiver<()>,
     ) {
-        if self.store.is_none() && !self.open(&mut stop).await {
+        if !self.open(&mut stop).await {
             let waiting = self.rx.len();
             self.rx.close();
-            self.recorder.dropped(
-                u64::try_from(waiting).unwrap_or(u64::MAX),
-                "herd stopped before the usage database could be opened",
-            );
+            if waiting > 0 {
+                self.recorder.dropped(
+                    u64::try_from(waiting).unwrap_or(u64::MAX),
+                    "herd stopped before the usage database could be opened",
+                );
+            }
             return;
         }
         let mut flush_tick = tokio::time::interval(flush_every);
@@ -158,26 +176,32 @@ impl Actor {
 
     /// Opens the store, retrying until it opens (true) or herd stops (false).
     async fn open(&mut self, stop: &mut oneshot::Receiver<()>) -> bool {
-        let Some(location) = self.location.clone() else {
-            return false;
-        };
         let mut backoff = Duration::from_secs(1);
+        let mut attempt = 0_u32;
         loop {
+            attempt += 1;
+            tokio::select! {
+                opened = self.location.open() => match opened {
+                    Ok(store) => {
+                        if attempt > 1 {
+                            tracing::info!("usage database open after {attempt} attempts: recording resumes");
+                        }
+                        self.cell.set(store.clone());
+                        self.store = Some(store);
+                        return true;
+                    }
+                    Err(e) => tracing::error!(
+                        queued = self.rx.len(),
+                        "cannot open the usage database ({}), retrying in {backoff:?}; \
+                         requests' usage waits in the queue (past it: dropped and counted): {e}",
+                        self.location
+                    ),
+                },
+                _ = &mut *stop => return false,
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = &mut *stop => return false,
-            }
-            match location.open().await {
-                Ok(store) => {
-                    tracing::info!("usage database open: recording resumes");
-                    self.cell.set(store.clone());
-                    self.store = Some(store);
-                    return true;
-                }
-                Err(e) => tracing::error!(
-                    queued = self.rx.len(),
-                    "usage database still cannot be opened (retrying in {backoff:?}): {e}"
-                ),
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }

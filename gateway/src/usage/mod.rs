@@ -119,10 +119,10 @@ pub fn now_ms() -> i64 {
 /// The SQLite file's name in the node's state dir.
 pub const SQLITE_FILE: &str = "usage.db";
 
-/// Opens the store `settings` names (default: [`SQLITE_FILE`] in `state_dir`),
-/// migrates it, registers the usage metrics and starts the recorder actor.
-/// `None` when accounting is off.
-pub async fn open(
+/// The accounting for the store `settings` names (default: [`SQLITE_FILE`] in
+/// `state_dir`), with its metrics registered; [`UsageService::run`] then opens
+/// (and migrates) the store and starts writing. `None` when accounting is off.
+pub fn open(
     settings: &UsageSettings,
     state_dir: &Path,
     node: &str,
@@ -141,21 +141,6 @@ pub async fn open(
             node: node.to_string(),
         },
     };
-    let what = match &location {
-        Location::Url { .. } => "[usage] database_url".to_string(),
-        Location::SqliteFile { path, .. } => path.display().to_string(),
-    };
-    // herd serves even when the store cannot be opened yet: the actor retries.
-    let store = match location.open().await {
-        Ok(store) => {
-            tracing::info!(store = ?store.kind(), "usage accounting on ({what})");
-            Ok(store)
-        }
-        Err(e) => {
-            tracing::error!("cannot open the usage database ({what}): {e}; requests wait in the queue (then are dropped and counted) until it opens");
-            Err(location)
-        }
-    };
     let registry = metrics.registry();
     let dropped = IntCounter::new(
         "herd_usage_dropped_total",
@@ -167,7 +152,8 @@ pub async fn open(
     } else {
         UserMetrics::disabled()
     };
-    Ok(Some(start(store, settings, dropped, users)))
+    tracing::info!("usage accounting on ({location})");
+    Ok(Some(start(location, settings, dropped, users)))
 }
 
 /// The request path's handle: hands records to the recorder actor, never waits.

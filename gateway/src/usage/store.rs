@@ -37,6 +37,15 @@ pub enum Location {
     },
 }
 
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url { .. } => f.write_str("[usage] database_url"),
+            Self::SqliteFile { path, .. } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 impl Location {
     pub async fn open(&self) -> Result<Store, sqlx::Error> {
         match self {
@@ -93,7 +102,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let mut options = AnyPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(5));
         if kind == StoreKind::Sqlite {
             // WAL: readers (reports) never block the writer. NORMAL sync: a
             // committed batch survives a crash of herd (not of the machine's power).
