@@ -32,13 +32,22 @@ fn bin_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "no /usr/lib/postgresql/<version>/bin".to_string())
 }
 
-fn free_port() -> Result<u16, String> {
+fn any_free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 impl Postgres {
     pub fn start() -> Result<Self, String> {
+        Self::start_on(any_free_port()?)
+    }
+
+    /// A free TCP port, for a server started later with [`Postgres::start_on`].
+    pub fn free_port() -> Result<u16, String> {
+        any_free_port()
+    }
+
+    pub fn start_on(port: u16) -> Result<Self, String> {
         let bin = bin_dir()?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let root = Command::new("id")
@@ -61,7 +70,6 @@ impl Postgres {
         } else {
             Vec::new()
         };
-        let port = free_port()?;
         let mut pg = Self {
             dir,
             bin,
