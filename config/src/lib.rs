@@ -8,12 +8,14 @@ mod http;
 mod model;
 pub mod routing;
 pub mod upstream;
+mod usage;
 
 pub use cluster::ClusterConfig;
 pub use http::HttpLimits;
 pub use model::{model_id_from_path, EngineKind, ModelConfig, NodesWanted, ValidEntry};
 pub use routing::{Alias, AliasConfig, AliasTargetConfig, Policy, Routing};
 pub use upstream::{HealthPolicy, KeySource, UpstreamTimeouts, ValidUpstream};
+pub use usage::{UsageConfig, UsageSettings};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -72,6 +74,9 @@ pub struct RawConfig {
     pub aliases: Vec<AliasConfig>,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Usage accounting (`[usage]`).
+    #[serde(default)]
+    pub usage: UsageConfig,
 }
 
 impl RawConfig {
@@ -130,6 +135,7 @@ impl RawConfig {
             }
         }
         let routing = routing::validate(self.aliases, &ids)?;
+        let usage = self.usage.validate()?;
         Ok(Config {
             listen,
             api_key_file: self.api_key_file,
@@ -140,6 +146,7 @@ impl RawConfig {
             upstreams,
             routing,
             cluster: self.cluster,
+            usage,
         })
     }
 }
@@ -158,6 +165,7 @@ pub struct Config {
     pub upstreams: Vec<ValidUpstream>,
     pub routing: Routing,
     pub cluster: ClusterConfig,
+    pub usage: UsageSettings,
 }
 
 pub use model::ValidModel;

@@ -235,3 +235,33 @@ fn upstreams_validate_with_defaults_and_name_mistakes() -> Result<(), String> {
     );
     Ok(())
 }
+
+#[test]
+fn usage_section_defaults_and_errors() {
+    let valid = |text: &str| {
+        RawConfig::from_toml(text)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.validate().map_err(|e| e.to_string()))
+    };
+    let c = valid("");
+    assert!(c.as_ref().is_ok_and(|c| c.usage.enabled
+        && c.usage.database_url.is_none()
+        && c.usage.retention_days == 30
+        && c.usage.flush_rows == 256
+        && !c.usage.user_metrics));
+    let e = valid("[usage]\nflush_rows = 0\n").err().unwrap_or_default();
+    assert!(
+        e.contains("`usage.flush_rows`") && e.contains("got 0"),
+        "{e}"
+    );
+    let e = valid("[usage]\ndatabase_url = \"mysql://u:secret@h/db\"\n")
+        .err()
+        .unwrap_or_default();
+    assert!(
+        e.contains("`usage.database_url`") && !e.contains("secret"),
+        "{e}"
+    );
+    let e = valid("[usage]\nretention = 3\n").err().unwrap_or_default();
+    assert!(e.contains("retention"), "{e}");
+    assert!(valid("[usage]\ndatabase_url = \"postgres://h/db\"\nretention_days = 1\n").is_ok());
+}

@@ -21,8 +21,12 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct KeyName(pub Arc<str>);
 
-/// Reads an `api_key_file`: `name:key` lines (or bare keys, named `key-N`).
-pub fn load_key_file(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+/// One `api_key_file` line: a name, the key, and its role.
+pub type LegacyKey = (String, Vec<u8>, Role);
+
+/// Reads an `api_key_file`: `name:key` lines (or bare keys, named `key-N`);
+/// `name:key:admin` is a key that may also manage keys and read usage.
+pub fn load_key_file(path: &Path) -> anyhow::Result<Vec<LegacyKey>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read API key file {}: {e}", path.display()))?;
     let keys = parse_key_file(&text);
@@ -32,16 +36,28 @@ pub fn load_key_file(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     Ok(keys)
 }
 
-pub fn parse_key_file(text: &str) -> Vec<(String, Vec<u8>)> {
+pub fn parse_key_file(text: &str) -> Vec<LegacyKey> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .enumerate()
         .map(|(i, line)| match line.split_once(':') {
             Some((name, key)) if !name.trim().is_empty() && !key.trim().is_empty() => {
-                (name.trim().to_string(), key.trim().as_bytes().to_vec())
+                let (key, role) = match key.strip_suffix(":admin") {
+                    Some(k) if !k.trim().is_empty() => (k, Role::Admin),
+                    _ => (key, Role::User),
+                };
+                (
+                    name.trim().to_string(),
+                    key.trim().as_bytes().to_vec(),
+                    role,
+                )
             }
-            _ => (format!("key-{}", i + 1), line.as_bytes().to_vec()),
+            _ => (
+                format!("key-{}", i + 1),
+                line.as_bytes().to_vec(),
+                Role::User,
+            ),
         })
         .collect()
 }
@@ -94,12 +110,13 @@ mod tests {
 
     #[test]
     fn named_and_bare_keys() {
-        let keys = parse_key_file("# team keys\nalice:sk-a\n\nsk-bare\n");
+        let keys = parse_key_file("# team keys\nalice:sk-a\n\nsk-bare\nboss:sk-b:admin\n");
         assert_eq!(
             keys,
             vec![
-                ("alice".to_string(), b"sk-a".to_vec()),
-                ("key-2".to_string(), b"sk-bare".to_vec())
+                ("alice".to_string(), b"sk-a".to_vec(), Role::User),
+                ("key-2".to_string(), b"sk-bare".to_vec(), Role::User),
+                ("boss".to_string(), b"sk-b".to_vec(), Role::Admin),
             ]
         );
         let store = KeyStore::fixed(keys);
@@ -109,6 +126,7 @@ mod tests {
             Some("alice".into())
         );
         assert!(t.lookup(b"sk-", 0).is_none());
+        assert_eq!(t.lookup(b"sk-b", 0).map(|e| e.role), Some(Role::Admin));
         assert!(t.lookup(b"", 0).is_none());
         assert!(parse_key_file("\n# none\n").is_empty());
     }

@@ -69,11 +69,15 @@ pub async fn start(
                 Backend::Upstream(u) => upstream::open(u, &call, req.include_usage, timer)
                     .await
                     .map(Answer::Upstream),
-                Backend::Remote(r) => {
-                    crate::deploy::forward::attempt(r, req.endpoint.path(), raw, timer.key())
-                        .await
-                        .map(Answer::Forwarded)
-                }
+                Backend::Remote(r) => crate::deploy::forward::attempt(
+                    r,
+                    req.endpoint.path(),
+                    raw,
+                    timer.key(),
+                    timer.end_user(),
+                )
+                .await
+                .map(Answer::Forwarded),
             };
             let error = match attempt {
                 Ok(answer) => return Ok(answer),

@@ -17,4 +17,5 @@ pub mod router;
 pub mod routing;
 pub mod scheduler;
 pub mod upstream;
+pub mod usage;
 pub mod validate;

@@ -33,6 +33,8 @@ enum Command {
     Keys(cli::keys::KeysArgs),
     /// Print the cluster's membership as a table.
     Status(cli::status::StatusArgs),
+    /// Usage by key, end user, model or day, for the whole cluster.
+    Usage(cli::usage::UsageArgs),
     /// Load-generate against any OpenAI-compatible base URL.
     Bench(bench::BenchArgs),
     /// Internal: the llama.cpp engine host child process (spawned by `serve`).
@@ -44,6 +46,9 @@ enum Command {
     /// Measurement tool: a tunnel responder in front of loopback services.
     #[command(hide = true)]
     TunnelServe(cli::tunnel_tools::TunnelServeArgs),
+    /// Measurement tool: usage store write throughput and the cost of recording a request.
+    #[command(hide = true)]
+    UsageBench(cli::usage_bench::UsageBenchArgs),
     /// Measurement tool: a loopback listener whose connections go through a tunnel.
     #[command(hide = true)]
     TunnelForward(cli::tunnel_tools::TunnelForwardArgs),
@@ -64,7 +69,9 @@ fn main() -> ExitCode {
         Command::Node(args) => cli::block_on(cli::node::run(args)),
         Command::Status(args) => cli::block_on(cli::status::run(args)),
         Command::Keys(args) => cli::keys::run(args),
+        Command::Usage(args) => cli::block_on(cli::usage::run(args)),
         Command::Bench(args) => cli::block_on(bench::run(args)),
+        Command::UsageBench(args) => cli::block_on(cli::usage_bench::run(args)),
         Command::TunnelServe(args) => cli::block_on(cli::tunnel_tools::serve(args)),
         Command::TunnelForward(args) => cli::block_on(cli::tunnel_tools::forward(args)),
     };

@@ -279,6 +279,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for families other modules own (usage accounting).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The bounded `model` label for a requested model name.
     pub fn model_label(&self, requested: &str) -> String {
         match self.models.read() {

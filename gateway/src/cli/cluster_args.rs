@@ -63,12 +63,7 @@ pub fn agent_config(
     advertise: SocketAddr,
     role: Role,
 ) -> anyhow::Result<AgentConfig> {
-    let node_name = args
-        .name
-        .clone()
-        .or_else(|| file.node_name.clone())
-        .unwrap_or_else(herd_cluster::node::host_name);
-    let state_dir = resolve_state_dir(args.state_dir.as_ref(), Some(&node_name), file);
+    let (node_name, state_dir) = node_name_and_state_dir(args, file);
     let mut config = AgentConfig::new(node_name, advertise, state_dir, role);
     config.cluster = args
         .cluster
@@ -131,6 +126,20 @@ pub fn resolve_state_dir(
             default_state_dir(&name)
         }
     }
+}
+
+/// This node's name and state directory (flags over the file over defaults).
+pub fn node_name_and_state_dir(args: &ClusterArgs, file: &ClusterConfig) -> (String, PathBuf) {
+    let node_name = args
+        .name
+        .clone()
+        .or_else(|| file.node_name.clone())
+        .unwrap_or_else(herd_cluster::node::host_name);
+    let state_dir = match args.state_dir.as_ref().or(file.state_dir.as_ref()) {
+        Some(dir) => expand_home(dir),
+        None => default_state_dir(&node_name),
+    };
+    (node_name, state_dir)
 }
 
 fn default_state_dir(node_name: &str) -> PathBuf {

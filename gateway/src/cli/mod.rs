@@ -9,6 +9,8 @@ pub mod runtime;
 pub mod serve;
 pub mod status;
 pub mod tunnel_tools;
+pub mod usage;
+pub mod usage_bench;
 
 use std::future::Future;
 

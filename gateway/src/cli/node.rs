@@ -67,12 +67,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let router = Router::default();
     // A node may head deployments: it runs forwarded requests through the
     // OpenAI handlers, but serves no OpenAI API of its own.
+    // A head records the usage of the requests it runs, like a gateway.
+    let (node_name, state_dir) =
+        super::cluster_args::node_name_and_state_dir(&args.cluster, &raw.cluster);
+    let usage_settings = raw.usage.validate()?;
+    let mut usage = crate::usage::open(&usage_settings, &state_dir, &node_name, &metrics)?;
+    let usage_handle = usage.as_ref().map(crate::usage::UsageService::handle);
     let state = AppState {
         router: router.clone(),
         keys: KeyStore::fixed(Vec::new()),
         max_body_bytes: raw.max_body_bytes.unwrap_or(4 << 20),
         metrics: metrics.clone(),
         responses: Default::default(),
+        usage: usage_handle.clone(),
     };
     let runtime = runtime::start(RuntimeParts {
         args: &args.cluster,
@@ -88,10 +95,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     })
     .await?;
     let agent = runtime.agent.clone();
+    // The node's id is on disk now: the usage store may take its room.
+    if let Some(usage) = usage.as_mut() {
+        usage.run();
+    }
     let mut app = runtime
         .peer_routes
         .clone()
-        .merge(peer_routes(agent.clone()));
+        .merge(peer_routes(agent.clone()))
+        .merge(crate::usage::http::peer_routes(usage_handle, agent.clone()));
     if let Some(keys) = keys {
         let protected = public_routes(agent.clone()).route_layer(
             axum::middleware::from_fn_with_state(KeyStore::fixed(keys), require_key),
@@ -101,6 +113,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!("herd node listening on http://{addr}");
     let served =
         super::serve::serve_until_signal(listener, app, limits, Duration::from_secs(2)).await;
+    if let Some(usage) = usage {
+        usage.shutdown().await;
+    }
     agent.shutdown().await;
     drop(runtime);
     served

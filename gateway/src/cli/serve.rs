@@ -10,6 +10,7 @@ use crate::http::{app, AppState, ExtraRoutes};
 use crate::keys::file::KeyFile;
 use crate::keys::KeyStore;
 use crate::router::Router;
+use crate::usage::{http as usage_http, UsageService};
 use anyhow::Context;
 use clap::Args;
 use herd_cluster::{Agent, Role};
@@ -148,12 +149,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Engine gauges (up, restarts, slots, KV cache) are read fresh at each scrape.
     let scraped = router.clone();
     metrics.add_scrape_hook(move |m| m.observe_router(&scraped));
+    let (node_name, state_dir) =
+        super::cluster_args::node_name_and_state_dir(&args.cluster, &config.cluster);
+    let mut usage = crate::usage::open(&config.usage, &state_dir, &node_name, &metrics)?;
     let state = AppState {
         router: router.clone(),
         keys: keys.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics: metrics.clone(),
         responses: Default::default(),
+        usage: usage.as_ref().map(UsageService::handle),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -175,10 +180,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     let agent = runtime.agent.clone();
     let replication = crate::keys::replicate::spawn(agent.clone(), keys);
+    // The node's id is on disk now: the usage store may take its room.
+    if let Some(usage) = usage.as_mut() {
+        usage.run();
+    }
     let app = gateway_app(state, agent.clone(), runtime.peer_routes.clone());
     tracing::info!("herd listening on http://{addr}");
     let served = serve_until_signal(listener, app, config.http, config.shutdown_grace).await;
     replication.abort();
+    // Every request has ended (or been cut at the grace deadline): write their usage.
+    if let Some(usage) = usage {
+        usage.shutdown().await;
+    }
     agent.shutdown().await;
     drop(runtime);
     served
@@ -195,9 +208,11 @@ pub fn gateway_app(state: AppState, agent: Agent, peer_routes: axum::Router) -> 
             .merge(crate::keys::replicate::routes(
                 agent.clone(),
                 state.keys.clone(),
-            )),
+            ))
+            .merge(usage_http::peer_routes(state.usage.clone(), agent.clone())),
         protected: cluster::public_routes(agent.clone())
-            .merge(crate::keys::admin::routes(state.keys.clone())),
+            .merge(crate::keys::admin::routes(state.keys.clone()))
+            .merge(usage_http::admin_routes(state.usage.clone(), agent.clone())),
         forward: Some(ForwardState {
             router: state.router.clone(),
             agent,

@@ -9,10 +9,13 @@
 use super::plan::{Plan, PLAN_PATH};
 use super::Deployer;
 use crate::auth::KeyName;
+use crate::caller::{Caller, Role};
 use crate::openai::ApiError;
 use crate::router::{Route, Router};
 use crate::routing::Remote;
 use crate::upstream::{error_message, UpstreamError};
+use crate::usage::refusals::UsageSeen;
+use crate::usage::{OPENWEBUI_USER_EMAIL, OPENWEBUI_USER_ID};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -72,6 +75,8 @@ pub async fn forward_remote(
             .run(Request::from_parts(parts, Body::from(bytes)))
             .await;
     };
+    // The head records this request's usage (a refusal here is recorded by the layer that set this).
+    let seen = parts.extensions.get::<UsageSeen>().cloned();
     let key = parts
         .extensions
         .get::<KeyName>()
@@ -86,6 +91,13 @@ pub async fn forward_remote(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    // The head records the request's usage: it needs the end user too.
+    let mut headers = vec![("content-type", content_type)];
+    for name in [OPENWEBUI_USER_ID, OPENWEBUI_USER_EMAIL] {
+        if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+            headers.push((name, v.to_string()));
+        }
+    }
     let resp = match client
         .open_stream(
             remote.addr,
@@ -93,11 +105,16 @@ pub async fn forward_remote(
             reqwest::Method::POST,
             &path,
             bytes,
-            &[("content-type", content_type)],
+            &headers,
         )
         .await
     {
-        Ok(r) => r,
+        Ok(r) => {
+            if let Some(seen) = seen {
+                seen.raise();
+            }
+            r
+        }
         Err(e) => {
             tracing::warn!(head = %remote.head_name, "cannot forward to the deployment's head: {e}");
             return unavailable(&format!(
@@ -145,6 +162,7 @@ pub async fn attempt(
     path: &str,
     raw: &[u8],
     key: &str,
+    end_user: Option<&str>,
 ) -> Result<Response, ApiError> {
     let body = crate::upstream::with_model(raw, &remote.id).map_err(|e| {
         ApiError::InvalidJson(format!("the request body is not a JSON object: {e}"))
@@ -154,6 +172,11 @@ pub async fn attempt(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let held = InFlight(remote.in_flight.clone());
     let r = &remote.route;
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    // The head records the request's usage; a name that cannot be a header value stays behind.
+    if let Some(user) = end_user.filter(|u| u.bytes().all(|b| (0x20..0x7f).contains(&b))) {
+        headers.push((OPENWEBUI_USER_ID, user.to_string()));
+    }
     let resp = remote
         .client
         .open_stream(
@@ -162,7 +185,7 @@ pub async fn attempt(
             reqwest::Method::POST,
             &format!("{FORWARD_PREFIX}{}{path}", encode_key(key)),
             Bytes::from(body),
-            &[("content-type", "application/json".to_string())],
+            &headers,
         )
         .await
         .map_err(|e| {
@@ -265,6 +288,11 @@ pub async fn serve_forwarded(
     parts.uri = uri;
     parts.extensions.insert(Forwarded);
     parts.extensions.insert(KeyName(Arc::from(key)));
+    // The sending node checked the key; here it only names the caller for usage.
+    parts.extensions.insert(Caller {
+        key_name: (key != "-" && key != crate::metrics::ANONYMOUS_KEY).then(|| key.to_string()),
+        role: Role::User,
+    });
     let answer = match api
         .oneshot(Request::from_parts(parts, Body::from(bytes)))
         .await

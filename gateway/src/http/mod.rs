@@ -29,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Stored Responses API answers (`previous_response_id`, `GET`).
     pub responses: crate::openai::responses::store::ResponseStore,
+    /// Usage accounting's request-path handle; `None` when it is off.
+    pub usage: Option<crate::usage::UsageHandle>,
 }
 
 /// Extra routes other parts of herd contribute.
@@ -93,6 +95,11 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
         .merge(generation)
         .merge(responses)
         .merge(extra.protected)
+        // Inside auth, outside everything else: a refusal no handler recorded gets its usage row.
+        .route_layer(middleware::from_fn_with_state(
+            state.usage.clone(),
+            crate::usage::refusals::record_refusals,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.keys.clone(),
             require_key,

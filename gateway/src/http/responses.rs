@@ -4,9 +4,10 @@
 //! chat stream — is turned into a Response object or Responses events.
 //! Errors before the answer starts leave exactly as chat's do.
 
-use super::openai_api::{run, timer};
+use super::openai_api::{run, tag_usage, timer, Who};
 use super::AppState;
 use crate::auth::KeyName;
+use crate::caller::Caller;
 use crate::keys::limits::TokenMeter;
 use crate::openai::error::ENCODING_FAILED;
 use crate::openai::json::parse_body;
@@ -15,8 +16,10 @@ use crate::openai::responses::object::ResponseObject;
 use crate::openai::responses::request::{translate, ResponsesRequest};
 use crate::openai::responses::store::ResponseStore;
 use crate::openai::{ApiError, OpenAiJson};
+use crate::usage::refusals::UsageSeen;
 use crate::validate;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -33,14 +36,21 @@ pub async fn create(
     State(state): State<AppState>,
     key: Option<Extension<KeyName>>,
     meter: Option<Extension<TokenMeter>>,
+    caller: Option<Extension<Caller>>,
+    seen: Option<Extension<UsageSeen>>,
+    headers: HeaderMap,
     body: Result<OpenAiJson<ResponsesRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let mut timer = timer(
-        &state,
-        key,
-        meter,
-        body.as_ref().map_or("", |b| b.value.model.as_str()),
-    );
+    let asked = body.as_ref().ok().map(|b| &b.value);
+    let model = asked.map_or("", |r| r.model.as_str());
+    let mut timer = timer(&state, key, meter, model);
+    let who = Who {
+        caller,
+        seen,
+        headers: &headers,
+    };
+    let user = asked.and_then(|r| r.user.as_deref());
+    tag_usage(&state, &mut timer, who, (model, user), "responses");
     let prepared = body.and_then(|b| {
         let previous = match &b.value.previous_response_id {
             None => Vec::new(),

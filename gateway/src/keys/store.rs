@@ -8,6 +8,7 @@
 use super::file::KeyFile;
 use super::limits::{KeyLimiter, Quota};
 use super::{constant_time_eq, hash_secret, now_ms, KeyRecord, Limits};
+use crate::auth::LegacyKey;
 use crate::caller::Role;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
@@ -33,9 +34,9 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
-    fn new(name: &str, hash: [u8; 32], record: Option<&KeyRecord>) -> Self {
+    fn new(name: &str, hash: [u8; 32], record: Option<&KeyRecord>, legacy_role: Role) -> Self {
         let (role, limits, expires_ms) = record
-            .map_or((Role::User, Limits::default(), None), |r| {
+            .map_or((legacy_role, Limits::default(), None), |r| {
                 (r.role, r.limits.clone(), r.expires_ms)
             });
         let limiter = (!limits.is_unlimited()).then(|| {
@@ -101,7 +102,7 @@ pub struct KeyStore {
 
 impl KeyStore {
     /// Keys from an `api_key_file` only (hashed now; the text is dropped), no store.
-    pub fn fixed(legacy: Vec<(String, Vec<u8>)>) -> Self {
+    pub fn fixed(legacy: Vec<LegacyKey>) -> Self {
         let table = build(&hashed(legacy), &BTreeMap::new(), &HashMap::new());
         let (_, records) = watch::channel(Arc::new(Vec::new()));
         Self {
@@ -113,7 +114,7 @@ impl KeyStore {
     }
 
     /// Starts the actor over `file`, with the `api_key_file` keys beside it.
-    pub fn start(file: KeyFile, legacy: Vec<(String, Vec<u8>)>) -> anyhow::Result<Self> {
+    pub fn start(file: KeyFile, legacy: Vec<LegacyKey>) -> anyhow::Result<Self> {
         let legacy = hashed(legacy);
         let mut records = BTreeMap::new();
         merge(&mut records, file.read()?);
@@ -170,10 +171,10 @@ impl KeyStore {
     }
 }
 
-fn hashed(legacy: Vec<(String, Vec<u8>)>) -> Vec<(String, [u8; 32])> {
+fn hashed(legacy: Vec<LegacyKey>) -> Vec<(String, [u8; 32], Role)> {
     legacy
         .into_iter()
-        .map(|(name, key)| (name, hash_secret(&key)))
+        .map(|(name, key, role)| (name, hash_secret(&key), role))
         .collect()
 }
 
@@ -191,13 +192,13 @@ fn merge(records: &mut BTreeMap<String, KeyRecord>, incoming: Vec<KeyRecord>) ->
 
 /// A new table; entries whose record did not change keep their limiter and last-used time.
 fn build(
-    legacy: &[(String, [u8; 32])],
+    legacy: &[(String, [u8; 32], Role)],
     records: &BTreeMap<String, KeyRecord>,
     old: &HashMap<[u8; 32], Arc<KeyEntry>>,
 ) -> KeyTable {
     let mut by_hash = HashMap::new();
-    for (name, hash) in legacy {
-        by_hash.insert(*hash, Arc::new(KeyEntry::new(name, *hash, None)));
+    for (name, hash, role) in legacy {
+        by_hash.insert(*hash, Arc::new(KeyEntry::new(name, *hash, None, *role)));
     }
     for r in records.values().filter(|r| r.revoked_ms.is_none()) {
         let Ok(bytes) = hex::decode(&r.hash) else {
@@ -206,7 +207,7 @@ fn build(
         let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) else {
             continue;
         };
-        let fresh = Arc::new(KeyEntry::new(&r.name, hash, Some(r)));
+        let fresh = Arc::new(KeyEntry::new(&r.name, hash, Some(r), Role::User));
         let entry = match old.get(&hash) {
             Some(e) if e.limits == fresh.limits && e.role == fresh.role && e.name == fresh.name => {
                 e.clone()
@@ -223,7 +224,7 @@ fn build(
 
 struct Actor {
     file: KeyFile,
-    legacy: Vec<(String, [u8; 32])>,
+    legacy: Vec<(String, [u8; 32], Role)>,
     stamp: Option<(u64, std::time::SystemTime)>,
     records: BTreeMap<String, KeyRecord>,
     table: Arc<ArcSwap<KeyTable>>,

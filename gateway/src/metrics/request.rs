@@ -133,6 +133,12 @@ pub struct RequestTimer {
     ttft: Histogram,
     itl: Histogram,
     last_token: Option<Instant>,
+    /// Text deltas sent: the completion count of a request that did not finish.
+    deltas: u64,
+    first_token: Option<Instant>,
+    arrived_ms: i64,
+    /// Where the request's usage row goes, with who asked for what.
+    usage: Option<crate::usage::UsageTag>,
     ended: bool,
     /// Charges tokens to the key's tpm limit as they stream.
     meter: Option<crate::keys::limits::TokenMeter>,
@@ -153,9 +159,18 @@ impl RequestTimer {
             ttft,
             itl,
             last_token: None,
+            deltas: 0,
+            first_token: None,
+            arrived_ms: crate::usage::now_ms(),
+            usage: None,
             ended: false,
             meter: None,
         }
+    }
+
+    /// Records this request's usage row when it ends (see `crate::usage`).
+    pub fn tag_usage(&mut self, tag: crate::usage::UsageTag) {
+        self.usage = Some(tag);
     }
 
     /// The bounded label this request is counted under.
@@ -188,6 +203,11 @@ impl RequestTimer {
         self.metrics.backend_failure(deployment, reason);
     }
 
+    /// The end user its usage is recorded under, if known.
+    pub fn end_user(&self) -> Option<&str> {
+        self.usage.as_ref().and_then(|u| u.end_user.as_deref())
+    }
+
     /// The API key's name this request is counted under.
     pub fn key(&self) -> &str {
         &self.key
@@ -204,12 +224,14 @@ impl RequestTimer {
         if self.ended {
             return;
         }
+        // The head records the request's usage.
+        self.usage = None;
         let error = if (200..300).contains(&status) {
             ErrorType::None
         } else {
             ErrorType::UpstreamError
         };
-        self.end(&status.to_string(), error);
+        self.end(status, error, Usage::default());
     }
 
     /// The request starts waiting for a slot.
@@ -244,6 +266,8 @@ impl RequestTimer {
     /// token, each later one an inter-token gap (as the client sees them).
     pub fn token(&mut self) {
         let now = Instant::now();
+        self.deltas += 1;
+        self.first_token.get_or_insert(now);
         match self.last_token {
             None => self
                 .ttft
@@ -291,7 +315,7 @@ impl RequestTimer {
         s.finished
             .with_label_values(&[self.model.as_str(), reason.as_str()])
             .inc();
-        self.end("200", ErrorType::None);
+        self.end(200, ErrorType::None, usage);
     }
 
     /// The request failed: refused before generation, or an engine error mid-stream
@@ -307,16 +331,47 @@ impl RequestTimer {
                 .with_label_values(&[self.model.as_str(), "error"])
                 .inc();
         }
-        self.end(error.status().as_str(), ErrorType::of(error));
+        let partial = self.partial_usage();
+        self.end(error.status().as_u16(), ErrorType::of(error), partial);
     }
 
-    fn end(&mut self, status: &str, error_type: ErrorType) {
+    /// What a request that did not finish used, as far as herd saw: the
+    /// text deltas it streamed (one per token for a local engine).
+    fn partial_usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: 0,
+            completion_tokens: u32::try_from(self.deltas).unwrap_or(u32::MAX),
+            cached_tokens: 0,
+        }
+    }
+
+    fn end(&mut self, status: u16, error_type: ErrorType, usage: Usage) {
         self.ended = true;
         self.waiting = None;
         self.running = None;
+        if let Some(tag) = self.usage.take() {
+            let ms = |i: Instant| i.duration_since(self.arrived).as_secs_f64() * 1000.0;
+            tag.recorder.record(crate::usage::UsageRecord {
+                at_ms: self.arrived_ms,
+                key_name: tag.key_name,
+                end_user: tag.end_user,
+                model: tag.model,
+                endpoint: tag.endpoint,
+                status,
+                prompt_tokens: u64::from(usage.prompt_tokens),
+                cached_tokens: u64::from(usage.cached_tokens),
+                completion_tokens: u64::from(usage.completion_tokens),
+                ttft_ms: self.first_token.map(ms),
+                duration_ms: self.arrived.elapsed().as_secs_f64() * 1000.0,
+            });
+        }
         let s = &self.metrics.series;
         s.requests
-            .with_label_values(&[self.model.as_str(), status, error_type.as_str()])
+            .with_label_values(&[
+                self.model.as_str(),
+                &status.to_string(),
+                error_type.as_str(),
+            ])
             .inc();
         s.key_requests
             .with_label_values(&[self.key.as_str(), self.model.as_str()])
@@ -337,6 +392,7 @@ impl Drop for RequestTimer {
                 .inc();
         }
         // 499: nginx's "client closed request"; the client stopped reading.
-        self.end("499", ErrorType::Cancelled);
+        let partial = self.partial_usage();
+        self.end(499, ErrorType::Cancelled, partial);
     }
 }

@@ -34,6 +34,8 @@ pub struct CommonParams {
     #[serde(default)]
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// The end user, for usage accounting (OpenAI's `user`).
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
