@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod deploy;
+pub mod embed;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;
