@@ -264,3 +264,26 @@ mod tests {
         assert!(check_dimensions(Some(128), 384, "m").is_err());
     }
 }
+
+#[cfg(test)]
+mod openapi_examples {
+    use super::{validate, EmbeddingRequest};
+
+    /// The examples in openapi.json are requests herd takes.
+    #[test]
+    fn the_documented_examples_pass_validation() -> Result<(), serde_json::Error> {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../http/openapi.json"))?;
+        let examples = doc["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]
+            ["application/json"]["examples"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert!(examples.len() >= 3);
+        for (name, example) in examples {
+            let req: EmbeddingRequest = serde_json::from_value(example["value"].clone())?;
+            assert!(validate(req).is_ok(), "example {name}");
+        }
+        Ok(())
+    }
+}
