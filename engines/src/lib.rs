@@ -192,7 +192,11 @@ pub enum EngineError {
     ClientTooSlow { behind: usize },
     /// An embedding input longer than the model takes.
     #[error("input[{index}] has {tokens} tokens, but this model embeds at most {max} tokens per input; shorten it")]
-    InputTooLong { index: usize, tokens: usize, max: u32 },
+    InputTooLong {
+        index: usize,
+        tokens: usize,
+        max: u32,
+    },
     /// An embedding input the model cannot take (no tokens, a token id
     /// outside the vocabulary).
     #[error("{0}")]

@@ -72,7 +72,9 @@ struct Reference {
 }
 
 /// The numpy reference for `sentences`, from the original safetensors.
-fn reference(sentences: &[&str]) -> Result<Vec<Reference>, Box<dyn std::error::Error + Send + Sync>> {
+fn reference(
+    sentences: &[&str],
+) -> Result<Vec<Reference>, Box<dyn std::error::Error + Send + Sync>> {
     let python = cache().join("embed-venv/bin/python");
     let model = cache().join("embed/all-MiniLM-L6-v2.zip");
     if !python.is_file() || !model.is_file() {
@@ -194,7 +196,10 @@ async fn embeddings_match_the_reference_through_async_openai() -> TestResult {
     let single: Vec<f32> = serde_json::from_value(body["data"][0]["embedding"].clone())?;
     assert!(dot(&single, &got.data[3].embedding) > 0.9999);
 
-    let metrics = reqwest::get(format!("{}/metrics", server.url)).await?.text().await?;
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await?
+        .text()
+        .await?;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("herd_embedding_requests_total{model=\"minilm\"}"))
@@ -207,14 +212,54 @@ async fn embeddings_match_the_reference_through_async_openai() -> TestResult {
 async fn embedding_errors_are_clear_and_openai_shaped() -> TestResult {
     let server = Server::start_config(&config(), &[], &[])?;
     let cases = [
-        (json!({"model": "smol", "input": "hi"}), 400, "model", "does not serve embeddings"),
-        (json!({"model": "minilm", "input": []}), 400, "input", "must not be empty"),
-        (json!({"model": "minilm", "input": ""}), 400, "input", "empty string"),
-        (json!({"model": "minilm", "input": ["ok", "word ".repeat(600)]}), 400, "input", "input[1] has 602 tokens"),
-        (json!({"model": "minilm", "input": [[101, 99999, 102]]}), 400, "input", "token id 99999"),
-        (json!({"model": "minilm", "input": "hi", "dimensions": 128}), 400, "dimensions", "384"),
-        (json!({"model": "minilm", "input": "hi", "encoding_format": "int8"}), 400, "encoding_format", "int8"),
-        (json!({"model": "nope", "input": "hi"}), 404, "model", "nope"),
+        (
+            json!({"model": "smol", "input": "hi"}),
+            400,
+            "model",
+            "does not serve embeddings",
+        ),
+        (
+            json!({"model": "minilm", "input": []}),
+            400,
+            "input",
+            "must not be empty",
+        ),
+        (
+            json!({"model": "minilm", "input": ""}),
+            400,
+            "input",
+            "empty string",
+        ),
+        (
+            json!({"model": "minilm", "input": ["ok", "word ".repeat(600)]}),
+            400,
+            "input",
+            "input[1] has 602 tokens",
+        ),
+        (
+            json!({"model": "minilm", "input": [[101, 99999, 102]]}),
+            400,
+            "input",
+            "token id 99999",
+        ),
+        (
+            json!({"model": "minilm", "input": "hi", "dimensions": 128}),
+            400,
+            "dimensions",
+            "384",
+        ),
+        (
+            json!({"model": "minilm", "input": "hi", "encoding_format": "int8"}),
+            400,
+            "encoding_format",
+            "int8",
+        ),
+        (
+            json!({"model": "nope", "input": "hi"}),
+            404,
+            "model",
+            "nope",
+        ),
     ];
     for (body, status, param, text) in cases {
         let (got, answer) = post(&server, body.clone()).await?;
@@ -236,7 +281,9 @@ async fn embedding_errors_are_clear_and_openai_shaped() -> TestResult {
         .is_some_and(|m| m.contains("serves /v1/embeddings only")));
 
     // One slot, no queue: requests at once beyond it get 429, the rest answer.
-    let big: Vec<String> = (0..256).map(|i| format!("sentence number {i} about guitars")).collect();
+    let big: Vec<String> = (0..256)
+        .map(|i| format!("sentence number {i} about guitars"))
+        .collect();
     let calls = (0..6).map(|_| post(&server, json!({"model": "minilm", "input": big})));
     let statuses: Vec<u16> = futures::future::join_all(calls)
         .await
@@ -245,6 +292,9 @@ async fn embedding_errors_are_clear_and_openai_shaped() -> TestResult {
         .collect::<Result<_, _>>()?;
     assert!(statuses.contains(&200), "{statuses:?}");
     assert!(statuses.contains(&429), "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
     Ok(())
 }

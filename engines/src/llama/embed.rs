@@ -288,7 +288,11 @@ impl<'m> EmbedLoop<'m> {
 
 /// The vector scaled to length 1 (a zero vector stays zero).
 fn normalized(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
     if norm == 0.0 {
         return v.to_vec();
     }

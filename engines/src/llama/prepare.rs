@@ -34,7 +34,9 @@ impl PromptLimit {
         let vocab = model.vocab();
         // From the GGUF's tokenizer name ("llama" is SentencePiece, "gpt2"
         // byte-level BPE): `vocab_type()` panics on any other kind (BERT's WordPiece).
-        let tokenizer = model.meta_val_str("tokenizer.ggml.model").unwrap_or_default();
+        let tokenizer = model
+            .meta_val_str("tokenizer.ggml.model")
+            .unwrap_or_default();
         let bounded = matches!(tokenizer.as_str(), "llama" | "gpt2");
         let max_token_bytes = bounded.then(|| {
             let longest = vocab

@@ -2,7 +2,7 @@
 //! object per line over a Unix socket. Request ids are chosen by the gateway.
 
 use crate::{
-    EmbedInput, EngineError, Embeddings, FinishReason, ModelInfo, PreparedPrompt, PromptInput,
+    EmbedInput, Embeddings, EngineError, FinishReason, ModelInfo, PreparedPrompt, PromptInput,
     SamplingParams, Usage,
 };
 use serde::{Deserialize, Serialize};

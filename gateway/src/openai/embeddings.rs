@@ -247,12 +247,27 @@ mod tests {
     #[test]
     fn refuses_empty_and_oversized_inputs() {
         let code = |r: Result<ValidEmbedRequest, ApiError>| r.err().map(|e| e.kind());
-        assert_eq!(code(validate(req(RawInput::Text(String::new())))), Some("invalid_value"));
-        assert_eq!(code(validate(req(RawInput::Texts(vec![])))), Some("invalid_value"));
-        assert_eq!(code(validate(req(RawInput::TokenLists(vec![vec![]])))), Some("invalid_value"));
-        assert_eq!(code(validate(req(RawInput::Tokens(vec![1 << 40])))), Some("invalid_value"));
+        assert_eq!(
+            code(validate(req(RawInput::Text(String::new())))),
+            Some("invalid_value")
+        );
+        assert_eq!(
+            code(validate(req(RawInput::Texts(vec![])))),
+            Some("invalid_value")
+        );
+        assert_eq!(
+            code(validate(req(RawInput::TokenLists(vec![vec![]])))),
+            Some("invalid_value")
+        );
+        assert_eq!(
+            code(validate(req(RawInput::Tokens(vec![1 << 40])))),
+            Some("invalid_value")
+        );
         let many = vec!["a".to_string(); MAX_INPUTS + 1];
-        assert_eq!(code(validate(req(RawInput::Texts(many)))), Some("invalid_value"));
+        assert_eq!(
+            code(validate(req(RawInput::Texts(many)))),
+            Some("invalid_value")
+        );
         let ok = validate(req(RawInput::TokenLists(vec![vec![1, 2], vec![3]])));
         assert!(ok.is_ok_and(|v| v.inputs.len() == 2 && v.encoding == Encoding::Float));
     }
@@ -272,8 +287,7 @@ mod openapi_examples {
     /// The examples in openapi.json are requests herd takes.
     #[test]
     fn the_documented_examples_pass_validation() -> Result<(), serde_json::Error> {
-        let doc: serde_json::Value =
-            serde_json::from_str(include_str!("../http/openapi.json"))?;
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../http/openapi.json"))?;
         let examples = doc["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]
             ["application/json"]["examples"]
             .as_object()
