@@ -5,6 +5,8 @@
 //! venv `.ci/setup` makes), not against another llama.cpp run.
 
 mod common;
+#[path = "common/llama_server.rs"]
+mod llama_server;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::types::{CreateEmbeddingRequestArgs, EmbeddingInput, EncodingFormat};
@@ -26,7 +28,6 @@ fn cache() -> PathBuf {
 /// An embedding deployment (one slot, no queue: a second request at once is
 /// refused) beside the default chat model.
 fn config() -> String {
-    let models = cache().join("models");
     format!(
         r#"
 [[models]]
@@ -43,9 +44,13 @@ path = "{}"
 threads = 1
 slots = 1
 "#,
-        models.join("all-MiniLM-L6-v2.f16.gguf").display(),
+        minilm().display(),
         common::model_path().display()
     )
+}
+
+fn minilm() -> PathBuf {
+    cache().join("models/all-MiniLM-L6-v2.f16.gguf")
 }
 
 fn client(server: &Server) -> Client<OpenAIConfig> {
@@ -295,6 +300,44 @@ async fn embedding_errors_are_clear_and_openai_shaped() -> TestResult {
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 429),
         "{statuses:?}"
+    );
+    Ok(())
+}
+
+/// An upstream deployment gets the client's body at `{base_url}/embeddings`
+/// (here llama.cpp's llama-server `--embeddings` on the same GGUF) and its
+/// answer is relayed; the vectors are the reference's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_deployment_relays_embeddings() -> TestResult {
+    let upstream =
+        llama_server::LlamaServer::start_model(&minilm(), "minilm-upstream", &["--embeddings"])?;
+    let config = format!(
+        "[[models]]\nid = \"remote-minilm\"\nengine = \"upstream\"\nbase_url = \"{}\"\nupstream_model = \"minilm-upstream\"\n",
+        upstream.v1()
+    );
+    let server = Server::start_config(&config, &[], &[])?;
+    let refs = reference(&SENTENCES[..2])?;
+    let request = CreateEmbeddingRequestArgs::default()
+        .model("remote-minilm")
+        .input(SENTENCES[..2].to_vec())
+        .build()?;
+    let got = client(&server).embeddings().create(request).await?;
+    assert_eq!(got.data.len(), 2);
+    for (item, r) in got.data.iter().zip(&refs) {
+        let cos = dot(&item.embedding, &r.embedding);
+        assert!(cos >= 0.99, "cosine {cos} with the reference");
+    }
+    let want_tokens: usize = refs.iter().map(|r| r.tokens.len()).sum();
+    assert_eq!(got.usage.prompt_tokens as usize, want_tokens);
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herd_embedding_requests_total{model=\"remote-minilm\"} 1")),
+        "{metrics}"
     );
     Ok(())
 }
