@@ -341,3 +341,39 @@ async fn an_upstream_deployment_relays_embeddings() -> TestResult {
     );
     Ok(())
 }
+
+/// Inputs of the requests in flight share each decode round robin: a
+/// one-input request sent while a 512-input one is being embedded is
+/// answered long before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_request_is_not_held_up_behind_a_big_one() -> TestResult {
+    let config = format!(
+        "[[models]]\nid = \"minilm\"\npath = \"{}\"\nembeddings = true\nthreads = 2\nslots = 2\n",
+        minilm().display()
+    );
+    let server = Server::start_config(&config, &[], &[])?;
+    let big: Vec<String> = (0..512)
+        .map(|i| format!("sentence number {i} is about old trains and green tea"))
+        .collect();
+    let started = std::time::Instant::now();
+    let big_call = post(&server, json!({"model": "minilm", "input": big}));
+    let small_call = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let answer = post(&server, json!({"model": "minilm", "input": "a guitar"})).await;
+        (answer, started.elapsed())
+    };
+    let big_call = async {
+        let answer = big_call.await;
+        (answer, started.elapsed())
+    };
+    let ((big, big_took), (small, small_took)) = tokio::join!(big_call, small_call);
+    let (big, small) = (big?, small?);
+    assert_eq!((big.0, small.0), (200, 200), "{big:?} {small:?}");
+    assert_eq!(big.1["data"].as_array().map(Vec::len), Some(512));
+    eprintln!("512 inputs: {big_took:?}; 1 input sent 300 ms later: {small_took:?}");
+    assert!(
+        small_took * 2 < big_took,
+        "the small request took {small_took:?}, the big one {big_took:?}"
+    );
+    Ok(())
+}
