@@ -123,6 +123,7 @@ pub(crate) fn allows_fallback(e: &ApiError) -> bool {
         | ApiError::BodyTooLarge { .. }
         | ApiError::InvalidRequest { .. }
         | ApiError::ModelNotFound(_)
+        | ApiError::ResponseNotFound(_)
         | ApiError::ContextLengthExceeded(_)
         | ApiError::Unauthorized
         | ApiError::RouteNotFound(_)

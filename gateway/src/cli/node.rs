@@ -72,6 +72,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         keys: Arc::new(ApiKeys::default()),
         max_body_bytes: raw.max_body_bytes.unwrap_or(4 << 20),
         metrics: metrics.clone(),
+        responses: Default::default(),
     };
     let runtime = runtime::start(RuntimeParts {
         args: &args.cluster,

@@ -146,6 +146,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         keys: Arc::new(keys),
         max_body_bytes: config.max_body_bytes,
         metrics: metrics.clone(),
+        responses: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -8,6 +8,7 @@ mod openai_api;
 pub mod openapi;
 mod relay;
 pub(crate) mod respond;
+mod responses;
 pub mod server;
 
 use crate::auth::{require_key, ApiKeys};
@@ -26,6 +27,8 @@ pub struct AppState {
     pub keys: Arc<ApiKeys>,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
+    /// Stored Responses API answers (`previous_response_id`, `GET`).
+    pub responses: crate::openai::responses::store::ResponseStore,
 }
 
 /// Extra routes other parts of herd contribute.
@@ -74,6 +77,13 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
     let api = Router::new()
         .route("/v1/models", get(openai_api::list_models))
         .route("/v1/models/{id}", get(openai_api::get_model))
+        // Not behind the forwarding layer: a deployment headed elsewhere is a
+        // `Remote` backend of the chat request it becomes.
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
         .with_state(state.clone())
         .merge(generation)
         .merge(extra.protected)

@@ -45,7 +45,11 @@ pub async fn completions(
     complete(&state, timer, req).await
 }
 
-fn timer(state: &AppState, key: Option<Extension<KeyName>>, model: &str) -> RequestTimer {
+pub(super) fn timer(
+    state: &AppState,
+    key: Option<Extension<KeyName>>,
+    model: &str,
+) -> RequestTimer {
     let key = key.as_ref().map_or(ANONYMOUS_KEY, |Extension(k)| &k.0);
     state.metrics.request(model, key)
 }
@@ -56,11 +60,23 @@ async fn complete(
     mut timer: RequestTimer,
     req: Result<(ValidRequest, Bytes), ApiError>,
 ) -> Result<Response, ApiError> {
-    let started = match req {
-        Ok((req, raw)) => generate::start(&state.router, req, &raw, &mut timer).await,
-        Err(e) => Err(e),
-    };
-    match started {
+    match req {
+        Ok((req, raw)) => run(state, timer, req, &raw).await,
+        Err(e) => {
+            timer.fail(&e);
+            Err(e)
+        }
+    }
+}
+
+/// Runs a validated request through routing and its backends to an answer.
+pub(super) async fn run(
+    state: &AppState,
+    mut timer: RequestTimer,
+    req: ValidRequest,
+    raw: &[u8],
+) -> Result<Response, ApiError> {
+    match generate::start(&state.router, req, raw, &mut timer).await {
         Ok(answer) => Ok(respond(answer, timer).await),
         Err(e) => {
             timer.fail(&e);

@@ -72,6 +72,7 @@ impl ErrorType {
             | ApiError::BodyTooLarge { .. }
             | ApiError::InvalidRequest { .. }
             | ApiError::RouteNotFound(_)
+            | ApiError::ResponseNotFound(_)
             | ApiError::MethodNotAllowed => Self::InvalidRequest,
             ApiError::ModelNotFound(_) => Self::ModelNotFound,
             ApiError::ContextLengthExceeded(_) => Self::ContextLengthExceeded,

@@ -21,6 +21,8 @@ pub enum ApiError {
     },
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
+    #[error("no stored response with id `{0}` (it was not stored, was deleted or evicted, or is stored by another node)")]
+    ResponseNotFound(String),
     #[error("{0}")]
     ContextLengthExceeded(String),
     #[error("incorrect or missing API key; pass it as `Authorization: Bearer KEY`")]
@@ -90,6 +92,7 @@ impl ApiError {
                 Some("model_not_found"),
                 None,
             ),
+            Self::ResponseNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("not_found"), None),
             Self::ContextLengthExceeded(_) => (
                 StatusCode::BAD_REQUEST,
                 INVALID,
@@ -326,6 +329,7 @@ mod tests {
             ApiError::BodyTooLarge { limit: 1024 },
             ApiError::invalid("temperature", "too hot"),
             ApiError::ModelNotFound("m".into()),
+            ApiError::ResponseNotFound("resp_1".into()),
             ApiError::ContextLengthExceeded("long".into()),
             ApiError::Unauthorized,
             ApiError::Overloaded("queue full", 1),
@@ -387,6 +391,7 @@ mod tests {
                 | ApiError::BodyTooLarge { .. }
                 | ApiError::InvalidRequest { .. }
                 | ApiError::ModelNotFound(_)
+                | ApiError::ResponseNotFound(_)
                 | ApiError::ContextLengthExceeded(_)
                 | ApiError::Unauthorized
                 | ApiError::Overloaded(..)

@@ -5,6 +5,7 @@ pub mod error;
 pub mod json;
 pub mod request;
 pub mod response;
+pub mod responses;
 
 pub use error::ApiError;
 pub use json::OpenAiJson;

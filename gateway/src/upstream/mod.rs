@@ -44,8 +44,9 @@ pub struct Upstream {
     pub model: String,
     pub base_url: String,
     client: reqwest::Client,
-    chat_url: String,
-    completions_url: String,
+    /// Parsed once: reqwest would parse a `&str` again on every request.
+    chat_url: reqwest::Url,
+    completions_url: reqwest::Url,
     probe: Option<(String, Duration)>,
     pub admission: Admission,
     pub breaker: Breaker,
@@ -102,8 +103,8 @@ impl Upstream {
             model: spec.model.clone(),
             base_url: base.to_string(),
             client,
-            chat_url: format!("{base}/chat/completions"),
-            completions_url: format!("{base}/completions"),
+            chat_url: parse_url(&format!("{base}/chat/completions"))?,
+            completions_url: parse_url(&format!("{base}/completions"))?,
             probe: up
                 .probe_path
                 .as_ref()
@@ -129,7 +130,7 @@ impl Upstream {
         })
     }
 
-    fn url(&self, endpoint: Endpoint) -> &str {
+    fn url(&self, endpoint: Endpoint) -> &reqwest::Url {
         match endpoint {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Completions => &self.completions_url,
@@ -238,4 +239,8 @@ fn read_key(key: &KeyRef) -> Result<String, String> {
         return Err("the upstream's API key is empty".into());
     }
     Ok(key)
+}
+
+fn parse_url(url: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a valid URL: {e}"))
 }

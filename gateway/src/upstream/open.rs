@@ -96,7 +96,7 @@ pub async fn open(
     let id = || up.id.clone();
     let sent = up
         .client
-        .post(up.url(call.endpoint))
+        .post(up.url(call.endpoint).clone())
         .header(CONTENT_TYPE, "application/json")
         .body(body)
         .send();

@@ -113,6 +113,7 @@ async fn every_route_is_documented_and_every_documented_route_answers() -> TestR
         keys: Arc::new(ApiKeys::default()),
         max_body_bytes: 1 << 20,
         metrics: crate::metrics::Metrics::new()?,
+        responses: Default::default(),
     };
     // The runtime's own routes are all node-to-node, under /_herd/v1/.
     let app = gateway_app(state, agent.clone(), axum::Router::new());
