@@ -6,6 +6,10 @@
 
 mod common;
 #[path = "common/llama_server.rs"]
+#[expect(
+    dead_code,
+    reason = "this test starts llama-server with its own model only"
+)]
 mod llama_server;
 
 use async_openai::config::OpenAIConfig;
