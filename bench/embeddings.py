@@ -229,6 +229,9 @@ def section(r):
     lines += ["", "Same vectors: the least cosine similarity between herd's and llama-server's "
               "vectors for 32 inputs is " + ", ".join(f"{v:.6f} ({n})" for n, v in
                                                      r["agreement"].items()) + ".", "",
+              "Earlier runs are kept in `bench/results/embeddings-*.json`; compare them before "
+              "reading much into one table: on this shared machine the same cell has moved by 2-4× "
+              "between runs.", "",
               "herd packs up to 64 inputs (512 tokens) into one decode, round robin across the "
               "requests in flight (`engines/src/llama/embed.rs`); llama-server puts one input in "
               "each of its `-np` slots, so its defaults (4 slots) decode at most 4 inputs at once.",
