@@ -25,6 +25,9 @@ pub struct DeploySpec {
     pub progress_timeout_ms: u64,
     pub mmap: bool,
     pub cpu_repack: bool,
+    /// An embedding deployment (serves `/v1/embeddings` only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embeddings: bool,
     /// Read from the GGUF header by a node that has the file.
     pub facts: Option<ModelFacts>,
     /// Why a node that has the file could not read its header (unreadable,

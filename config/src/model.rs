@@ -51,6 +51,10 @@ pub struct ModelConfig {
     /// so `false` here gives a one-node deployment the same arithmetic, and the
     /// same greedy output, as the model split across nodes.
     pub cpu_repack: Option<bool>,
+    /// An embedding model (e.g. all-MiniLM-L6-v2): the deployment serves
+    /// `/v1/embeddings` and refuses chat and completions; any other
+    /// deployment refuses embeddings. Runs on one node.
+    pub embeddings: Option<bool>,
     /// Deployments tried in order when this one cannot answer (connect
     /// error, 429, 5xx, first-byte timeout) before the first byte reached
     /// the client. Any engine.
@@ -130,6 +134,7 @@ pub struct ValidModel {
     pub progress_timeout: Duration,
     pub mmap: bool,
     pub cpu_repack: bool,
+    pub embeddings: bool,
 }
 
 fn default_threads() -> u32 {
@@ -273,6 +278,13 @@ impl ModelConfig {
                 format!("must be between 1 and 86400, got {progress}"),
             ));
         }
+        let embeddings = self.embeddings.unwrap_or(false);
+        if embeddings && nodes != NodesWanted::Count(1) {
+            return Err(ConfigError::invalid(
+                field("embeddings"),
+                "an embedding deployment runs on one node; remove `nodes`",
+            ));
+        }
         Ok(ValidModel {
             id,
             path,
@@ -288,6 +300,7 @@ impl ModelConfig {
             progress_timeout: Duration::from_secs(progress),
             mmap: self.mmap.unwrap_or(false),
             cpu_repack: self.cpu_repack.unwrap_or(true),
+            embeddings,
         })
     }
 }
@@ -318,7 +331,7 @@ impl ModelConfig {
     }
 
     /// The llama-only fields, and whether each is set.
-    pub(crate) fn local_fields(&self) -> [(&'static str, bool); 9] {
+    pub(crate) fn local_fields(&self) -> [(&'static str, bool); 10] {
         [
             ("path", self.path.is_some()),
             ("model", self.model.is_some()),
@@ -332,6 +345,7 @@ impl ModelConfig {
             ),
             ("mmap", self.mmap.is_some()),
             ("cpu_repack", self.cpu_repack.is_some()),
+            ("embeddings", self.embeddings.is_some()),
         ]
     }
 }

@@ -163,6 +163,7 @@ fn from_host(u: &mut Unstructured) -> Result<FromHost> {
                     has_chat_template: u.arbitrary()?,
                     n_params: u.arbitrary()?,
                     layout,
+                    embedding: None,
                 },
             }
         }

@@ -3,6 +3,7 @@
 //! back a [`TokenStream`]; dropping the stream cancels the request and frees
 //! its slot within one token.
 
+mod embed;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod llama;
@@ -11,6 +12,8 @@ pub mod text;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+pub use embed::{EmbedInput, EmbedRequest, EmbeddingInfo, Embeddings};
 
 /// What the model is asked to continue: chat messages (templated by the
 /// engine with the model's own chat template) or raw text.
@@ -133,6 +136,9 @@ pub struct ModelInfo {
     /// (`CPU` here; `RPC0[127.0.0.1:PORT]`, … for shards on other nodes).
     #[serde(default)]
     pub layout: Vec<LayerDevice>,
+    /// Set for an embedding deployment (it serves `/v1/embeddings` only).
+    #[serde(default)]
+    pub embedding: Option<EmbeddingInfo>,
 }
 
 /// A contiguous run of layers on one device.
@@ -184,6 +190,21 @@ pub enum EngineError {
     /// The client fell so far behind the stream that generation was stopped.
     #[error("the client read the stream too slowly: it fell {behind} events behind, so generation was stopped; read the stream as it arrives")]
     ClientTooSlow { behind: usize },
+    /// An embedding input longer than the model takes.
+    #[error("input[{index}] has {tokens} tokens, but this model embeds at most {max} tokens per input; shorten it")]
+    InputTooLong {
+        index: usize,
+        tokens: usize,
+        max: u32,
+    },
+    /// An embedding input the model cannot take (no tokens, a token id
+    /// outside the vocabulary).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Asked for what this deployment does not serve (chat of an embedding
+    /// model, embeddings of a chat model).
+    #[error("{0}")]
+    NotServed(String),
 }
 
 /// A request in flight. Dropping it cancels the request.
@@ -229,4 +250,7 @@ pub trait Engine: Send + Sync {
     ) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>>;
     /// Enqueue a generation; the caller holds an admission permit for one slot.
     fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError>;
+    /// Embed every input (an embedding deployment only: see [`ModelInfo::embedding`]).
+    /// Dropping the future abandons the work.
+    fn embed(&self, request: EmbedRequest) -> BoxFuture<'static, Result<Embeddings, EngineError>>;
 }

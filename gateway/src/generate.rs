@@ -108,7 +108,7 @@ pub async fn start(
 
 /// Whether another deployment may still take a request that failed so,
 /// before any byte reached the client.
-fn allows_fallback(e: &ApiError) -> bool {
+pub(crate) fn allows_fallback(e: &ApiError) -> bool {
     match e {
         ApiError::Overloaded(..) => true,
         ApiError::Engine(engine) => match engine {
@@ -117,7 +117,10 @@ fn allows_fallback(e: &ApiError) -> bool {
             | EngineError::Template(_)
             | EngineError::Internal(_)
             | EngineError::PromptTooLong { .. }
-            | EngineError::ClientTooSlow { .. } => false,
+            | EngineError::ClientTooSlow { .. }
+            | EngineError::InputTooLong { .. }
+            | EngineError::InvalidInput(_)
+            | EngineError::NotServed(_) => false,
         },
         ApiError::Upstream(u) => u.allows_fallback(),
         ApiError::InvalidJson(_)

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod caller;
 pub mod cli;
 pub mod deploy;
+pub mod embed;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;

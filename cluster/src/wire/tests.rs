@@ -30,6 +30,7 @@ fn spec(nodes: Wanted) -> DeploySpec {
         progress_timeout_ms: 120_000,
         mmap: false,
         cpu_repack: true,
+        embeddings: false,
         upstream: None,
         facts: Some(ModelFacts {
             arch: "llama".into(),

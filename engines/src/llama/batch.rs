@@ -25,6 +25,11 @@ pub enum Command {
     Cancel {
         id: RequestId,
     },
+    /// Served by the embedding loop (`embed.rs`) of an embedding host.
+    Embed {
+        id: RequestId,
+        inputs: Vec<crate::EmbedInput>,
+    },
     Shutdown,
 }
 
@@ -131,6 +136,12 @@ impl<'m> BatchLoop<'m> {
                     self.emit(FromHost::Failed { id, error });
                 }
             }
+            Command::Embed { id, .. } => self.emit(FromHost::Embedded {
+                id,
+                result: Err(EngineError::NotServed(
+                    "this model does not serve embeddings".into(),
+                )),
+            }),
         }
     }
 

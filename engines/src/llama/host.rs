@@ -6,6 +6,7 @@
 //! the gateway goes away the socket closes and the host exits.
 
 use super::batch::{BatchLoop, Command};
+use super::embed::EmbedLoop;
 use super::prepare::PromptLimit;
 use super::prepare_pool::{Job, Lane, PrepareQueue, Preparer};
 use super::protocol::{FromHost, ToHost};
@@ -46,6 +47,9 @@ pub struct HostArgs {
     /// Allow llama.cpp's repacked CPU weight layouts (always off for a split model).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub cpu_repack: bool,
+    /// Serve embeddings (`embed.rs`) instead of generating.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub embeddings: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,13 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
         .with_n_seq_max(args.slots)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
+    let (embed_params, embedding, embed_batch) =
+        super::embed::context_params(&model, args.ctx_size, threads);
+    let (params, embedding) = if args.embeddings {
+        (embed_params, Some(embedding))
+    } else {
+        (params, None)
+    };
     let ctx = model
         .new_context(&backend, params)
         .map_err(|e| HostError::Context(e.to_string()))?;
@@ -102,6 +113,7 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
             .into_iter()
             .map(|(device, layers)| crate::LayerDevice { device, layers })
             .collect(),
+        embedding,
     };
     let _ = event_tx.send(FromHost::Ready { info });
     let preparer = Preparer {
@@ -119,7 +131,10 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
         }
         let (queue, refusals) = (&queue, event_tx.clone());
         scope.spawn(move || read_commands(reader, queue, &cmd_tx, &refusals));
-        BatchLoop::new(&model, ctx, args.slots, args.ctx_size, event_tx).run(cmd_rx);
+        match embedding {
+            Some(info) => EmbedLoop::new(&model, ctx, info, embed_batch, event_tx).run(cmd_rx),
+            None => BatchLoop::new(&model, ctx, args.slots, args.ctx_size, event_tx).run(cmd_rx),
+        }
     });
     Ok(())
 }
@@ -205,6 +220,7 @@ fn read_commands(
                 cmds.send(Command::Generate { id, tokens, params }).is_ok()
             }
             ToHost::Cancel { id } => cmds.send(Command::Cancel { id }).is_ok(),
+            ToHost::Embed { id, inputs } => cmds.send(Command::Embed { id, inputs }).is_ok(),
         };
         if !sent {
             break;

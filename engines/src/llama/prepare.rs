@@ -4,7 +4,6 @@
 
 use crate::{ChatMessage, EngineError, PreparedPrompt, PromptInput};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::vocab::VocabType;
 
 /// What a prompt's length in bytes proves about its length in tokens.
 ///
@@ -33,7 +32,12 @@ impl PromptLimit {
     /// Reads the vocabulary once (at load): its longest token, whitespace left out.
     pub fn of(model: &LlamaModel, ctx_size: u32) -> Self {
         let vocab = model.vocab();
-        let bounded = matches!(vocab.vocab_type(), VocabType::BPE | VocabType::SPM);
+        // From the GGUF's tokenizer name ("llama" is SentencePiece, "gpt2"
+        // byte-level BPE): `vocab_type()` panics on any other kind (BERT's WordPiece).
+        let tokenizer = model
+            .meta_val_str("tokenizer.ggml.model")
+            .unwrap_or_default();
+        let bounded = matches!(tokenizer.as_str(), "llama" | "gpt2");
         let max_token_bytes = bounded.then(|| {
             let longest = vocab
                 .tokens()

@@ -2,7 +2,8 @@
 //! object per line over a Unix socket. Request ids are chosen by the gateway.
 
 use crate::{
-    EngineError, FinishReason, ModelInfo, PreparedPrompt, PromptInput, SamplingParams, Usage,
+    EmbedInput, Embeddings, EngineError, FinishReason, ModelInfo, PreparedPrompt, PromptInput,
+    SamplingParams, Usage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,11 @@ pub enum ToHost {
     },
     Cancel {
         id: RequestId,
+    },
+    /// Embed every input (an embedding host only).
+    Embed {
+        id: RequestId,
+        inputs: Vec<EmbedInput>,
     },
 }
 
@@ -49,6 +55,10 @@ pub enum FromHost {
     Failed {
         id: RequestId,
         error: EngineError,
+    },
+    Embedded {
+        id: RequestId,
+        result: Result<Embeddings, EngineError>,
     },
     Stats {
         slots_busy: u32,

@@ -5,8 +5,8 @@
 
 use super::protocol::{FromHost, RequestId, ToHost};
 use crate::{
-    EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo, PreparedPrompt, PromptInput,
-    SlotHold, TokenEvent,
+    EmbedRequest, Embeddings, EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo,
+    PreparedPrompt, PromptInput, SlotHold, TokenEvent,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,6 +46,8 @@ pub struct LlamaEngineConfig {
     pub split: Vec<u32>,
     /// Allow llama.cpp's repacked CPU weight layouts (ignored for a split model).
     pub cpu_repack: bool,
+    /// An embedding deployment: the host serves embeddings, not generation.
+    pub embeddings: bool,
 }
 
 /// Events buffered per request; a client that lets them all pile up is too
@@ -70,6 +72,11 @@ pub(super) enum ActorCmd {
     },
     Cancel {
         id: RequestId,
+    },
+    Embed {
+        id: RequestId,
+        request: EmbedRequest,
+        reply: oneshot::Sender<Result<Embeddings, EngineError>>,
     },
     /// Stop for good: in-flight requests end with this reason.
     Shutdown {
@@ -98,6 +105,10 @@ enum Pending {
     /// The slot hold is dropped with the entry, when the request leaves the engine.
     Generate(
         mpsc::Sender<TokenEvent>,
+        #[expect(dead_code, reason = "held only to be dropped")] SlotHold,
+    ),
+    Embed(
+        oneshot::Sender<Result<Embeddings, EngineError>>,
         #[expect(dead_code, reason = "held only to be dropped")] SlotHold,
     ),
 }
@@ -221,6 +232,9 @@ impl Supervisor {
                 ActorCmd::Generate { events, .. } => {
                     let _ = events.try_send(TokenEvent::Failed(error));
                 }
+                ActorCmd::Embed { reply, .. } => {
+                    let _ = reply.send(Err(error));
+                }
                 ActorCmd::Cancel { .. } | ActorCmd::Shutdown { .. } => {}
             }
             return;
@@ -241,6 +255,13 @@ impl Supervisor {
                     params: request.params,
                 },
                 Some((id, Pending::Generate(events, request.slot))),
+            ),
+            ActorCmd::Embed { id, request, reply } => (
+                ToHost::Embed {
+                    id,
+                    inputs: request.inputs,
+                },
+                Some((id, Pending::Embed(reply, request.slot))),
             ),
             ActorCmd::Cancel { id } => {
                 if self.pending.remove(&id).is_none() {
@@ -284,6 +305,11 @@ impl Supervisor {
             }
             FromHost::Prepared { id, result } => {
                 if let Some(Pending::Prepare(reply)) = self.pending.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            FromHost::Embedded { id, result } => {
+                if let Some(Pending::Embed(reply, _)) = self.pending.remove(&id) {
                     let _ = reply.send(result);
                 }
             }
@@ -338,6 +364,9 @@ fn fail_now(pending: Pending, error: EngineError) {
         }
         Pending::Generate(events, _) => {
             let _ = events.try_send(TokenEvent::Failed(error));
+        }
+        Pending::Embed(reply, _) => {
+            let _ = reply.send(Err(error));
         }
     }
 }

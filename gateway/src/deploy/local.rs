@@ -297,6 +297,7 @@ impl Local {
             rpc: endpoints,
             split,
             cpu_repack: spec.cpu_repack,
+            embeddings: spec.embeddings,
         });
         tracing::info!(deployment = %id, model = %spec.model, shards = key.shards.len(), "starting the engine (this node is the head)");
         self.metrics.add_model(id, u64::from(spec.slots));

@@ -44,6 +44,12 @@ pub async fn start(
 ) -> Result<Generation, ApiError> {
     let engine = &deployment.engine;
     let info = engine.info().ok_or_else(|| not_started(engine.state()))?;
+    if info.embedding.is_some() {
+        return Err(ApiError::Engine(EngineError::NotServed(format!(
+            "model `{}` is an embedding model; it serves /v1/embeddings only",
+            deployment.id
+        ))));
+    }
     let prepared = engine.prepare(req.input.clone()).await?;
     let n_prompt = u32::try_from(prepared.tokens.len()).unwrap_or(u32::MAX);
     let max_tokens = completion_budget(

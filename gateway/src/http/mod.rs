@@ -2,6 +2,7 @@
 
 pub mod cluster;
 mod conn_watch;
+mod embeddings;
 mod health;
 mod openai_api;
 pub mod openapi;
@@ -52,6 +53,7 @@ pub fn openai_routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/v1/completions", post(openai_api::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(openai_api::list_models))
         .route("/v1/models/{id}", get(openai_api::get_model))
         .with_state(state)
@@ -65,6 +67,7 @@ pub fn app(state: AppState, extra: ExtraRoutes) -> Router {
     let mut generation = Router::new()
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/v1/completions", post(openai_api::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .with_state(state.clone());
     if let Some(forward) = extra.forward {
         generation = generation.route_layer(middleware::from_fn_with_state(

@@ -84,11 +84,16 @@ impl ErrorType {
             // The listener drops a timed-out request, whose dropped timer records it as cancelled.
             ApiError::RequestTimeout(_) => Self::Cancelled,
             ApiError::Engine(engine) => match engine {
-                EngineError::NoChatTemplate | EngineError::Template(_) => Self::InvalidRequest,
+                EngineError::NoChatTemplate
+                | EngineError::Template(_)
+                | EngineError::InvalidInput(_)
+                | EngineError::NotServed(_) => Self::InvalidRequest,
                 EngineError::Unavailable(_) => Self::EngineUnavailable,
                 EngineError::Crashed(_) | EngineError::Internal(_) => Self::EngineError,
                 EngineError::ClientTooSlow { .. } => Self::ClientTooSlow,
-                EngineError::PromptTooLong { .. } => Self::ContextLengthExceeded,
+                EngineError::PromptTooLong { .. } | EngineError::InputTooLong { .. } => {
+                    Self::ContextLengthExceeded
+                }
             },
             ApiError::Upstream(u) => match u {
                 UpstreamError::Timeout { .. } => Self::UpstreamTimeout,
@@ -316,6 +321,29 @@ impl RequestTimer {
             .with_label_values(&[self.model.as_str(), reason.as_str()])
             .inc();
         self.end(200, ErrorType::None, usage);
+    }
+
+    /// Embeddings were answered: `inputs` vectors over `tokens` tokens.
+    pub fn embedded(&mut self, inputs: usize, tokens: u32) {
+        if self.ended {
+            return;
+        }
+        let s = &self.metrics.series;
+        let l = &[self.model.as_str()];
+        s.e2e
+            .with_label_values(l)
+            .observe(self.arrived.elapsed().as_secs_f64());
+        s.embedding_requests.with_label_values(l).inc();
+        s.embedding_inputs
+            .with_label_values(l)
+            .inc_by(u64::try_from(inputs).unwrap_or(u64::MAX));
+        s.embedding_tokens
+            .with_label_values(l)
+            .inc_by(u64::from(tokens));
+        s.key_tokens
+            .with_label_values(&[self.key.as_str(), &self.model, "embedding"])
+            .inc_by(u64::from(tokens));
+        self.end("200", ErrorType::None);
     }
 
     /// The request failed: refused before generation, or an engine error mid-stream

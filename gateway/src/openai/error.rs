@@ -172,6 +172,24 @@ impl ApiError {
                     Some("client_too_slow"),
                     None,
                 ),
+                EngineError::InputTooLong { .. } => (
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    Some("context_length_exceeded"),
+                    None,
+                ),
+                EngineError::InvalidInput(_) => (
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    Some("invalid_value"),
+                    None,
+                ),
+                EngineError::NotServed(_) => (
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    Some("model_not_supported"),
+                    None,
+                ),
             },
             Self::Upstream(u) => {
                 const SERVER: &str = "server_error";
@@ -275,6 +293,10 @@ impl ApiError {
             Self::ContextLengthExceeded(_) | Self::Engine(EngineError::PromptTooLong { .. }) => {
                 Some("messages")
             }
+            Self::Engine(EngineError::InputTooLong { .. } | EngineError::InvalidInput(_)) => {
+                Some("input")
+            }
+            Self::Engine(EngineError::NotServed(_)) => Some("model"),
             _ => None,
         };
         ErrorEnvelope {

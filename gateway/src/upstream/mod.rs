@@ -7,6 +7,7 @@
 //! every request's outcome and by an active probe.
 
 mod body;
+mod embed;
 mod error;
 pub mod health;
 mod open;
@@ -17,6 +18,7 @@ pub use body::{error_message, Peek};
 pub fn with_model(raw: &[u8], model: &str) -> Result<Vec<u8>, serde_json::Error> {
     body::rewrite(raw, model, false)
 }
+pub use embed::embed;
 pub use error::{Phase, UpstreamError};
 pub use open::{open, Call, Opened, Reply};
 

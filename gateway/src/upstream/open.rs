@@ -194,7 +194,7 @@ pub async fn open(
 }
 
 /// A whole body, at most `limit` bytes, by `deadline`.
-async fn read_body(
+pub(super) async fn read_body(
     up: &Upstream,
     resp: reqwest::Response,
     limit: usize,

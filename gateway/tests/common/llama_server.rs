@@ -69,8 +69,18 @@ impl LlamaServer {
     /// thread, one slot of `ctx` tokens, on a free loopback port; returns
     /// once `/health` says the model is loaded.
     pub fn start(ctx: u32) -> Result<Self, String> {
+        let ctx = ctx.to_string();
+        Self::start_model(
+            &model_path(),
+            MODEL_ID,
+            &["--parallel", "1", "--ctx-size", &ctx],
+        )
+    }
+
+    /// `llama-server` serving `model` as `alias` with one thread and `extra`
+    /// flags, on a free loopback port, once `/health` says it is loaded.
+    pub fn start_model(model: &Path, alias: &str, extra: &[&str]) -> Result<Self, String> {
         let bin = binary()?;
-        let model = model_path();
         if !model.is_file() {
             return Err(format!(
                 "test model missing at {} (run .ci/setup)",
@@ -79,9 +89,9 @@ impl LlamaServer {
         }
         let mut child = Command::new(&bin)
             .args(["--model", &model.display().to_string()])
-            .args(["--alias", MODEL_ID, "--host", "127.0.0.1", "--port", "0"])
-            .args(["--threads", "1", "--threads-batch", "1", "--parallel", "1"])
-            .args(["--ctx-size", &ctx.to_string(), "--no-webui"])
+            .args(["--alias", alias, "--host", "127.0.0.1", "--port", "0"])
+            .args(["--threads", "1", "--threads-batch", "1", "--no-webui"])
+            .args(extra)
             .env("OMP_WAIT_POLICY", "PASSIVE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

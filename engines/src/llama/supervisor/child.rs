@@ -68,6 +68,10 @@ impl ChildConn {
                 "--cpu-repack",
                 if config.cpu_repack { "true" } else { "false" },
             ])
+            .args([
+                "--embeddings",
+                if config.embeddings { "true" } else { "false" },
+            ])
             .args(config.rpc.iter().flat_map(|r| ["--rpc", r.as_str()]))
             .args(if split.is_empty() {
                 Vec::new()

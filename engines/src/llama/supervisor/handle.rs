@@ -6,8 +6,8 @@ use super::{
 };
 use crate::llama::protocol::RequestId;
 use crate::{
-    Engine, EngineError, EngineState, EngineStats, GenerateRequest, ModelInfo, PreparedPrompt,
-    PromptInput, TokenStream,
+    EmbedRequest, Embeddings, Engine, EngineError, EngineState, EngineStats, GenerateRequest,
+    ModelInfo, PreparedPrompt, PromptInput, TokenStream,
 };
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -134,5 +134,20 @@ impl Engine for LlamaEngine {
             cmds: self.cmds.clone(),
         };
         Ok(TokenStream::new(rx, Some(Box::new(guard))))
+    }
+
+    fn embed(&self, request: EmbedRequest) -> BoxFuture<'static, Result<Embeddings, EngineError>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cmds = self.cmds.clone();
+        let unavailable = self.unavailable();
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            cmds.try_send(ActorCmd::Embed { id, request, reply })
+                .map_err(|_| unavailable.clone())?;
+            // Dropped before the answer (client gone, timeout): the host drops
+            // the work. After it, the cancel finds nothing pending and is ignored.
+            let _guard = CancelOnDrop { id, cmds };
+            rx.await.map_err(|_| unavailable)?
+        })
     }
 }
