@@ -46,7 +46,14 @@ impl Admission {
     }
 
     pub async fn admit(&self) -> Result<Permit, ApiError> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+        self.admit_many(1).await
+    }
+
+    /// `n` slots for one request (its `n` choices). Waiters are served in
+    /// order, each until it has all it asked for, so two groups cannot
+    /// starve each other; the caller keeps `n` within the slots there are.
+    pub async fn admit_many(&self, n: u32) -> Result<Permit, ApiError> {
+        if let Ok(p) = self.slots.clone().try_acquire_many_owned(n) {
             return Ok(Permit { _permit: p });
         }
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -57,7 +64,7 @@ impl Admission {
                 self.retry_after(),
             ));
         }
-        match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await {
+        match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_many_owned(n)).await {
             Ok(Ok(p)) => Ok(Permit { _permit: p }),
             Ok(Err(_)) => Err(ApiError::Overloaded("the model is shutting down", 5)),
             Err(_) => Err(ApiError::Overloaded(
@@ -65,6 +72,11 @@ impl Admission {
                 self.retry_after(),
             )),
         }
+    }
+
+    /// Slots in all.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn waiting(&self) -> usize {
@@ -110,6 +122,20 @@ mod tests {
         drop(held);
         assert!(matches!(waiter.await, Ok(Ok(()))));
         assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_group_takes_all_its_slots_at_once() {
+        let a = Arc::new(Admission::new(3, 4, Duration::from_secs(5)));
+        let one = a.admit().await;
+        assert!(one.is_ok());
+        let a2 = a.clone();
+        let group = tokio::spawn(async move { a2.admit_many(3).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!group.is_finished(), "three slots are not free yet");
+        drop(one);
+        assert!(matches!(group.await, Ok(Ok(()))));
+        assert_eq!(a.free_slots(), 3);
     }
 
     #[tokio::test]

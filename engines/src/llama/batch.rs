@@ -3,16 +3,20 @@
 //! chunks of newly admitted sequences, decodes once, and samples each
 //! sequence with its own sampler. A slot keeps the KV of its last
 //! conversation, so a follow-up turn that extends it decodes only the new part.
+//! A request for `n` choices takes `n` slots: one decodes the prompt, and its
+//! KV is copied to the others (`llama_memory_seq_cp`) before their first sample.
 
+use super::choices::Choices;
 use super::protocol::{FromHost, RequestId};
 use super::sampler;
 use super::slot::{best_free_slot, Active, Slot};
 use crate::text::{StopFilter, StopOutcome, Utf8Holdback};
-use crate::{EngineError, FinishReason, SamplingParams, Usage};
+use crate::{Delta, EngineError, FinishReason, SamplingParams, TokenLogprob, TopLogprob};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -36,6 +40,8 @@ pub struct BatchLoop<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     slots: Vec<Slot>,
+    /// Requests in flight: how their choices ended so far.
+    requests: HashMap<RequestId, Choices>,
     ctx_size: usize,
     events: SyncSender<FromHost>,
     batch: LlamaBatch<'static>,
@@ -64,6 +70,7 @@ impl<'m> BatchLoop<'m> {
             model,
             ctx,
             slots,
+            requests: HashMap::new(),
             ctx_size: ctx_size as usize,
             events,
             batch: LlamaBatch::new(BATCH_TOKENS, 1),
@@ -120,6 +127,7 @@ impl<'m> BatchLoop<'m> {
         match cmd {
             Command::Shutdown => self.alive = false,
             Command::Cancel { id } => {
+                self.requests.remove(&id);
                 for slot in &mut self.slots {
                     if slot.active.as_ref().is_some_and(|a| a.id == id) {
                         slot.active = None;
@@ -134,7 +142,8 @@ impl<'m> BatchLoop<'m> {
         }
     }
 
-    /// Puts a request in the free slot whose cached tokens share the longest prefix with it.
+    /// Puts a request in the free slot whose cached tokens share the longest
+    /// prefix with it, and its other choices in the least recently used ones.
     fn admit(
         &mut self,
         id: RequestId,
@@ -152,6 +161,13 @@ impl<'m> BatchLoop<'m> {
                 "the prompt has {} tokens; the context holds {}",
                 prompt.len(),
                 self.ctx_size
+            )));
+        }
+        let n = params.n.max(1);
+        let free = self.slots.iter().filter(|s| s.active.is_none()).count();
+        if free < n as usize {
+            return Err(EngineError::Unavailable(format!(
+                "{n} choices need {n} free slots, {free} are free (admission control should prevent this)"
             )));
         }
         let (best, shared) = best_free_slot(&self.slots, &prompt).ok_or_else(|| {
@@ -172,23 +188,104 @@ impl<'m> BatchLoop<'m> {
                 .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
             0
         };
-        let n_vocab = self.model.n_vocab();
-        let slot = &mut self.slots[best];
-        slot.kv.truncate(reuse);
-        slot.active = Some(Active {
+        self.requests
+            .insert(id, Choices::new(n as usize, prompt.len(), reuse));
+        self.slots[best].kv.truncate(reuse);
+        self.slots[best].active = Some(self.start(id, 0, &prompt, reuse, None, params));
+        for index in 1..n {
+            let Some((other, _)) = best_free_slot(&self.slots, &[]) else {
+                break; // counted above: cannot happen
+            };
+            let seq = self.slots[other].seq;
+            let _ = self
+                .ctx
+                .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
+            self.slots[other].kv.clear();
+            self.slots[other].active = Some(self.start(id, index, &prompt, 0, Some(best), params));
+        }
+        Ok(())
+    }
+
+    fn start(
+        &self,
+        id: RequestId,
+        index: u32,
+        prompt: &[LlamaToken],
+        fed: usize,
+        shares_prompt_of: Option<usize>,
+        params: &SamplingParams,
+    ) -> Active {
+        Active {
             id,
-            prompt,
-            fed: reuse,
-            cached_tokens: u32::try_from(reuse).unwrap_or(u32::MAX),
-            sampler: sampler::build(params, n_vocab),
+            index,
+            prompt: prompt.to_vec(),
+            fed,
+            shares_prompt_of,
+            sampler: sampler::build(params, self.model.n_vocab(), prompt, index),
+            logprobs: params.logprobs,
+            pending_logprobs: Vec::new(),
             holdback: Utf8Holdback::default(),
             stop: StopFilter::new(params.stop.clone()),
             generated: 0,
             max_tokens: params.max_tokens,
             next: None,
             logits_at: None,
-        });
-        Ok(())
+        }
+    }
+
+    /// Gives every choice waiting for its request's prompt the KV and the
+    /// logits of the slot that has just decoded it.
+    fn share_prompts(&mut self) {
+        for waiting in 0..self.slots.len() {
+            let Some(from) = self.slots[waiting]
+                .active
+                .as_ref()
+                .and_then(|a| a.shares_prompt_of)
+            else {
+                continue;
+            };
+            let Some((idx, kv)) = self.slots.get(from).and_then(|s| {
+                let a = s.active.as_ref()?;
+                let done = a.fed == a.prompt.len() && a.generated == 0;
+                Some((a.logits_at.filter(|_| done)?, s.kv.clone()))
+            }) else {
+                continue;
+            };
+            let (src, dst) = (self.slots[from].seq, self.slots[waiting].seq);
+            let _ = self
+                .ctx
+                .clear_kv_cache_seq(u32::try_from(dst).ok(), None, None);
+            if let Err(e) = self.ctx.copy_kv_cache_seq(src, dst, None, None) {
+                self.fail_all(&format!("cannot share the prompt's KV: {e}"));
+                return;
+            }
+            let slot = &mut self.slots[waiting];
+            slot.kv = kv;
+            if let Some(a) = slot.active.as_mut() {
+                a.fed = a.prompt.len();
+                a.shares_prompt_of = None;
+                a.logits_at = Some(idx);
+            }
+        }
+    }
+
+    /// The sampled token's log-probability and the `top` most likely tokens at `idx`.
+    fn logprob(&self, idx: i32, token: LlamaToken, top: u32) -> TokenLogprob {
+        let vocab = self.model.vocab();
+        let bytes = |id: i32| vocab.token_to_piece(LlamaToken(id), false, None);
+        let (logprob, top) =
+            sampler::logprobs(self.ctx.get_logits_ith(idx), token.0, top as usize);
+        TokenLogprob {
+            bytes: bytes(token.0),
+            logprob,
+            top: top
+                .into_iter()
+                .map(|(id, logprob)| TopLogprob {
+                    bytes: bytes(id),
+                    logprob,
+                })
+                .collect(),
+        }
     }
 
     fn step(&mut self) {
@@ -223,7 +320,7 @@ impl<'m> BatchLoop<'m> {
             let Some(active) = slot.active.as_mut() else {
                 continue;
             };
-            if active.fed >= active.prompt.len() {
+            if active.fed >= active.prompt.len() || active.shares_prompt_of.is_some() {
                 continue;
             }
             let end = (active.fed + budget).min(active.prompt.len());
@@ -253,6 +350,7 @@ impl<'m> BatchLoop<'m> {
             return;
         }
         self.clock += 1;
+        self.share_prompts();
         for i in 0..self.slots.len() {
             let Some(active) = self.slots[i].active.as_mut() else {
                 continue;
@@ -261,11 +359,12 @@ impl<'m> BatchLoop<'m> {
                 continue;
             };
             let token = active.sampler.sample(&self.ctx, idx);
-            self.on_token(i, token);
+            let logprob = active.logprobs.map(|top| self.logprob(idx, token, top));
+            self.on_token(i, token, logprob);
         }
     }
 
-    fn on_token(&mut self, slot_idx: usize, token: LlamaToken) {
+    fn on_token(&mut self, slot_idx: usize, token: LlamaToken, logprob: Option<TokenLogprob>) {
         let vocab = self.model.vocab();
         if vocab.is_eog(token) {
             self.finish(slot_idx, FinishReason::Stop);
@@ -279,18 +378,27 @@ impl<'m> BatchLoop<'m> {
             return;
         };
         active.generated += 1;
+        active.pending_logprobs.extend(logprob);
         let text = active.holdback.push(&piece);
         let (out, stopped) = match active.stop.push(&text) {
             StopOutcome::Emit(s) => (s, false),
             StopOutcome::Stopped(s) => (s, true),
         };
-        let id = active.id;
+        let (id, index) = (active.id, active.index);
         let done = active.generated >= active.max_tokens || kv_len + 1 >= ctx_size;
         if !stopped && !done {
             active.next = Some(token);
         }
         if !out.is_empty() {
-            self.emit(FromHost::Delta { id, text: out });
+            let logprobs = std::mem::take(&mut active.pending_logprobs);
+            self.emit(FromHost::Delta {
+                id,
+                delta: Delta {
+                    index,
+                    text: out,
+                    logprobs,
+                },
+            });
         }
         if stopped {
             self.finish_with(slot_idx, FinishReason::Stop, false);
@@ -303,8 +411,9 @@ impl<'m> BatchLoop<'m> {
         self.finish_with(slot_idx, reason, true);
     }
 
-    /// Ends a request; `flush` releases held-back text (not after a stop matched).
-    fn finish_with(&mut self, slot_idx: usize, mut reason: FinishReason, flush: bool) {
+    /// Ends a choice, and its request with its last choice. `flush` releases
+    /// held-back text (not after a stop matched, whose tokens' logprobs go too).
+    fn finish_with(&mut self, slot_idx: usize, reason: FinishReason, flush: bool) {
         self.clock += 1;
         let clock = self.clock;
         let slot = &mut self.slots[slot_idx];
@@ -313,41 +422,45 @@ impl<'m> BatchLoop<'m> {
             return;
         };
         if flush {
-            let tail = active.holdback.finish();
-            let out = match active.stop.push(&tail) {
-                StopOutcome::Emit(s) => s + &active.stop.finish(),
-                StopOutcome::Stopped(s) => {
-                    reason = FinishReason::Stop;
-                    s
-                }
-            };
-            if !out.is_empty() {
+            // A character cut at the end is dropped, never sent as U+FFFD.
+            active.holdback.finish();
+            let text = active.stop.finish();
+            if !text.is_empty() || !active.pending_logprobs.is_empty() {
                 self.emit(FromHost::Delta {
                     id: active.id,
-                    text: out,
+                    delta: Delta {
+                        index: active.index,
+                        text,
+                        logprobs: active.pending_logprobs,
+                    },
                 });
             }
         }
-        let usage = Usage {
-            prompt_tokens: u32::try_from(active.prompt.len()).unwrap_or(u32::MAX),
-            completion_tokens: active.generated,
-            cached_tokens: active.cached_tokens,
-        };
-        self.emit(FromHost::Finished {
-            id: active.id,
-            reason,
-            usage,
-        });
+        let ended = self
+            .requests
+            .get_mut(&active.id)
+            .and_then(|c| c.end(active.index, reason, active.generated));
+        if let Some((reasons, usage)) = ended {
+            self.requests.remove(&active.id);
+            self.emit(FromHost::Finished {
+                id: active.id,
+                reasons,
+                usage,
+            });
+        }
     }
 
     fn fail_all(&mut self, message: &str) {
         tracing::error!("{message}");
         self.ctx.clear_kv_cache();
+        self.requests.clear();
         let mut failed = Vec::new();
         for slot in &mut self.slots {
             slot.kv.clear();
             if let Some(active) = slot.active.take() {
-                failed.push(active.id);
+                if !failed.contains(&active.id) {
+                    failed.push(active.id);
+                }
             }
         }
         for id in failed {

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod json;
+pub mod logprobs;
 pub mod request;
 pub mod response;
 
