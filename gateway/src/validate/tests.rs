@@ -38,7 +38,7 @@ fn content_parts_are_joined() {
             r.input,
             PromptInput::Chat(vec![ChatMessage {
                 role: "system".into(),
-                content: "ab".into()
+                content: "a\nb".into()
             }])
         ),
         Err(e) => unreachable!("{e}"),
