@@ -137,7 +137,11 @@ mod tests {
         let emoji = "ok 😀".as_bytes(); // the emoji is 4 bytes
         assert_eq!(h.push(&emoji[..5]), "ok ");
         h.finish();
-        assert_eq!(h.push(b"x"), "x", "nothing of the cut character is left behind");
+        assert_eq!(
+            h.push(b"x"),
+            "x",
+            "nothing of the cut character is left behind"
+        );
     }
 
     #[test]

@@ -106,7 +106,11 @@ pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
         PromptInput::Chat(_) => false,
     };
     if let Some(i) = inputs.iter().position(empty) {
-        let at = if inputs.len() > 1 { format!("[{i}]") } else { String::new() };
+        let at = if inputs.len() > 1 {
+            format!("[{i}]")
+        } else {
+            String::new()
+        };
         return Err(ApiError::invalid(
             "prompt",
             format!("`prompt{at}` must not be empty"),

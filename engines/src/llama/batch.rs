@@ -273,8 +273,7 @@ impl<'m> BatchLoop<'m> {
     fn logprob(&self, idx: i32, token: LlamaToken, top: u32) -> TokenLogprob {
         let vocab = self.model.vocab();
         let bytes = |id: i32| vocab.token_to_piece(LlamaToken(id), false, None);
-        let (logprob, top) =
-            sampler::logprobs(self.ctx.get_logits_ith(idx), token.0, top as usize);
+        let (logprob, top) = sampler::logprobs(self.ctx.get_logits_ith(idx), token.0, top as usize);
         TokenLogprob {
             bytes: bytes(token.0),
             logprob,

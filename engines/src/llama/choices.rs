@@ -47,7 +47,11 @@ mod tests {
     fn the_request_ends_with_its_last_choice_and_counts_the_prompt_once() {
         let mut c = Choices::new(3, 10, 4);
         assert_eq!(c.end(1, FinishReason::Stop, 5), None);
-        assert_eq!(c.end(1, FinishReason::Length, 99), None, "a choice ends once");
+        assert_eq!(
+            c.end(1, FinishReason::Length, 99),
+            None,
+            "a choice ends once"
+        );
         assert_eq!(c.end(0, FinishReason::Length, 7), None);
         let (reasons, usage) = c.end(2, FinishReason::Stop, 1).unwrap_or_default();
         assert_eq!(

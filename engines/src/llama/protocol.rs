@@ -2,8 +2,7 @@
 //! object per line over a Unix socket. Request ids are chosen by the gateway.
 
 use crate::{
-    Delta, EngineError, FinishReason, ModelInfo, PreparedPrompt, PromptInput, SamplingParams,
-    Usage,
+    Delta, EngineError, FinishReason, ModelInfo, PreparedPrompt, PromptInput, SamplingParams, Usage,
 };
 use serde::{Deserialize, Serialize};
 

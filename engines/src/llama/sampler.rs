@@ -36,7 +36,12 @@ impl TokenSampler {
 /// penalties (output only, as OpenAI's) → top-k → top-p → min-p →
 /// temperature → a dist seeded with `seed + choice`, or greedy at
 /// temperature 0.
-pub fn build(params: &SamplingParams, n_vocab: i32, prompt: &[LlamaToken], choice: u32) -> TokenSampler {
+pub fn build(
+    params: &SamplingParams,
+    n_vocab: i32,
+    prompt: &[LlamaToken],
+    choice: u32,
+) -> TokenSampler {
     let penalties = params.presence_penalty != 0.0 || params.frequency_penalty != 0.0;
     let repetition = params.repetition_penalty != 1.0;
     let biased = !params.logit_bias.is_empty();
@@ -49,20 +54,19 @@ pub fn build(params: &SamplingParams, n_vocab: i32, prompt: &[LlamaToken], choic
             .logit_bias
             .iter()
             .map(|&(id, bias)| {
-                let bias = if bias <= -100.0 { f32::NEG_INFINITY } else { bias };
+                let bias = if bias <= -100.0 {
+                    f32::NEG_INFINITY
+                } else {
+                    bias
+                };
                 LlamaLogitBias::new(LlamaToken(id), bias)
             })
             .collect();
         chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
     if repetition {
-        let mut rep = LlamaSampler::penalties(
-            n_vocab,
-            PENALTY_WINDOW,
-            params.repetition_penalty,
-            0.0,
-            0.0,
-        );
+        let mut rep =
+            LlamaSampler::penalties(n_vocab, PENALTY_WINDOW, params.repetition_penalty, 0.0, 0.0);
         let from = prompt.len().saturating_sub(PENALTY_WINDOW as usize);
         rep.accept_many(&prompt[from..]);
         chain.push(rep);
@@ -80,7 +84,9 @@ pub fn build(params: &SamplingParams, n_vocab: i32, prompt: &[LlamaToken], choic
         chain.push(LlamaSampler::greedy());
     } else {
         if params.top_k > 0 {
-            chain.push(LlamaSampler::top_k(i32::try_from(params.top_k).unwrap_or(i32::MAX)));
+            chain.push(LlamaSampler::top_k(
+                i32::try_from(params.top_k).unwrap_or(i32::MAX),
+            ));
         }
         if params.top_p < 1.0 {
             chain.push(LlamaSampler::top_p(params.top_p, 1));
@@ -89,7 +95,9 @@ pub fn build(params: &SamplingParams, n_vocab: i32, prompt: &[LlamaToken], choic
             chain.push(LlamaSampler::min_p(params.min_p, 1));
         }
         chain.push(LlamaSampler::temp(params.temperature));
-        let seed = params.seed.map_or_else(random_seed, |s| s.wrapping_add(choice));
+        let seed = params
+            .seed
+            .map_or_else(random_seed, |s| s.wrapping_add(choice));
         chain.push(LlamaSampler::dist(seed));
     }
     TokenSampler::Chain(LlamaSampler::chain_simple(chain))
@@ -126,7 +134,10 @@ pub fn logprobs(logits: &[f32], chosen: i32, top: usize) -> (f32, Vec<(i32, f32)
     // A small sorted list beats sorting the vocabulary: most logits fail the first comparison.
     let mut best: Vec<(f32, usize)> = Vec::with_capacity(top + 1);
     for (i, &x) in logits.iter().enumerate() {
-        if top == 0 || x.is_nan() || (best.len() == top && best.last().is_some_and(|&(b, _)| x <= b)) {
+        if top == 0
+            || x.is_nan()
+            || (best.len() == top && best.last().is_some_and(|&(b, _)| x <= b))
+        {
             continue;
         }
         let at = best.partition_point(|&(b, _)| b >= x);

@@ -60,8 +60,16 @@ fn assert_valid(v: &ValidRequest) {
     assert!(v.max_tokens != Some(0), "{v:?}");
     assert!(v.stream || !v.include_usage, "{v:?}");
     assert!(s.n >= 1 && s.min_p >= 0.0 && s.min_p <= 1.0, "{v:?}");
-    assert!(s.repetition_penalty > 0.0 && s.repetition_penalty <= 2.0, "{v:?}");
-    assert!(s.logit_bias.iter().all(|&(id, b)| id >= 0 && b.abs() <= 100.0), "{v:?}");
+    assert!(
+        s.repetition_penalty > 0.0 && s.repetition_penalty <= 2.0,
+        "{v:?}"
+    );
+    assert!(
+        s.logit_bias
+            .iter()
+            .all(|&(id, b)| id >= 0 && b.abs() <= 100.0),
+        "{v:?}"
+    );
     assert!(v.endpoint == Endpoint::Completions || v.more_inputs.is_empty());
     for input in std::iter::once(&v.input).chain(&v.more_inputs) {
         assert_input(v, input);

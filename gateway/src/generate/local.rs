@@ -71,7 +71,11 @@ impl Generation {
         }
     }
 
-    async fn next_prompt(&mut self, prompt: PreparedPrompt, max_tokens: u32) -> Result<(), EngineError> {
+    async fn next_prompt(
+        &mut self,
+        prompt: PreparedPrompt,
+        max_tokens: u32,
+    ) -> Result<(), EngineError> {
         let permit = self
             .deployment
             .admission

@@ -108,12 +108,22 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
         timer.fail(&failure);
         return failure.into_response();
     };
-    timer.finish(reasons.first().copied().unwrap_or(FinishReason::Stop), usage);
+    timer.finish(
+        reasons.first().copied().unwrap_or(FinishReason::Stop),
+        usage,
+    );
     let id = request_id(gen.endpoint);
     let model = gen.deployment.id.clone();
     let usage = UsageBody::from(usage);
     let n = reasons.len();
-    got.push(Delta { index: n.saturating_sub(1) as u32, ..Delta::default() }, gen.endpoint, false);
+    got.push(
+        Delta {
+            index: n.saturating_sub(1) as u32,
+            ..Delta::default()
+        },
+        gen.endpoint,
+        false,
+    );
     let choices = reasons.into_iter().zip(got.texts).enumerate();
     match gen.endpoint {
         Endpoint::Chat => Json(ChatCompletion {

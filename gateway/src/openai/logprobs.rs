@@ -36,19 +36,21 @@ pub struct ChatTopLogprob {
 
 impl ChatLogprobs {
     pub fn extend(&mut self, tokens: &[TokenLogprob]) {
-        self.content.extend(tokens.iter().map(|t| ChatTokenLogprob {
-            token: text(&t.bytes),
-            logprob: t.logprob,
-            bytes: t.bytes.clone(),
-            top_logprobs: t
-                .top
-                .iter()
-                .map(|a| ChatTopLogprob {
-                    token: text(&a.bytes),
-                    logprob: a.logprob,
-                    bytes: a.bytes.clone(),
-                })
-                .collect(),
+        self.content.extend(tokens.iter().map(|t| {
+            ChatTokenLogprob {
+                token: text(&t.bytes),
+                logprob: t.logprob,
+                bytes: t.bytes.clone(),
+                top_logprobs: t
+                    .top
+                    .iter()
+                    .map(|a| ChatTopLogprob {
+                        token: text(&a.bytes),
+                        logprob: a.logprob,
+                        bytes: a.bytes.clone(),
+                    })
+                    .collect(),
+            }
         }));
     }
 
@@ -92,7 +94,9 @@ impl CompletionLogprobs {
             // Whole characters before this token in the delta (a cut one does not count yet).
             let before = match std::str::from_utf8(&bytes) {
                 Ok(s) => s.chars().count(),
-                Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).chars().count(),
+                Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()])
+                    .chars()
+                    .count(),
             };
             self.text_offset.push((start + before).min(end));
             bytes.extend_from_slice(&t.bytes);
@@ -135,13 +139,21 @@ mod tests {
         let snow = "☃".as_bytes();
         c.extend(&[lp(b"Hi", -0.1, &[(b"Hi", -0.1), (b"Yo", -2.0)])], 0, "Hi");
         c.extend(
-            &[lp(b" ", -0.5, &[]), lp(&snow[..2], -1.0, &[]), lp(&snow[2..], -0.01, &[])],
+            &[
+                lp(b" ", -0.5, &[]),
+                lp(&snow[..2], -1.0, &[]),
+                lp(&snow[2..], -0.01, &[]),
+            ],
             2,
             " ☃",
         );
         assert_eq!(c.text_offset, [0, 2, 3, 3]);
         assert_eq!(c.token_logprobs, [-0.1, -0.5, -1.0, -0.01]);
-        assert_eq!(c.top_logprobs[0].0.len(), 2, "the sampled token is not repeated");
+        assert_eq!(
+            c.top_logprobs[0].0.len(),
+            2,
+            "the sampled token is not repeated"
+        );
         assert_eq!(c.top_logprobs[1].0, [(" ".to_string(), -0.5)]);
         let json = serde_json::to_value(&c.top_logprobs[0]).unwrap_or_default();
         assert_eq!(json, serde_json::json!({"Hi": -0.1f32, "Yo": -2.0}));

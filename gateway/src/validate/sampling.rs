@@ -68,8 +68,8 @@ pub fn extras(p: &CommonParams) -> Result<Extras, ApiError> {
     })
 }
 
-/// By token id (a key written twice, as "5" and "05", counts once: the
-/// last); ids are checked against the vocabulary once the model is known.
+/// By token id (one id written twice, as "5" and "05", is refused); ids are
+/// checked against the vocabulary once the model is known.
 fn logit_bias(p: &CommonParams) -> Result<Vec<(i32, f32)>, ApiError> {
     let Some(map) = &p.logit_bias else {
         return Ok(Vec::new());
@@ -83,24 +83,33 @@ fn logit_bias(p: &CommonParams) -> Result<Vec<(i32, f32)>, ApiError> {
             ),
         ));
     }
-    map.iter()
-        .map(|(key, &bias)| {
-            let id = key.trim().parse::<i32>().ok().filter(|&id| id >= 0).ok_or_else(|| {
+    let mut biases = BTreeMap::new();
+    for (key, &bias) in map {
+        let id = key
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|&id| id >= 0)
+            .ok_or_else(|| {
                 ApiError::invalid(
                     "logit_bias",
                     format!("`logit_bias` keys must be token ids, got {key:?}"),
                 )
             })?;
-            if !(-100.0..=100.0).contains(&bias) {
-                return Err(ApiError::invalid(
-                    "logit_bias",
-                    format!("`logit_bias[{key:?}]` must be between -100 and 100, got {bias}"),
-                ));
-            }
-            Ok((id, bias as f32))
-        })
-        .collect::<Result<BTreeMap<i32, f32>, _>>()
-        .map(|m| m.into_iter().collect())
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias[{key:?}]` must be between -100 and 100, got {bias}"),
+            ));
+        }
+        if biases.insert(id, bias as f32).is_some() {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` names token {id} twice"),
+            ));
+        }
+    }
+    Ok(biases.into_iter().collect())
 }
 
 /// Chat's `logprobs` (bool) and `top_logprobs` (0..=20): alternatives per token, if asked.
