@@ -1,48 +1,21 @@
-//! Sampling parity through async-openai (and raw JSON for the extensions no
-//! SDK types): logprobs, `n`, `logit_bias`, `top_k`, `min_p` and
-//! `repetition_penalty`, each checked for its effect on the real model's
-//! output, not only for being accepted.
+//! Sampling parity through async-openai: logprobs and `n`, each checked for
+//! its effect on the real model's output, not only for being accepted
+//! (`logit_bias` and the extensions are in sampling_bias.rs).
 
 mod common;
-#[path = "common/vocab.rs"]
-mod vocab;
+#[path = "common/sampling_client.rs"]
+mod sampling_client;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::types::{
-    ChatCompletionRequestMessage, ChatCompletionRequestUserMessageArgs, ChatCompletionTokenLogprob,
-    CreateChatCompletionRequest, CreateChatCompletionRequestArgs, CreateCompletionRequestArgs,
+    ChatCompletionTokenLogprob, CreateChatCompletionRequest, CreateCompletionRequestArgs,
 };
 use async_openai::Client;
 use common::{Server, TestResult, MODEL_ID};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use sampling_client::{chat, client, post};
+use serde_json::json;
 use std::collections::HashMap;
-
-fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(server.v1())
-            .with_api_key("unused"),
-    )
-}
-
-fn user(text: &str) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
-    Ok(ChatCompletionRequestUserMessageArgs::default()
-        .content(text)
-        .build()?
-        .into())
-}
-
-fn chat(
-    prompt: &str,
-    max_tokens: u32,
-) -> Result<CreateChatCompletionRequestArgs, async_openai::error::OpenAIError> {
-    let mut args = CreateChatCompletionRequestArgs::default();
-    args.model(MODEL_ID)
-        .messages([user(prompt)?])
-        .max_tokens(max_tokens);
-    Ok(args)
-}
 
 /// Every choice's text and logprobs of a streamed chat, by index.
 async fn stream_choices(
@@ -65,36 +38,6 @@ async fn stream_choices(
         }
     }
     Ok(out)
-}
-
-async fn post(server: &Server, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
-    let r = reqwest::Client::new()
-        .post(format!("{}{path}", server.url))
-        .json(&body)
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await?))
-}
-
-/// A completion's text, with `extra` fields in the body.
-async fn complete(
-    server: &Server,
-    prompt: &str,
-    max_tokens: u32,
-    extra: Value,
-) -> Result<String, String> {
-    let mut body = json!({"model": MODEL_ID, "prompt": prompt, "max_tokens": max_tokens});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        b.extend(e.clone());
-    }
-    let (status, v) = post(server, "/v1/completions", body)
-        .await
-        .map_err(|e| e.to_string())?;
-    match v["choices"][0]["text"].as_str() {
-        Some(t) if status == 200 => Ok(t.to_string()),
-        _ => Err(format!("{status}: {v}")),
-    }
 }
 
 #[tokio::test]
@@ -333,140 +276,5 @@ async fn the_configured_max_n_is_enforced() -> TestResult {
         (400, Some("n")),
         "{v}"
     );
-    Ok(())
-}
-
-#[tokio::test]
-async fn logit_bias_bans_and_forces_tokens() -> TestResult {
-    let server = Server::start(&["--slots", "2"])?;
-    let vocab = vocab::vocab()?;
-    let c = client(&server);
-    let prompt = "Name three colors.";
-    let greedy = c
-        .chat()
-        .create(chat(prompt, 6)?.temperature(0.0).logprobs(true).build()?)
-        .await?;
-    let first = greedy.choices[0]
-        .logprobs
-        .clone()
-        .and_then(|l| l.content)
-        .ok_or("no logprobs")?;
-    let first_bytes = first[0].bytes.clone().unwrap_or_default();
-    let banned = vocab
-        .id_of(&first_bytes)
-        .ok_or("first token not in vocab")?;
-
-    let bias = |id: i32, b: i32| HashMap::from([(id.to_string(), json!(b))]);
-    let req = chat(prompt, 6)?
-        .temperature(0.0)
-        .logprobs(true)
-        .logit_bias(bias(banned, -100))
-        .build()?;
-    let resp = c.chat().create(req).await?;
-    let tokens = resp.choices[0]
-        .logprobs
-        .clone()
-        .and_then(|l| l.content)
-        .ok_or("no logprobs")?;
-    assert_ne!(
-        tokens[0].bytes, first[0].bytes,
-        "the greedy first token is banned"
-    );
-    assert!(
-        tokens
-            .iter()
-            .all(|t| t.bytes.as_deref() != Some(&first_bytes[..])),
-        "{tokens:?}"
-    );
-
-    let forced = vocab
-        .id_of(b" banana")
-        .or_else(|| vocab.id_of(b" the"))
-        .ok_or("no token")?;
-    let piece = String::from_utf8(vocab.piece(forced))?;
-    let req = chat(prompt, 4)?
-        .temperature(1.0)
-        .logit_bias(bias(forced, 100))
-        .build()?;
-    let resp = c.chat().create(req).await?;
-    assert_eq!(resp.choices[0].message.content, Some(piece.repeat(4)));
-
-    for (b, why) in [
-        (json!({"60000": 5}), "out of the vocabulary"),
-        (json!({"5": 101}), "over 100"),
-        (json!({"x": 1}), "not an id"),
-    ] {
-        let body = json!({"model": MODEL_ID, "prompt": "hi", "logit_bias": b});
-        let (status, v) = post(&server, "/v1/completions", body).await?;
-        assert_eq!(
-            (status, v["error"]["param"].as_str()),
-            (400, Some("logit_bias")),
-            "{why}: {v}"
-        );
-    }
-    Ok(())
-}
-
-#[tokio::test]
-async fn top_k_min_p_and_repetition_penalty_change_the_output() -> TestResult {
-    let server = Server::start(&["--slots", "2"])?;
-    let prompt = "Once upon a time, in a small village,";
-    let greedy = complete(&server, prompt, 16, json!({"temperature": 0})).await?;
-    let hot = json!({"temperature": 1.5, "seed": 3});
-    let sampled = complete(&server, prompt, 16, hot.clone()).await?;
-    assert_ne!(
-        sampled, greedy,
-        "at temperature 1.5 the seed's draw is not greedy"
-    );
-    let with = |k: &str, v: Value| {
-        let mut e = hot.clone();
-        e[k] = v;
-        e
-    };
-    // Only the most likely token is left: any temperature gives the greedy text.
-    assert_eq!(
-        complete(&server, prompt, 16, with("top_k", json!(1))).await?,
-        greedy
-    );
-    assert_eq!(
-        complete(&server, prompt, 16, with("min_p", json!(1.0))).await?,
-        greedy
-    );
-    // A looser min_p still cuts the tail: not the unconstrained draw.
-    assert_ne!(
-        complete(&server, prompt, 16, with("min_p", json!(0.3))).await?,
-        sampled
-    );
-
-    let looping = "1, 1, 1, 1, 1, 1, 1, 1, 1, 1,";
-    let plain = complete(&server, looping, 16, json!({"temperature": 0})).await?;
-    let penalized = complete(
-        &server,
-        looping,
-        16,
-        json!({"temperature": 0, "repetition_penalty": 1.5}),
-    )
-    .await?;
-    let ones = |t: &str| t.matches('1').count();
-    assert!(
-        ones(&penalized) < ones(&plain),
-        "{plain:?} vs {penalized:?}"
-    );
-
-    for (k, v) in [
-        ("top_k", json!(-2)),
-        ("min_p", json!(1.5)),
-        ("repetition_penalty", json!(0)),
-        ("repetition_penalty", json!(3)),
-    ] {
-        let mut body = json!({"model": MODEL_ID, "prompt": "hi"});
-        body[k] = v;
-        let (status, e) = post(&server, "/v1/completions", body).await?;
-        assert_eq!(
-            (status, e["error"]["param"].as_str()),
-            (400, Some(k)),
-            "{e}"
-        );
-    }
     Ok(())
 }

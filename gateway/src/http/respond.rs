@@ -72,14 +72,19 @@ struct Gathered {
 }
 
 impl Gathered {
+    /// Room for `n` choices (one that sent nothing still has its place).
+    fn ensure(&mut self, n: usize) {
+        if self.texts.len() < n {
+            self.texts.resize(n, String::new());
+            self.chars.resize(n, 0);
+            self.chat.resize(n, ChatLogprobs::default());
+            self.text.resize(n, CompletionLogprobs::default());
+        }
+    }
+
     fn push(&mut self, d: Delta, endpoint: Endpoint, logprobs: bool) {
         let i = d.index as usize;
-        if self.texts.len() <= i {
-            self.texts.resize(i + 1, String::new());
-            self.chars.resize(i + 1, 0);
-            self.chat.resize(i + 1, ChatLogprobs::default());
-            self.text.resize(i + 1, CompletionLogprobs::default());
-        }
+        self.ensure(i + 1);
         if logprobs {
             match endpoint {
                 Endpoint::Chat => self.chat[i].extend(&d.logprobs),
@@ -115,15 +120,7 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
     let id = request_id(gen.endpoint);
     let model = gen.deployment.id.clone();
     let usage = UsageBody::from(usage);
-    let n = reasons.len();
-    got.push(
-        Delta {
-            index: n.saturating_sub(1) as u32,
-            ..Delta::default()
-        },
-        gen.endpoint,
-        false,
-    );
+    got.ensure(reasons.len());
     let choices = reasons.into_iter().zip(got.texts).enumerate();
     match gen.endpoint {
         Endpoint::Chat => Json(ChatCompletion {
