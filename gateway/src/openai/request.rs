@@ -19,6 +19,8 @@ pub struct ChatCompletionRequest {
     /// Audio output and predicted outputs are not served: refused if set.
     pub audio: Option<serde_json::Value>,
     pub prediction: Option<serde_json::Value>,
+    /// Web search is not served: refused if set.
+    pub web_search_options: Option<serde_json::Value>,
     #[serde(flatten)]
     pub common: CommonParams,
 }

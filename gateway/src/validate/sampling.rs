@@ -147,6 +147,16 @@ pub fn chat_unsupported(req: &ChatCompletionRequest) -> Result<(), ApiError> {
     if req.audio.as_ref().is_some_and(|a| !a.is_null()) {
         return Err(ApiError::invalid("audio", "audio output is not supported"));
     }
+    if req
+        .web_search_options
+        .as_ref()
+        .is_some_and(|a| !a.is_null())
+    {
+        return Err(ApiError::invalid(
+            "web_search_options",
+            "web search is not supported",
+        ));
+    }
     if req.prediction.as_ref().is_some_and(|a| !a.is_null()) {
         return Err(ApiError::invalid(
             "prediction",

@@ -78,6 +78,8 @@ fn errors_name_field_and_value() {
     assert_eq!(param, Some("modalities"));
     let (_, param) = err_of(base("audio", serde_json::json!({"voice": "alloy"})));
     assert_eq!(param, Some("audio"));
+    let (_, param) = err_of(base("web_search_options", serde_json::json!({})));
+    assert_eq!(param, Some("web_search_options"));
     let (msg, _) = err_of(base("max_tokens", serde_json::json!(0)));
     assert_eq!(msg, "`max_tokens` must be at least 1, got 0");
     let (msg, _) = err_of(base("max_completion_tokens", serde_json::json!(-3)));
