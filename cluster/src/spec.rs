@@ -22,6 +22,9 @@ pub struct DeploySpec {
     pub max_queue: u32,
     pub max_queue_wait_ms: u64,
     pub max_tokens_limit: u32,
+    /// Most choices one request may ask for (older peers do not send it).
+    #[serde(default = "default_max_n")]
+    pub max_n: u32,
     pub progress_timeout_ms: u64,
     pub mmap: bool,
     pub cpu_repack: bool,
@@ -63,6 +66,10 @@ pub struct UpstreamSpec {
     pub cooldown_ms: u64,
     /// Cap on `max_tokens`, when the config sets one.
     pub max_tokens_limit: Option<u32>,
+}
+
+fn default_max_n() -> u32 {
+    8
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

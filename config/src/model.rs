@@ -37,6 +37,8 @@ pub struct ModelConfig {
     pub max_queue_wait_ms: Option<u64>,
     /// Upper bound on `max_tokens` (and the default when a request sets none).
     pub max_tokens_limit: Option<u32>,
+    /// Most choices (`n`) one request may ask for; each takes a slot. Default 8.
+    pub max_n: Option<u32>,
     /// An engine with requests in flight that produces nothing for this long
     /// is killed and restarted (a wedged llama.cpp, a silent RPC peer).
     pub progress_timeout_secs: Option<u64>,
@@ -131,6 +133,7 @@ pub struct ValidModel {
     pub max_queue: u32,
     pub max_queue_wait: Duration,
     pub max_tokens_limit: u32,
+    pub max_n: u32,
     pub progress_timeout: Duration,
     pub mmap: bool,
     pub cpu_repack: bool,
@@ -264,6 +267,7 @@ impl ModelConfig {
             1,
             ctx_size,
         )?;
+        let max_n = in_range("max_n", self.max_n.unwrap_or(8), 1, 128)?;
         let wait_ms = self.max_queue_wait_ms.unwrap_or(30_000);
         if wait_ms > 3_600_000 {
             return Err(ConfigError::invalid(
@@ -297,6 +301,7 @@ impl ModelConfig {
             max_queue,
             max_queue_wait: Duration::from_millis(wait_ms),
             max_tokens_limit,
+            max_n,
             progress_timeout: Duration::from_secs(progress),
             mmap: self.mmap.unwrap_or(false),
             cpu_repack: self.cpu_repack.unwrap_or(true),
@@ -333,6 +338,7 @@ impl ModelConfig {
     /// The llama-only fields, and whether each is set.
     pub(crate) fn local_fields(&self) -> [(&'static str, bool); 10] {
         [
+            ("max_n", self.max_n.is_some()),
             ("path", self.path.is_some()),
             ("model", self.model.is_some()),
             ("nodes", self.nodes.is_some()),

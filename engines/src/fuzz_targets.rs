@@ -114,6 +114,12 @@ fn to_host(u: &mut Unstructured) -> Result<ToHost> {
                 seed: u.arbitrary()?,
                 presence_penalty: finite_f32(u)?,
                 frequency_penalty: finite_f32(u)?,
+                top_k: u.arbitrary()?,
+                min_p: finite_f32(u)?,
+                repetition_penalty: finite_f32(u)?,
+                logit_bias: vec![(u.arbitrary()?, finite_f32(u)?)],
+                logprobs: u.arbitrary()?,
+                n: u.arbitrary()?,
             },
         },
         _ => ToHost::Cancel { id },
@@ -162,6 +168,7 @@ fn from_host(u: &mut Unstructured) -> Result<FromHost> {
                     slots: u.arbitrary()?,
                     has_chat_template: u.arbitrary()?,
                     n_params: u.arbitrary()?,
+                    n_vocab: u.arbitrary()?,
                     layout,
                     embedding: None,
                 },
@@ -179,15 +186,19 @@ fn from_host(u: &mut Unstructured) -> Result<FromHost> {
         },
         2 => FromHost::Delta {
             id,
-            text: u.arbitrary()?,
+            delta: crate::Delta {
+                index: u.arbitrary()?,
+                text: u.arbitrary()?,
+                logprobs: Vec::new(),
+            },
         },
         3 => FromHost::Finished {
             id,
-            reason: if u.arbitrary()? {
+            reasons: vec![if u.arbitrary()? {
                 FinishReason::Stop
             } else {
                 FinishReason::Length
-            },
+            }],
             usage: Usage {
                 prompt_tokens: u.arbitrary()?,
                 completion_tokens: u.arbitrary()?,
@@ -207,8 +218,9 @@ fn from_host(u: &mut Unstructured) -> Result<FromHost> {
 }
 
 /// Token bytes → text → stop filter, as the engine host's slot runs them:
-/// the text is what lossy UTF-8 decoding of all the bytes gives, never split
-/// inside a character, and it stops exactly where a stop sequence first
+/// the text is what lossy UTF-8 decoding of all the bytes gives (less a
+/// character cut at the very end, which is dropped), never split inside a
+/// character, and it stops exactly where a stop sequence first
 /// appears in what was generated so far, without sending any of it.
 pub fn token_text(data: &[u8]) {
     let mut u = Unstructured::new(data);
@@ -220,9 +232,18 @@ pub fn token_text(data: &[u8]) {
     };
     // One text per token, then what the holdback releases at the end (as `batch.rs` does).
     let mut utf8 = Utf8Holdback::default();
-    let mut texts: Vec<String> = tokens.iter().map(|t| utf8.push(t)).collect();
-    texts.push(utf8.finish());
-    assert_eq!(texts.concat(), String::from_utf8_lossy(&tokens.concat()));
+    let texts: Vec<String> = tokens.iter().map(|t| utf8.push(t)).collect();
+    utf8.finish();
+    let all = tokens.concat();
+    let mut expected = String::from_utf8_lossy(&all).into_owned();
+    let cut_at_end = all
+        .utf8_chunks()
+        .last()
+        .is_some_and(|c| std::str::from_utf8(c.invalid()).is_err_and(|e| e.error_len().is_none()));
+    if cut_at_end {
+        expected.pop();
+    }
+    assert_eq!(texts.concat(), expected);
 
     let mut filter = StopFilter::new(stops.clone());
     let stops: Vec<&String> = stops.iter().filter(|s| !s.is_empty()).collect();

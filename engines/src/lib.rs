@@ -21,6 +21,8 @@ pub use embed::{EmbedInput, EmbedRequest, EmbeddingInfo, Embeddings};
 pub enum PromptInput {
     Chat(Vec<ChatMessage>),
     Text(String),
+    /// Token ids, used as they are (checked against the vocabulary).
+    Tokens(Vec<i32>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -45,6 +47,34 @@ pub struct SamplingParams {
     pub seed: Option<u32>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// Keep only the `top_k` most likely tokens (0: all).
+    #[serde(default)]
+    pub top_k: u32,
+    /// Drop tokens less likely than `min_p` × the most likely one's probability (0: off).
+    #[serde(default)]
+    pub min_p: f32,
+    /// Divides positive logits (multiplies negative ones) of every token already in the
+    /// prompt or the output, llama.cpp's and vLLM's repetition penalty (1: off).
+    #[serde(default = "no_repetition_penalty")]
+    pub repetition_penalty: f32,
+    /// Added to a token's logit before sampling, from -100 (bans it: the
+    /// sampler adds -inf) to 100 (in practice forces it).
+    #[serde(default)]
+    pub logit_bias: Vec<(i32, f32)>,
+    /// Report each sampled token's log-probability and this many alternatives.
+    #[serde(default)]
+    pub logprobs: Option<u32>,
+    /// Independent choices sampled from the one prompt (its KV is decoded once and copied).
+    #[serde(default = "one_choice")]
+    pub n: u32,
+}
+
+fn no_repetition_penalty() -> f32 {
+    1.0
+}
+
+fn one_choice() -> u32 {
+    1
 }
 
 impl Default for SamplingParams {
@@ -57,6 +87,12 @@ impl Default for SamplingParams {
             seed: None,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Vec::new(),
+            logprobs: None,
+            n: 1,
         }
     }
 }
@@ -112,13 +148,46 @@ pub struct Usage {
     pub cached_tokens: u32,
 }
 
+/// A sampled token's log-probability under the model's raw distribution
+/// (log-softmax of the logits, before bias, penalties and temperature).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (a piece of a multi-byte character is not valid UTF-8 alone).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens at this position, most likely first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TopLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// New output of one choice.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Delta {
+    /// Which of the `n` choices this belongs to.
+    #[serde(default)]
+    pub index: u32,
+    /// Whole UTF-8 characters only, never part of a stop sequence (may be empty when only
+    /// `logprobs` are new).
+    pub text: String,
+    /// One entry per token whose text is in `text` (only when logprobs were asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
+}
+
 /// One event of a generation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenEvent {
-    /// Newly generated text (always whole UTF-8 characters, never part of a stop sequence).
-    Delta(String),
+    Delta(Delta),
+    /// Every choice has ended: why each one did (by index), and the usage of
+    /// all of them (the prompt counted once).
     Finished {
-        reason: FinishReason,
+        reasons: Vec<FinishReason>,
         usage: Usage,
     },
     Failed(EngineError),
@@ -132,6 +201,9 @@ pub struct ModelInfo {
     pub slots: u32,
     pub has_chat_template: bool,
     pub n_params: u64,
+    /// Tokens in the vocabulary (ids are `0..n_vocab`).
+    #[serde(default)]
+    pub n_vocab: u32,
     /// Which device holds which layers, as llama.cpp reported while loading
     /// (`CPU` here; `RPC0[127.0.0.1:PORT]`, … for shards on other nodes).
     #[serde(default)]

@@ -39,11 +39,11 @@ impl Utf8Holdback {
         }
     }
 
-    /// End of generation: whatever is left can no longer complete.
-    pub fn finish(&mut self) -> String {
-        let out = String::from_utf8_lossy(&self.pending).into_owned();
+    /// End of generation: what is left is the start of a character the model
+    /// never finished (cut by `max_tokens`, or an end token). It is dropped:
+    /// a client gets whole characters or nothing, never U+FFFD for a cut.
+    pub fn finish(&mut self) {
         self.pending.clear();
-        out
     }
 }
 
@@ -129,7 +129,19 @@ mod tests {
         assert_eq!(h.push(&snow[1..3]), "é");
         assert_eq!(h.push(&snow[3..4]), "");
         assert_eq!(h.push(&snow[4..]), "☃");
-        assert_eq!(h.finish(), "");
+    }
+
+    #[test]
+    fn a_character_cut_at_the_end_is_dropped_not_replaced() {
+        let mut h = Utf8Holdback::default();
+        let emoji = "ok 😀".as_bytes(); // the emoji is 4 bytes
+        assert_eq!(h.push(&emoji[..5]), "ok ");
+        h.finish();
+        assert_eq!(
+            h.push(b"x"),
+            "x",
+            "nothing of the cut character is left behind"
+        );
     }
 
     #[test]
@@ -137,7 +149,6 @@ mod tests {
         let mut h = Utf8Holdback::default();
         assert_eq!(h.push(b"a\xffb"), "a\u{FFFD}b");
         assert_eq!(h.push(b"\xe2\x98"), "");
-        assert_eq!(h.finish(), "\u{FFFD}");
     }
 
     #[test]

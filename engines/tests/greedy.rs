@@ -40,7 +40,7 @@ fn greedy_fast_path_matches_llama_cpp_greedy() -> TestResult {
         temperature: 0.0,
         ..SamplingParams::default()
     };
-    let mut fast = build(&greedy, model.n_vocab());
+    let mut fast = build(&greedy, model.n_vocab(), &prompt_tokens(&model), 0);
     assert!(
         matches!(fast, TokenSampler::Greedy),
         "greedy without penalties takes the fast path"
@@ -86,8 +86,30 @@ fn greedy_fast_path_matches_llama_cpp_greedy() -> TestResult {
         ..SamplingParams::default()
     };
     assert!(matches!(
-        build(&penalised, model.n_vocab()),
+        build(&penalised, model.n_vocab(), &prompt, 0),
         TokenSampler::Chain(_)
     ));
+    // So does greedy with a bias or a repetition penalty.
+    for params in [
+        SamplingParams {
+            temperature: 0.0,
+            logit_bias: vec![(5, -100.0)],
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 1.3,
+            ..SamplingParams::default()
+        },
+    ] {
+        assert!(matches!(
+            build(&params, model.n_vocab(), &prompt, 0),
+            TokenSampler::Chain(_)
+        ));
+    }
     Ok(())
+}
+
+fn prompt_tokens(model: &LlamaModel) -> Vec<llama_cpp_2::token::LlamaToken> {
+    model.vocab().tokenize(b"hi", true, true)
 }

@@ -89,7 +89,7 @@ async fn local(
     };
     check_dimensions(req.dimensions, embedding.dimensions, &deployment.id)?;
     timer.queued();
-    let permit = deployment.admission.admit().await?;
+    let permit = deployment.admission.admit(timer.key()).await?;
     timer.admitted();
     let out = engine
         .embed(EmbedRequest {

@@ -22,6 +22,8 @@ pub struct Deployment {
     pub engine: Arc<dyn Engine>,
     pub admission: Admission,
     pub max_tokens_limit: u32,
+    /// Most choices (`n`) one request may ask for.
+    pub max_n: u32,
     pub created: u64,
 }
 

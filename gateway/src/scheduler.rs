@@ -4,6 +4,9 @@
 //! and a freed slot goes to the waiting key with the fewest requests
 //! running, of those the one served longest ago: one key flooding the
 //! queue delays another key's request by at most the one running ahead.
+//! A request for `n` choices takes `n` slots at once (a waiting group is
+//! served when that many are free; later requests queue behind it rather
+//! than starve it).
 //! The permit travels with the request into the engine, so a slot is held
 //! until generation ends (finished, failed or cancelled), not until
 //! headers are sent, nor until a slow client has read the last token.
@@ -29,9 +32,9 @@ struct Shared {
     slots: Mutex<Slots>,
 }
 
-/// Free slots, and per key its running requests and waiters. Invariant: a
-/// slot is free only when no live waiter is queued (a released slot goes
-/// to a waiter first).
+/// Free slots, and per key its running requests and waiters. Invariant:
+/// while a live waiter is queued, fewer slots are free than the next one
+/// served needs (a released slot goes to waiters first).
 #[derive(Debug, Default)]
 struct Slots {
     free: usize,
@@ -44,37 +47,47 @@ struct Slots {
 struct KeyState {
     running: usize,
     last_admitted: u64,
-    waiters: VecDeque<oneshot::Sender<Permit>>,
+    /// Each waiter with the number of slots it needs.
+    waiters: VecDeque<(usize, oneshot::Sender<Permit>)>,
 }
 
-/// Holding this is holding a slot; dropping it hands the slot to the next waiter.
+/// Holding this is holding `n` slots; dropping it hands them to the next waiters.
 #[derive(Debug)]
 pub struct Permit {
     shared: Arc<Shared>,
     key: Arc<str>,
+    n: usize,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let next = {
-            let Ok(mut s) = self.shared.slots.lock() else {
-                return;
-            };
+        if let Ok(mut s) = self.shared.slots.lock() {
             s.finished(&self.key);
-            match s.next_waiter() {
-                Some(next) => next,
-                None => {
-                    s.free += 1;
-                    return;
-                }
-            }
+            s.free += self.n;
+        }
+        dispatch(&self.shared);
+    }
+}
+
+/// Hands free slots to the waiters they fit, in fair order.
+fn dispatch(shared: &Arc<Shared>) {
+    let served = {
+        let Ok(mut s) = shared.slots.lock() else {
+            return;
         };
-        // Sent outside the lock. A waiter that left just now drops it,
-        // which hands the slot on again.
-        let (key, tx) = next;
+        let mut served = Vec::new();
+        while let Some(next) = s.next_waiter() {
+            served.push(next);
+        }
+        served
+    };
+    // Sent outside the lock. A waiter that left just now drops its permit,
+    // which hands the slots on again.
+    for (key, n, tx) in served {
         let _ = tx.send(Permit {
-            shared: self.shared.clone(),
+            shared: shared.clone(),
             key,
+            n,
         });
     }
 }
@@ -97,8 +110,10 @@ impl Slots {
     }
 
     /// The next waiter of the key with the fewest requests running, and of
-    /// those the one served longest ago; it counts as admitted.
-    fn next_waiter(&mut self) -> Option<(Arc<str>, oneshot::Sender<Permit>)> {
+    /// those the one served longest ago, if enough slots are free for it; it
+    /// counts as admitted and its slots are taken. A group that does not fit
+    /// yet stays first, so smaller requests cannot starve it.
+    fn next_waiter(&mut self) -> Option<(Arc<str>, usize, oneshot::Sender<Permit>)> {
         loop {
             let key = self
                 .keys
@@ -106,15 +121,28 @@ impl Slots {
                 .filter(|(_, k)| !k.waiters.is_empty())
                 .min_by_key(|(_, k)| (k.running, k.last_admitted))
                 .map(|(key, _)| key.clone())?;
-            let tx = self.keys.get_mut(&key).and_then(|k| k.waiters.pop_front());
-            match tx {
-                Some(tx) if !tx.is_closed() => {
-                    self.admit(&key);
-                    return Some((key, tx));
+            let k = self.keys.get_mut(&key)?;
+            match k.waiters.front() {
+                Some((_, tx)) if tx.is_closed() => {
+                    k.waiters.pop_front();
+                    self.finished_waiting(&key);
                 }
-                _ => self.finished_waiting(&key),
+                Some((n, _)) if *n > self.free => return None,
+                Some(_) => {
+                    let (n, tx) = k.waiters.pop_front()?;
+                    self.free -= n;
+                    self.admit(&key);
+                    return Some((key, n, tx));
+                }
+                None => self.finished_waiting(&key),
             }
         }
+    }
+
+    fn has_live_waiters(&self) -> bool {
+        self.keys
+            .values()
+            .any(|k| k.waiters.iter().any(|(_, tx)| !tx.is_closed()))
     }
 
     fn finished_waiting(&mut self, key: &str) {
@@ -127,10 +155,10 @@ impl Slots {
         }
     }
 
-    fn enqueue(&mut self, key: &Arc<str>, tx: oneshot::Sender<Permit>) {
+    fn enqueue(&mut self, key: &Arc<str>, n: usize, tx: oneshot::Sender<Permit>) {
         let k = self.keys.entry(key.clone()).or_default();
-        k.waiters.retain(|t| !t.is_closed());
-        k.waiters.push_back(tx);
+        k.waiters.retain(|(_, t)| !t.is_closed());
+        k.waiters.push_back((n, tx));
     }
 }
 
@@ -162,17 +190,25 @@ impl Admission {
 
     /// A slot for a request made with the API key named `key`.
     pub async fn admit(&self, key: &str) -> Result<Permit, ApiError> {
+        self.admit_many(key, 1).await
+    }
+
+    /// `n` slots at once for one request (its `n` choices); the caller keeps
+    /// `n` within the slots there are.
+    pub async fn admit_many(&self, key: &str, n: usize) -> Result<Permit, ApiError> {
+        let n = n.clamp(1, self.capacity.max(1));
         let (mut rx, _waiting) = {
             let Ok(mut s) = self.shared.slots.lock() else {
                 return Err(ApiError::Overloaded("the model is shutting down", 5));
             };
             let key: Arc<str> = Arc::from(key);
-            if s.free > 0 {
-                s.free -= 1;
+            if s.free >= n && !s.has_live_waiters() {
+                s.free -= n;
                 s.admit(&key);
                 return Ok(Permit {
                     shared: self.shared.clone(),
                     key,
+                    n,
                 });
             }
             let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -185,7 +221,7 @@ impl Admission {
                 ));
             }
             let (tx, rx) = oneshot::channel();
-            s.enqueue(&key, tx);
+            s.enqueue(&key, n, tx);
             (rx, waiting)
         };
         match tokio::time::timeout(self.max_wait, &mut rx).await {
@@ -196,10 +232,14 @@ impl Admission {
                 rx.close();
                 match rx.try_recv() {
                     Ok(p) => Ok(p),
-                    Err(_) => Err(ApiError::Overloaded(
-                        "no slot became free in time",
-                        self.retry_after(),
-                    )),
+                    Err(_) => {
+                        // A group that gave up may have held back smaller waiters.
+                        dispatch(&self.shared);
+                        Err(ApiError::Overloaded(
+                            "no slot became free in time",
+                            self.retry_after(),
+                        ))
+                    }
                 }
             }
         }

@@ -7,8 +7,12 @@ use crate::openai::request::{
 use crate::openai::ApiError;
 use herd_engines::{ChatMessage, PromptInput, SamplingParams};
 
+mod sampling;
+
 pub const MAX_STOP_SEQUENCES: usize = 4;
 pub const MAX_MESSAGES: usize = 10_000;
+/// Prompts in one `/v1/completions` request (each gets its own `n` choices).
+pub const MAX_PROMPTS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -31,6 +35,9 @@ pub struct ValidRequest {
     pub endpoint: Endpoint,
     pub model: String,
     pub input: PromptInput,
+    /// Further prompts of an array `prompt` (completions), answered after
+    /// `input`, their choices numbered on.
+    pub more_inputs: Vec<PromptInput>,
     /// `max_tokens` here is a placeholder until the prompt length is known.
     pub sampling: SamplingParams,
     /// What the client asked for, if anything (checked against the context later).
@@ -52,6 +59,8 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
             format!("`messages` may hold at most {MAX_MESSAGES} messages"),
         ));
     }
+    sampling::chat_unsupported(&req)?;
+    let logprobs = sampling::chat_logprobs(&req)?;
     let messages = req
         .messages
         .into_iter()
@@ -61,37 +70,74 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
     common(
         Endpoint::Chat,
         req.model,
-        PromptInput::Chat(messages),
+        vec![PromptInput::Chat(messages)],
         req.common,
+        logprobs,
     )
 }
 
 pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
-    let text = match req.prompt {
-        Prompt::Text(t) => t,
-        Prompt::Texts(mut ts) if ts.len() == 1 => ts.remove(0),
-        Prompt::Texts(_) | Prompt::TokenLists(_) => {
-            return Err(ApiError::invalid(
-                "prompt",
-                "`prompt` must be a single string (batched prompts are not supported)",
-            ))
-        }
-        Prompt::Tokens(_) => {
-            return Err(ApiError::invalid(
-                "prompt",
-                "`prompt` as token ids is not supported; send text",
-            ))
-        }
+    let logprobs = sampling::completion_fields(&req)?;
+    let inputs: Vec<PromptInput> = match req.prompt {
+        Prompt::Text(t) => vec![PromptInput::Text(t)],
+        Prompt::Texts(ts) => ts.into_iter().map(PromptInput::Text).collect(),
+        Prompt::Tokens(ids) => vec![token_ids(0, ids)?],
+        Prompt::TokenLists(lists) => lists
+            .into_iter()
+            .enumerate()
+            .map(|(i, ids)| token_ids(i, ids))
+            .collect::<Result<_, _>>()?,
     };
-    if text.is_empty() {
+    if inputs.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+    }
+    if inputs.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "`prompt` may hold at most {MAX_PROMPTS} prompts, got {}",
+                inputs.len()
+            ),
+        ));
+    }
+    let empty = |p: &PromptInput| match p {
+        PromptInput::Text(t) => t.is_empty(),
+        PromptInput::Tokens(ids) => ids.is_empty(),
+        PromptInput::Chat(_) => false,
+    };
+    if let Some(i) = inputs.iter().position(empty) {
+        let at = if inputs.len() > 1 {
+            format!("[{i}]")
+        } else {
+            String::new()
+        };
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("`prompt{at}` must not be empty"),
+        ));
     }
     common(
         Endpoint::Completions,
         req.model,
-        PromptInput::Text(text),
+        inputs,
         req.common,
+        logprobs,
     )
+}
+
+/// A prompt given as token ids (checked against the vocabulary once the model is known).
+fn token_ids(index: usize, ids: Vec<i64>) -> Result<PromptInput, ApiError> {
+    ids.into_iter()
+        .map(|id| {
+            i32::try_from(id).ok().filter(|&id| id >= 0).ok_or_else(|| {
+                ApiError::invalid(
+                    "prompt",
+                    format!("`prompt` token ids must be non-negative token ids, got {id} (prompt {index})"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(PromptInput::Tokens)
 }
 
 fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
@@ -111,10 +157,11 @@ fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
         None => String::new(),
         Some(Content::Text(t)) => t,
         Some(Content::Parts(parts)) => {
-            let mut text = String::new();
+            // Text parts are joined by a newline, as vLLM and llama-server do.
+            let mut texts = Vec::with_capacity(parts.len());
             for (j, part) in parts.into_iter().enumerate() {
                 match (part.kind.as_str(), part.text) {
-                    ("text", Some(t)) => text.push_str(&t),
+                    ("text", Some(t)) => texts.push(t),
                     (kind, _) => {
                         return Err(ApiError::invalid(
                             "messages",
@@ -123,7 +170,7 @@ fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
                     }
                 }
             }
-            text
+            texts.join("\n")
         }
     };
     if content.contains('\0') {
@@ -158,8 +205,9 @@ fn range(
 fn common(
     endpoint: Endpoint,
     model: String,
-    input: PromptInput,
+    inputs: Vec<PromptInput>,
     p: CommonParams,
+    logprobs: Option<u32>,
 ) -> Result<ValidRequest, ApiError> {
     if model.is_empty() {
         return Err(ApiError::invalid(
@@ -177,14 +225,7 @@ fn common(
     }
     let presence_penalty = range("presence_penalty", p.presence_penalty, -2.0, 2.0, 0.0)?;
     let frequency_penalty = range("frequency_penalty", p.frequency_penalty, -2.0, 2.0, 0.0)?;
-    if let Some(n) = p.n {
-        if n != 1 {
-            return Err(ApiError::invalid(
-                "n",
-                format!("`n` must be 1 (one choice per request), got {n}"),
-            ));
-        }
-    }
+    let extras = sampling::extras(&p)?;
     let (param, requested) = match (p.max_completion_tokens, p.max_tokens) {
         (Some(v), _) => ("max_completion_tokens", Some(v)),
         (None, v) => ("max_tokens", v),
@@ -220,10 +261,15 @@ fn common(
         && p.stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
+    let mut inputs = inputs.into_iter();
+    let Some(input) = inputs.next() else {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+    };
     Ok(ValidRequest {
         endpoint,
         model,
         input,
+        more_inputs: inputs.collect(),
         sampling: SamplingParams {
             temperature,
             top_p,
@@ -232,6 +278,12 @@ fn common(
             seed,
             presence_penalty,
             frequency_penalty,
+            top_k: extras.top_k,
+            min_p: extras.min_p,
+            repetition_penalty: extras.repetition_penalty,
+            logit_bias: extras.logit_bias,
+            logprobs,
+            n: extras.n,
         },
         max_tokens,
         stream,

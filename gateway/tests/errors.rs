@@ -56,7 +56,7 @@ async fn bad_input_gets_openai_shaped_4xx() -> TestResult {
         ("/v1/chat/completions", json!({"model": MODEL_ID, "messages": "hi"}).to_string().into_bytes(), 400, Some("invalid_json")),
         ("/v1/chat/completions", json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}).to_string().into_bytes(), 400, Some("invalid_json")),
         ("/v1/chat/completions", json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "temperature": 9}).to_string().into_bytes(), 400, Some("invalid_value")),
-        ("/v1/chat/completions", json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 3}).to_string().into_bytes(), 400, Some("invalid_value")),
+        ("/v1/chat/completions", json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 0}).to_string().into_bytes(), 400, Some("invalid_value")),
         ("/v1/chat/completions", json!({"model": MODEL_ID, "messages": []}).to_string().into_bytes(), 400, Some("invalid_value")),
         ("/v1/completions", json!({"model": MODEL_ID, "prompt": ""}).to_string().into_bytes(), 400, Some("invalid_value")),
         // ~600 tokens against a 256-token context: refused before queueing.

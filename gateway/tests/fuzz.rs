@@ -192,13 +192,21 @@ fn real_seeds_are_accepted() {
         ("chat_request", "all-params-stream.json"),
         ("chat_request", "open-webui.json"),
         ("chat_request", "unicode.json"),
+        ("chat_request", "sampling.json"),
     ] {
         let body = seed(target, file);
         let valid =
             parse_body::<ChatCompletionRequest>(&body).and_then(herd_gateway::validate::chat);
         assert!(valid.is_ok(), "{file}: {valid:?}");
     }
-    for file in ["minimal.json", "all-params.json"] {
+    for file in [
+        "minimal.json",
+        "all-params.json",
+        "batch.json",
+        "tokens.json",
+        "token-lists.json",
+        "sampling.json",
+    ] {
         let body = seed("completion_request", file);
         let valid =
             parse_body::<CompletionRequest>(&body).and_then(herd_gateway::validate::completion);

@@ -27,6 +27,7 @@ fn spec(nodes: Wanted) -> DeploySpec {
         max_queue: 64,
         max_queue_wait_ms: 30_000,
         max_tokens_limit: 4096,
+        max_n: 8,
         progress_timeout_ms: 120_000,
         mmap: false,
         cpu_repack: true,

@@ -3,18 +3,23 @@
 //! chunks of newly admitted sequences, decodes once, and samples each
 //! sequence with its own sampler. A slot keeps the KV of its last
 //! conversation, so a follow-up turn that extends it decodes only the new part.
+//! A request for `n` choices takes `n` slots: one decodes the prompt, and its
+//! KV is copied to the others (`llama_memory_seq_cp`) before their first sample.
 
+use super::choices::Choices;
 use super::protocol::{FromHost, RequestId};
-use super::sampler;
-use super::slot::{best_free_slot, Active, Slot};
-use crate::text::{StopFilter, StopOutcome, Utf8Holdback};
-use crate::{EngineError, FinishReason, SamplingParams, Usage};
+use super::slot::{best_free_slot, Slot};
+use crate::text::StopOutcome;
+use crate::{Delta, EngineError, FinishReason, SamplingParams, TokenLogprob};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
+
+mod choice;
 
 pub enum Command {
     Generate {
@@ -41,6 +46,8 @@ pub struct BatchLoop<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     slots: Vec<Slot>,
+    /// Requests in flight: how their choices ended so far.
+    requests: HashMap<RequestId, Choices>,
     ctx_size: usize,
     events: SyncSender<FromHost>,
     batch: LlamaBatch<'static>,
@@ -69,6 +76,7 @@ impl<'m> BatchLoop<'m> {
             model,
             ctx,
             slots,
+            requests: HashMap::new(),
             ctx_size: ctx_size as usize,
             events,
             batch: LlamaBatch::new(BATCH_TOKENS, 1),
@@ -125,6 +133,7 @@ impl<'m> BatchLoop<'m> {
         match cmd {
             Command::Shutdown => self.alive = false,
             Command::Cancel { id } => {
+                self.requests.remove(&id);
                 for slot in &mut self.slots {
                     if slot.active.as_ref().is_some_and(|a| a.id == id) {
                         slot.active = None;
@@ -145,7 +154,8 @@ impl<'m> BatchLoop<'m> {
         }
     }
 
-    /// Puts a request in the free slot whose cached tokens share the longest prefix with it.
+    /// Puts a request in the free slot whose cached tokens share the longest
+    /// prefix with it, and its other choices in the least recently used ones.
     fn admit(
         &mut self,
         id: RequestId,
@@ -163,6 +173,13 @@ impl<'m> BatchLoop<'m> {
                 "the prompt has {} tokens; the context holds {}",
                 prompt.len(),
                 self.ctx_size
+            )));
+        }
+        let n = params.n.max(1);
+        let free = self.slots.iter().filter(|s| s.active.is_none()).count();
+        if free < n as usize {
+            return Err(EngineError::Unavailable(format!(
+                "{n} choices need {n} free slots, {free} are free (admission control should prevent this)"
             )));
         }
         let (best, shared) = best_free_slot(&self.slots, &prompt).ok_or_else(|| {
@@ -183,22 +200,21 @@ impl<'m> BatchLoop<'m> {
                 .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
             0
         };
-        let n_vocab = self.model.n_vocab();
-        let slot = &mut self.slots[best];
-        slot.kv.truncate(reuse);
-        slot.active = Some(Active {
-            id,
-            prompt,
-            fed: reuse,
-            cached_tokens: u32::try_from(reuse).unwrap_or(u32::MAX),
-            sampler: sampler::build(params, n_vocab),
-            holdback: Utf8Holdback::default(),
-            stop: StopFilter::new(params.stop.clone()),
-            generated: 0,
-            max_tokens: params.max_tokens,
-            next: None,
-            logits_at: None,
-        });
+        self.requests
+            .insert(id, Choices::new(n as usize, prompt.len(), reuse));
+        self.slots[best].kv.truncate(reuse);
+        self.slots[best].active = Some(self.start(id, 0, &prompt, reuse, None, params));
+        for index in 1..n {
+            let Some((other, _)) = best_free_slot(&self.slots, &[]) else {
+                break; // counted above: cannot happen
+            };
+            let seq = self.slots[other].seq;
+            let _ = self
+                .ctx
+                .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
+            self.slots[other].kv.clear();
+            self.slots[other].active = Some(self.start(id, index, &prompt, 0, Some(best), params));
+        }
         Ok(())
     }
 
@@ -234,7 +250,7 @@ impl<'m> BatchLoop<'m> {
             let Some(active) = slot.active.as_mut() else {
                 continue;
             };
-            if active.fed >= active.prompt.len() {
+            if active.fed >= active.prompt.len() || active.shares_prompt_of.is_some() {
                 continue;
             }
             let end = (active.fed + budget).min(active.prompt.len());
@@ -264,6 +280,7 @@ impl<'m> BatchLoop<'m> {
             return;
         }
         self.clock += 1;
+        self.share_prompts();
         for i in 0..self.slots.len() {
             let Some(active) = self.slots[i].active.as_mut() else {
                 continue;
@@ -272,11 +289,12 @@ impl<'m> BatchLoop<'m> {
                 continue;
             };
             let token = active.sampler.sample(&self.ctx, idx);
-            self.on_token(i, token);
+            let logprob = active.logprobs.map(|top| self.logprob(idx, token, top));
+            self.on_token(i, token, logprob);
         }
     }
 
-    fn on_token(&mut self, slot_idx: usize, token: LlamaToken) {
+    fn on_token(&mut self, slot_idx: usize, token: LlamaToken, logprob: Option<TokenLogprob>) {
         let vocab = self.model.vocab();
         if vocab.is_eog(token) {
             self.finish(slot_idx, FinishReason::Stop);
@@ -290,18 +308,27 @@ impl<'m> BatchLoop<'m> {
             return;
         };
         active.generated += 1;
+        active.pending_logprobs.extend(logprob);
         let text = active.holdback.push(&piece);
         let (out, stopped) = match active.stop.push(&text) {
             StopOutcome::Emit(s) => (s, false),
             StopOutcome::Stopped(s) => (s, true),
         };
-        let id = active.id;
+        let (id, index) = (active.id, active.index);
         let done = active.generated >= active.max_tokens || kv_len + 1 >= ctx_size;
         if !stopped && !done {
             active.next = Some(token);
         }
         if !out.is_empty() {
-            self.emit(FromHost::Delta { id, text: out });
+            let logprobs = std::mem::take(&mut active.pending_logprobs);
+            self.emit(FromHost::Delta {
+                id,
+                delta: Delta {
+                    index,
+                    text: out,
+                    logprobs,
+                },
+            });
         }
         if stopped {
             self.finish_with(slot_idx, FinishReason::Stop, false);
@@ -314,8 +341,9 @@ impl<'m> BatchLoop<'m> {
         self.finish_with(slot_idx, reason, true);
     }
 
-    /// Ends a request; `flush` releases held-back text (not after a stop matched).
-    fn finish_with(&mut self, slot_idx: usize, mut reason: FinishReason, flush: bool) {
+    /// Ends a choice, and its request with its last choice. `flush` releases
+    /// held-back text (not after a stop matched, whose tokens' logprobs go too).
+    fn finish_with(&mut self, slot_idx: usize, reason: FinishReason, flush: bool) {
         self.clock += 1;
         let clock = self.clock;
         let slot = &mut self.slots[slot_idx];
@@ -324,41 +352,45 @@ impl<'m> BatchLoop<'m> {
             return;
         };
         if flush {
-            let tail = active.holdback.finish();
-            let out = match active.stop.push(&tail) {
-                StopOutcome::Emit(s) => s + &active.stop.finish(),
-                StopOutcome::Stopped(s) => {
-                    reason = FinishReason::Stop;
-                    s
-                }
-            };
-            if !out.is_empty() {
+            // A character cut at the end is dropped, never sent as U+FFFD.
+            active.holdback.finish();
+            let text = active.stop.finish();
+            if !text.is_empty() || !active.pending_logprobs.is_empty() {
                 self.emit(FromHost::Delta {
                     id: active.id,
-                    text: out,
+                    delta: Delta {
+                        index: active.index,
+                        text,
+                        logprobs: active.pending_logprobs,
+                    },
                 });
             }
         }
-        let usage = Usage {
-            prompt_tokens: u32::try_from(active.prompt.len()).unwrap_or(u32::MAX),
-            completion_tokens: active.generated,
-            cached_tokens: active.cached_tokens,
-        };
-        self.emit(FromHost::Finished {
-            id: active.id,
-            reason,
-            usage,
-        });
+        let ended = self
+            .requests
+            .get_mut(&active.id)
+            .and_then(|c| c.end(active.index, reason, active.generated));
+        if let Some((reasons, usage)) = ended {
+            self.requests.remove(&active.id);
+            self.emit(FromHost::Finished {
+                id: active.id,
+                reasons,
+                usage,
+            });
+        }
     }
 
     fn fail_all(&mut self, message: &str) {
         tracing::error!("{message}");
         self.ctx.clear_kv_cache();
+        self.requests.clear();
         let mut failed = Vec::new();
         for slot in &mut self.slots {
             slot.kv.clear();
             if let Some(active) = slot.active.take() {
-                failed.push(active.id);
+                if !failed.contains(&active.id) {
+                    failed.push(active.id);
+                }
             }
         }
         for id in failed {

@@ -109,6 +109,7 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
         slots: args.slots,
         has_chat_template: template.is_some(),
         n_params: model.n_params(),
+        n_vocab: u32::try_from(model.n_vocab()).unwrap_or(0),
         layout: layout
             .into_iter()
             .map(|(device, layers)| crate::LayerDevice { device, layers })

@@ -4,6 +4,7 @@
 //! spawns, supervises and restarts it and multiplexes requests over one socket.
 
 mod batch;
+mod choices;
 mod embed;
 pub mod host;
 mod llama_log;

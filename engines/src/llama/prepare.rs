@@ -97,6 +97,9 @@ fn render(
 ) -> Result<String, EngineError> {
     match input {
         PromptInput::Text(text) => Ok(text.clone()),
+        PromptInput::Tokens(_) => Err(EngineError::Template(
+            "token ids are not rendered as text".into(),
+        )),
         PromptInput::Chat(messages) => {
             let template = template.ok_or(EngineError::NoChatTemplate)?;
             let chat = messages
@@ -126,7 +129,23 @@ pub fn prepare(
     template: Option<&LlamaChatTemplate>,
     input: &PromptInput,
 ) -> Result<PreparedPrompt, EngineError> {
+    if let PromptInput::Tokens(ids) = input {
+        return checked_ids(model, ids);
+    }
     Ok(tokenize(model, &render(model, template, input)?))
+}
+
+/// Token ids pass through as they are, if the vocabulary has every one.
+fn checked_ids(model: &LlamaModel, ids: &[i32]) -> Result<PreparedPrompt, EngineError> {
+    let n_vocab = model.n_vocab();
+    match ids.iter().find(|&&id| id < 0 || id >= n_vocab) {
+        Some(bad) => Err(EngineError::Template(format!(
+            "token id {bad} is not in the vocabulary (0..{n_vocab})"
+        ))),
+        None => Ok(PreparedPrompt {
+            tokens: ids.to_vec(),
+        }),
+    }
 }
 
 /// Template, refuse what cannot fit (checked on the rendered text: a template
@@ -137,6 +156,9 @@ pub fn prepare_within(
     limit: &PromptLimit,
     input: &PromptInput,
 ) -> Result<PreparedPrompt, EngineError> {
+    if let PromptInput::Tokens(ids) = input {
+        return checked_ids(model, ids);
+    }
     let text = render(model, template, input)?;
     limit.check(&text)?;
     Ok(tokenize(model, &text))

@@ -61,6 +61,7 @@ fn size(input: &PromptInput) -> usize {
             .iter()
             .map(|m| m.role.len() + m.content.len())
             .sum(),
+        PromptInput::Tokens(ids) => ids.len() * 4,
     }
 }
 

@@ -2,8 +2,8 @@
 //! object per line over a Unix socket. Request ids are chosen by the gateway.
 
 use crate::{
-    EmbedInput, Embeddings, EngineError, FinishReason, ModelInfo, PreparedPrompt, PromptInput,
-    SamplingParams, Usage,
+    Delta, EmbedInput, Embeddings, EngineError, FinishReason, ModelInfo, PreparedPrompt,
+    PromptInput, SamplingParams, Usage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,11 +45,12 @@ pub enum FromHost {
     },
     Delta {
         id: RequestId,
-        text: String,
+        #[serde(flatten)]
+        delta: Delta,
     },
     Finished {
         id: RequestId,
-        reason: FinishReason,
+        reasons: Vec<FinishReason>,
         usage: Usage,
     },
     Failed {
@@ -76,7 +77,18 @@ mod tests {
         let msgs = vec![
             FromHost::Delta {
                 id: 7,
-                text: "a\nb".into(),
+                delta: Delta {
+                    index: 2,
+                    text: "a\nb".into(),
+                    logprobs: vec![crate::TokenLogprob {
+                        bytes: vec![0xe2, 0x98],
+                        logprob: -0.5,
+                        top: vec![crate::TopLogprob {
+                            bytes: b"x".to_vec(),
+                            logprob: -0.25,
+                        }],
+                    }],
+                },
             },
             FromHost::Prepared {
                 id: 1,
@@ -84,7 +96,7 @@ mod tests {
             },
             FromHost::Finished {
                 id: 2,
-                reason: FinishReason::Length,
+                reasons: vec![FinishReason::Length, FinishReason::Stop],
                 usage: Usage {
                     prompt_tokens: 3,
                     completion_tokens: 4,

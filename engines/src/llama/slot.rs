@@ -6,15 +6,24 @@
 use super::protocol::RequestId;
 use super::sampler::TokenSampler;
 use crate::text::{StopFilter, Utf8Holdback};
+use crate::TokenLogprob;
 use llama_cpp_2::token::LlamaToken;
 
 pub struct Active {
     pub id: RequestId,
+    /// Which of the request's choices this slot generates.
+    pub index: u32,
     pub prompt: Vec<LlamaToken>,
     /// Prompt tokens already in the KV cache (cached prefix included).
     pub fed: usize,
-    pub cached_tokens: u32,
+    /// Another choice of the same request, in this slot, decodes the prompt;
+    /// its KV is copied here once it is done (then this is `None`).
+    pub shares_prompt_of: Option<usize>,
     pub sampler: TokenSampler,
+    /// Alternatives to report per token, if logprobs were asked for.
+    pub logprobs: Option<u32>,
+    /// Logprobs of tokens whose text has not been sent yet.
+    pub pending_logprobs: Vec<TokenLogprob>,
     pub holdback: Utf8Holdback,
     pub stop: StopFilter,
     pub generated: u32,
@@ -87,10 +96,13 @@ mod tests {
     fn active(id: RequestId) -> Active {
         Active {
             id,
+            index: 0,
             prompt: toks(&[1]),
             fed: 0,
-            cached_tokens: 0,
+            shares_prompt_of: None,
             sampler: TokenSampler::Greedy,
+            logprobs: None,
+            pending_logprobs: Vec::new(),
             holdback: Utf8Holdback::default(),
             stop: StopFilter::new(Vec::new()),
             generated: 0,

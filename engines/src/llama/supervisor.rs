@@ -313,9 +313,9 @@ impl Supervisor {
                     let _ = reply.send(result);
                 }
             }
-            FromHost::Delta { id, text } => self.forward(id, TokenEvent::Delta(text), false),
-            FromHost::Finished { id, reason, usage } => {
-                self.forward(id, TokenEvent::Finished { reason, usage }, true)
+            FromHost::Delta { id, delta } => self.forward(id, TokenEvent::Delta(delta), false),
+            FromHost::Finished { id, reasons, usage } => {
+                self.forward(id, TokenEvent::Finished { reasons, usage }, true)
             }
             FromHost::Failed { id, error } => self.forward(id, TokenEvent::Failed(error), true),
         }

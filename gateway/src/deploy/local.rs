@@ -315,6 +315,7 @@ impl Local {
                 Duration::from_millis(spec.max_queue_wait_ms),
             ),
             max_tokens_limit: spec.max_tokens_limit,
+            max_n: spec.max_n,
             created,
         });
         Ok(HeadRun {

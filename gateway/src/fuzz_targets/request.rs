@@ -59,7 +59,25 @@ fn assert_valid(v: &ValidRequest) {
     assert!(s.stop.len() <= MAX_STOP_SEQUENCES, "{v:?}");
     assert!(v.max_tokens != Some(0), "{v:?}");
     assert!(v.stream || !v.include_usage, "{v:?}");
-    match &v.input {
+    assert!(s.n >= 1 && s.min_p >= 0.0 && s.min_p <= 1.0, "{v:?}");
+    assert!(
+        s.repetition_penalty > 0.0 && s.repetition_penalty <= 2.0,
+        "{v:?}"
+    );
+    assert!(
+        s.logit_bias
+            .iter()
+            .all(|&(id, b)| id >= 0 && b.abs() <= 100.0),
+        "{v:?}"
+    );
+    assert!(v.endpoint == Endpoint::Completions || v.more_inputs.is_empty());
+    for input in std::iter::once(&v.input).chain(&v.more_inputs) {
+        assert_input(v, input);
+    }
+}
+
+fn assert_input(v: &ValidRequest, input: &PromptInput) {
+    match input {
         PromptInput::Chat(messages) => {
             assert_eq!(v.endpoint, Endpoint::Chat);
             assert!(!messages.is_empty() && messages.len() <= MAX_MESSAGES);
@@ -71,6 +89,10 @@ fn assert_valid(v: &ValidRequest) {
         PromptInput::Text(text) => {
             assert_eq!(v.endpoint, Endpoint::Completions);
             assert!(!text.is_empty());
+        }
+        PromptInput::Tokens(ids) => {
+            assert_eq!(v.endpoint, Endpoint::Completions);
+            assert!(!ids.is_empty() && ids.iter().all(|&id| id >= 0));
         }
     }
 }
@@ -88,10 +110,34 @@ fn as_body(v: &ValidRequest) -> Value {
                 .collect();
             body.insert("messages".into(), Value::Array(messages));
         }
-        PromptInput::Text(text) => {
-            body.insert("prompt".into(), json!(text));
+        PromptInput::Text(_) | PromptInput::Tokens(_) => {
+            let prompt = |p: &PromptInput| match p {
+                PromptInput::Text(t) => json!(t),
+                PromptInput::Tokens(ids) => json!(ids),
+                PromptInput::Chat(_) => Value::Null,
+            };
+            let prompt = if v.more_inputs.is_empty() {
+                prompt(&v.input)
+            } else {
+                let all = std::iter::once(&v.input).chain(&v.more_inputs);
+                Value::Array(all.map(prompt).collect())
+            };
+            body.insert("prompt".into(), prompt);
         }
     }
+    let bias: Map<String, Value> = s
+        .logit_bias
+        .iter()
+        .map(|(id, b)| (id.to_string(), json!(b)))
+        .collect();
+    let logprobs = match (v.endpoint, s.logprobs) {
+        (_, None) => Value::Null,
+        (Endpoint::Chat, Some(k)) => {
+            body.insert("top_logprobs".into(), json!(k));
+            json!(true)
+        }
+        (Endpoint::Completions, Some(k)) => json!(k),
+    };
     for (key, value) in [
         ("temperature", json!(s.temperature)),
         ("top_p", json!(s.top_p)),
@@ -101,6 +147,12 @@ fn as_body(v: &ValidRequest) -> Value {
         ("seed", json!(s.seed)),
         ("max_tokens", json!(v.max_tokens)),
         ("stream", json!(v.stream)),
+        ("n", json!(s.n)),
+        ("top_k", json!(s.top_k)),
+        ("min_p", json!(s.min_p)),
+        ("repetition_penalty", json!(s.repetition_penalty)),
+        ("logit_bias", Value::Object(bias)),
+        ("logprobs", logprobs),
         ("stream_options", json!({"include_usage": v.include_usage})),
     ] {
         body.insert(key.into(), value);

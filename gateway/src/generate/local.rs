@@ -8,27 +8,98 @@ use crate::metrics::RequestTimer;
 use crate::openai::ApiError;
 use crate::router::Deployment;
 use crate::validate::{Endpoint, ValidRequest};
-use herd_engines::{EngineError, EngineState, GenerateRequest, SlotHold, TokenEvent, TokenStream};
+use herd_engines::{
+    EngineError, EngineState, FinishReason, GenerateRequest, ModelInfo, PreparedPrompt,
+    PromptInput, SamplingParams, SlotHold, TokenEvent, TokenStream, Usage,
+};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A running generation. Dropping it cancels the work (which frees the slot).
+/// The prompts of an array `prompt` run one after another, each with its
+/// `n` choices, numbered on; one `Finished` ends them all.
 pub struct Generation {
     tokens: TokenStream,
     /// The first event, when it was awaited before answering.
     first: Option<TokenEvent>,
+    /// Prompts still to run, each with its completion budget.
+    rest: VecDeque<(PreparedPrompt, u32)>,
+    sampling: SamplingParams,
+    /// The API key's name: the later prompts queue under it too.
+    key: String,
+    /// Index of the current prompt's first choice.
+    offset: u32,
+    reasons: Vec<FinishReason>,
+    usage: Usage,
     pub deployment: Arc<Deployment>,
     pub endpoint: Endpoint,
     pub stream: bool,
     pub include_usage: bool,
+    /// Alternatives per token, if logprobs were asked for.
+    pub logprobs: Option<u32>,
+    /// Choices in all: `n` per prompt.
+    pub choices: u32,
     pub prompt_tokens: u32,
 }
 
 impl Generation {
     pub async fn next(&mut self) -> Option<TokenEvent> {
-        match self.first.take() {
-            Some(event) => Some(event),
-            None => self.tokens.next().await,
+        loop {
+            let event = match self.first.take() {
+                Some(event) => Some(event),
+                None => self.tokens.next().await,
+            };
+            match event {
+                Some(TokenEvent::Delta(mut delta)) => {
+                    delta.index += self.offset;
+                    return Some(TokenEvent::Delta(delta));
+                }
+                Some(TokenEvent::Finished { reasons, usage }) => {
+                    self.offset += reasons.len() as u32;
+                    self.reasons.extend(reasons);
+                    self.usage = sum(self.usage, usage);
+                    let Some((prompt, max_tokens)) = self.rest.pop_front() else {
+                        return Some(TokenEvent::Finished {
+                            reasons: std::mem::take(&mut self.reasons),
+                            usage: self.usage,
+                        });
+                    };
+                    if let Err(e) = self.next_prompt(prompt, max_tokens).await {
+                        return Some(TokenEvent::Failed(e));
+                    }
+                }
+                other => return other,
+            }
         }
+    }
+
+    async fn next_prompt(
+        &mut self,
+        prompt: PreparedPrompt,
+        max_tokens: u32,
+    ) -> Result<(), EngineError> {
+        let permit = self
+            .deployment
+            .admission
+            .admit_many(&self.key, self.sampling.n as usize)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let mut sampling = self.sampling.clone();
+        sampling.max_tokens = max_tokens;
+        self.tokens = self.deployment.engine.generate(GenerateRequest {
+            prompt,
+            params: sampling,
+            slot: SlotHold::new(permit),
+        })?;
+        Ok(())
+    }
+}
+
+fn sum(a: Usage, b: Usage) -> Usage {
+    Usage {
+        prompt_tokens: a.prompt_tokens.saturating_add(b.prompt_tokens),
+        completion_tokens: a.completion_tokens.saturating_add(b.completion_tokens),
+        cached_tokens: a.cached_tokens.saturating_add(b.cached_tokens),
     }
 }
 
@@ -50,16 +121,30 @@ pub async fn start(
             deployment.id
         ))));
     }
-    let prepared = engine.prepare(req.input.clone()).await?;
+    let n = check_sampling(&req.sampling, deployment, &info)?;
+    // Every prompt is prepared and checked before any of them runs.
+    let mut prompts = VecDeque::new();
+    for input in std::iter::once(&req.input).chain(&req.more_inputs) {
+        check_ids(input, &info)?;
+        let prepared = engine.prepare(input.clone()).await?;
+        let n_prompt = u32::try_from(prepared.tokens.len()).unwrap_or(u32::MAX);
+        let max_tokens = completion_budget(
+            n_prompt,
+            req.max_tokens,
+            info.ctx_size,
+            deployment.max_tokens_limit,
+        )?;
+        prompts.push_back((prepared, max_tokens));
+    }
+    let Some((prepared, max_tokens)) = prompts.pop_front() else {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+    };
     let n_prompt = u32::try_from(prepared.tokens.len()).unwrap_or(u32::MAX);
-    let max_tokens = completion_budget(
-        n_prompt,
-        req.max_tokens,
-        info.ctx_size,
-        deployment.max_tokens_limit,
-    )?;
     timer.queued();
-    let permit = deployment.admission.admit(timer.key()).await?;
+    let permit = deployment
+        .admission
+        .admit_many(timer.key(), n as usize)
+        .await?;
     timer.admitted();
     let mut sampling = req.sampling.clone();
     sampling.max_tokens = max_tokens;
@@ -84,12 +169,74 @@ pub async fn start(
     Ok(Generation {
         tokens,
         first,
+        rest: prompts,
+        key: timer.key().to_string(),
+        sampling: req.sampling.clone(),
+        offset: 0,
+        reasons: Vec::new(),
+        usage: Usage::default(),
         deployment: deployment.clone(),
         endpoint: req.endpoint,
         stream: req.stream,
         include_usage: req.include_usage,
+        logprobs: req.sampling.logprobs,
+        choices: n.saturating_mul(1 + req.more_inputs.len() as u32),
         prompt_tokens: n_prompt,
     })
+}
+
+/// What needs the model to check: `n` against the slots (each choice takes
+/// one) and the configured limit, `logit_bias` ids against the vocabulary.
+fn check_sampling(
+    sampling: &SamplingParams,
+    deployment: &Deployment,
+    info: &ModelInfo,
+) -> Result<u32, ApiError> {
+    let n = sampling.n.max(1);
+    let slots = u32::try_from(deployment.admission.capacity()).unwrap_or(u32::MAX);
+    let limit = deployment.max_n.min(slots);
+    if n > limit {
+        let why = if limit == slots && slots < deployment.max_n {
+            format!("each choice takes one of this model's {slots} slots")
+        } else {
+            "the configured `max_n`".to_string()
+        };
+        return Err(ApiError::invalid(
+            "n",
+            format!("`n` must be at most {limit} for this model ({why}), got {n}"),
+        ));
+    }
+    if let Some(&(id, _)) = sampling
+        .logit_bias
+        .iter()
+        .find(|&&(id, _)| id < 0 || id as u32 >= info.n_vocab)
+    {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!(
+                "`logit_bias` token id {id} is not in this model's vocabulary (0..{})",
+                info.n_vocab
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+/// A prompt of token ids must use this model's vocabulary.
+fn check_ids(input: &PromptInput, info: &ModelInfo) -> Result<(), ApiError> {
+    let PromptInput::Tokens(ids) = input else {
+        return Ok(());
+    };
+    match ids.iter().find(|&&id| id < 0 || id as u32 >= info.n_vocab) {
+        Some(id) => Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "`prompt` token id {id} is not in this model's vocabulary (0..{})",
+                info.n_vocab
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Why an engine that has not started yet takes no request: still loading,

@@ -3,22 +3,36 @@
 use super::AppState;
 use crate::auth::KeyName;
 use crate::embed::{self, EmbedAnswer};
-use crate::metrics::ANONYMOUS_KEY;
+use super::openai_api::{tag_usage, timer, Who};
+use crate::caller::Caller;
+use crate::keys::limits::TokenMeter;
+use crate::usage::refusals::UsageSeen;
 use crate::openai::embeddings::{validate, EmbeddingRequest};
 use crate::openai::{ApiError, OpenAiJson};
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 pub async fn embeddings(
     State(state): State<AppState>,
     key: Option<Extension<KeyName>>,
+    meter: Option<Extension<TokenMeter>>,
+    caller: Option<Extension<Caller>>,
+    seen: Option<Extension<UsageSeen>>,
+    headers: HeaderMap,
     body: Result<OpenAiJson<EmbeddingRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let key = key.as_ref().map_or(ANONYMOUS_KEY, |Extension(k)| &k.0);
-    let model = body.as_ref().map_or("", |b| b.value.model.as_str());
-    let mut timer = state.metrics.request(model, key);
+    let asked = body.as_ref().ok().map(|b| &b.value);
+    let model = asked.map_or("", |r| r.model.as_str());
+    let mut timer = timer(&state, key, meter, model);
+    let who = Who {
+        caller,
+        seen,
+        headers: &headers,
+    };
+    let user = asked.and_then(|r| r.user.as_deref());
+    tag_usage(&state, &mut timer, who, (model, user), "embeddings");
     let answered = match body.and_then(|b| Ok((validate(b.value)?, b.raw))) {
         Ok((req, raw)) => embed::run(&state.router, &req, &raw, &mut timer).await,
         Err(e) => Err(e),

@@ -6,9 +6,10 @@
 use crate::generate::{Answer, Generation};
 use crate::metrics::RequestTimer;
 use crate::openai::error::{ErrorEnvelope, ENCODING_FAILED};
+use crate::openai::logprobs::{ChatLogprobs, CompletionLogprobs};
 use crate::openai::response::{
     unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion,
-    CompletionChoice, Delta, UsageBody, FINGERPRINT,
+    CompletionChoice, Delta as ChunkDelta, UsageBody, FINGERPRINT,
 };
 use crate::openai::ApiError;
 use crate::validate::Endpoint;
@@ -16,7 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
-use herd_engines::{EngineError, FinishReason, TokenEvent, Usage};
+use herd_engines::{Delta, EngineError, FinishReason, TokenEvent, Usage};
 use serde::Serialize;
 use std::convert::Infallible;
 
@@ -60,41 +61,85 @@ pub(crate) fn ended_early() -> ApiError {
     ))
 }
 
+/// What the choices of a non-streamed answer gather, by index.
+#[derive(Default)]
+struct Gathered {
+    texts: Vec<String>,
+    /// Characters in each text so far (completions' `text_offset`).
+    chars: Vec<usize>,
+    chat: Vec<ChatLogprobs>,
+    text: Vec<CompletionLogprobs>,
+}
+
+impl Gathered {
+    /// Room for `n` choices (one that sent nothing still has its place).
+    fn ensure(&mut self, n: usize) {
+        if self.texts.len() < n {
+            self.texts.resize(n, String::new());
+            self.chars.resize(n, 0);
+            self.chat.resize(n, ChatLogprobs::default());
+            self.text.resize(n, CompletionLogprobs::default());
+        }
+    }
+
+    fn push(&mut self, d: Delta, endpoint: Endpoint, logprobs: bool) {
+        let i = d.index as usize;
+        self.ensure(i + 1);
+        if logprobs {
+            match endpoint {
+                Endpoint::Chat => self.chat[i].extend(&d.logprobs),
+                Endpoint::Completions => self.text[i].extend(&d.logprobs, self.chars[i], &d.text),
+            }
+        }
+        self.chars[i] += d.text.chars().count();
+        self.texts[i].push_str(&d.text);
+    }
+}
+
 async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
-    let mut text = String::new();
-    let (reason, usage) = loop {
+    let mut got = Gathered::default();
+    let logprobs = gen.logprobs.is_some();
+    let (reasons, usage) = loop {
         let failure = match gen.next().await {
-            Some(TokenEvent::Delta(t)) => {
+            Some(TokenEvent::Delta(d)) => {
                 timer.token();
-                text.push_str(&t);
+                got.push(d, gen.endpoint, logprobs);
                 continue;
             }
-            Some(TokenEvent::Finished { reason, usage }) => break (reason, usage),
+            Some(TokenEvent::Finished { reasons, usage }) => break (reasons, usage),
             Some(TokenEvent::Failed(e)) => ApiError::from(e),
             None => ended_early(),
         };
         timer.fail(&failure);
         return failure.into_response();
     };
-    timer.finish(reason, usage);
+    timer.finish(
+        reasons.first().copied().unwrap_or(FinishReason::Stop),
+        usage,
+    );
     let id = request_id(gen.endpoint);
     let model = gen.deployment.id.clone();
     let usage = UsageBody::from(usage);
+    got.ensure(reasons.len());
+    let choices = reasons.into_iter().zip(got.texts).enumerate();
     match gen.endpoint {
         Endpoint::Chat => Json(ChatCompletion {
             id,
             object: "chat.completion",
             created: unix_now(),
             model,
-            choices: vec![ChatChoice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: text,
-                },
-                finish_reason: reason.as_str(),
-                logprobs: None,
-            }],
+            choices: choices
+                .zip(got.chat)
+                .map(|((i, (reason, text)), lp)| ChatChoice {
+                    index: i as u32,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: text,
+                    },
+                    finish_reason: reason.as_str(),
+                    logprobs: logprobs.then_some(lp),
+                })
+                .collect(),
             usage,
             system_fingerprint: FINGERPRINT,
         })
@@ -104,12 +149,15 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
             object: "text_completion",
             created: unix_now(),
             model,
-            choices: vec![CompletionChoice {
-                index: 0,
-                text,
-                finish_reason: Some(reason.as_str()),
-                logprobs: None,
-            }],
+            choices: choices
+                .zip(got.text)
+                .map(|((i, (reason, text)), lp)| CompletionChoice {
+                    index: i as u32,
+                    text,
+                    finish_reason: Some(reason.as_str()),
+                    logprobs: logprobs.then_some(lp),
+                })
+                .collect(),
             usage: Some(usage),
             system_fingerprint: FINGERPRINT,
         })
@@ -124,6 +172,13 @@ pub(crate) enum Payload {
     Chat(ChatChunk),
     Text(Completion),
     Error(ErrorEnvelope),
+}
+
+/// The logprobs one chunk carries, in its endpoint's shape.
+pub(crate) enum ChunkLogprobs {
+    None,
+    Chat(ChatLogprobs),
+    Text(CompletionLogprobs),
 }
 
 /// Builds each chunk of one stream with the same id, model and timestamp.
@@ -151,6 +206,24 @@ impl Chunker {
         finish: Option<FinishReason>,
         usage: Option<Usage>,
     ) -> Payload {
+        self.choice_event(0, content, ChunkLogprobs::None, role, finish, usage)
+    }
+
+    /// A chunk of choice `index`, with the logprobs of its tokens in it.
+    pub(crate) fn choice_event(
+        &self,
+        index: u32,
+        content: Option<String>,
+        logprobs: ChunkLogprobs,
+        role: bool,
+        finish: Option<FinishReason>,
+        usage: Option<Usage>,
+    ) -> Payload {
+        let (chat_logprobs, text_logprobs) = match logprobs {
+            ChunkLogprobs::None => (None, None),
+            ChunkLogprobs::Chat(l) => (Some(l), None),
+            ChunkLogprobs::Text(l) => (None, Some(l)),
+        };
         let usage = usage.map(UsageBody::from);
         let finish_reason = finish.map(FinishReason::as_str);
         // The usage chunk has no choices, as OpenAI sends it.
@@ -163,13 +236,13 @@ impl Chunker {
                 model: self.model.clone(),
                 choices: if with_choice {
                     vec![ChatChunkChoice {
-                        index: 0,
-                        delta: Delta {
+                        index,
+                        delta: ChunkDelta {
                             role: role.then_some("assistant"),
                             content,
                         },
                         finish_reason,
-                        logprobs: None,
+                        logprobs: chat_logprobs,
                     }]
                 } else {
                     Vec::new()
@@ -184,10 +257,10 @@ impl Chunker {
                 model: self.model.clone(),
                 choices: if with_choice {
                     vec![CompletionChoice {
-                        index: 0,
+                        index,
                         text: content.unwrap_or_default(),
                         finish_reason,
-                        logprobs: None,
+                        logprobs: text_logprobs,
                     }]
                 } else {
                     Vec::new()
@@ -226,19 +299,40 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
         let mut gen = gen;
         // Dropped with the stream: a client that leaves mid-stream counts as cancelled.
         let mut timer = timer;
-        if chunker.endpoint == Endpoint::Chat {
-            yield chunker.event(Some(String::new()), true, None, None);
+        let chat = chunker.endpoint == Endpoint::Chat;
+        if chat {
+            for index in 0..gen.choices {
+                yield chunker.choice_event(index, Some(String::new()), ChunkLogprobs::None, true, None, None);
+            }
         }
+        // Characters sent per choice (completions' `text_offset`).
+        let mut sent: Vec<usize> = Vec::new();
         loop {
             match gen.next().await {
-                Some(TokenEvent::Delta(t)) => {
+                Some(TokenEvent::Delta(d)) => {
                     timer.token();
-                    yield chunker.event(Some(t), false, None, None);
+                    let i = d.index as usize;
+                    if sent.len() <= i {
+                        sent.resize(i + 1, 0);
+                    }
+                    let logprobs = match (gen.logprobs, chat) {
+                        (None, _) => ChunkLogprobs::None,
+                        (Some(_), true) => ChunkLogprobs::Chat(ChatLogprobs::of(&d.logprobs)),
+                        (Some(_), false) => {
+                            let mut l = CompletionLogprobs::default();
+                            l.extend(&d.logprobs, sent[i], &d.text);
+                            ChunkLogprobs::Text(l)
+                        }
+                    };
+                    sent[i] += d.text.chars().count();
+                    yield chunker.choice_event(d.index, Some(d.text), logprobs, false, None, None);
                 }
-                Some(TokenEvent::Finished { reason, usage }) => {
-                    timer.finish(reason, usage);
-                    let empty = (chunker.endpoint == Endpoint::Completions).then(String::new);
-                    yield chunker.event(empty, false, Some(reason), None);
+                Some(TokenEvent::Finished { reasons, usage }) => {
+                    timer.finish(reasons.first().copied().unwrap_or(FinishReason::Stop), usage);
+                    for (index, reason) in reasons.into_iter().enumerate() {
+                        let empty = (!chat).then(String::new);
+                        yield chunker.choice_event(index as u32, empty, ChunkLogprobs::None, false, Some(reason), None);
+                    }
                     if gen.include_usage {
                         yield chunker.event(None, false, None, Some(usage));
                     }

@@ -343,7 +343,15 @@ impl RequestTimer {
         s.key_tokens
             .with_label_values(&[self.key.as_str(), &self.model, "embedding"])
             .inc_by(u64::from(tokens));
-        self.end("200", ErrorType::None);
+        if let Some(m) = &mut self.meter {
+            m.settle(u64::from(tokens));
+        }
+        let usage = Usage {
+            prompt_tokens: tokens,
+            completion_tokens: 0,
+            cached_tokens: 0,
+        };
+        self.end(200, ErrorType::None, usage);
     }
 
     /// The request failed: refused before generation, or an engine error mid-stream

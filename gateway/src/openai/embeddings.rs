@@ -17,7 +17,9 @@ pub struct EmbeddingRequest {
     pub input: RawInput,
     pub encoding_format: Option<String>,
     pub dimensions: Option<i64>,
-    // `user` (an end-user id for OpenAI's abuse monitoring) is left undeclared, so ignored.
+    /// The end user, recorded in usage accounting (as for chat).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Every form OpenAI accepts: a string, strings, token ids, lists of token ids.

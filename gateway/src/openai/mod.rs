@@ -3,6 +3,7 @@
 pub mod embeddings;
 pub mod error;
 pub mod json;
+pub mod logprobs;
 pub mod request;
 pub mod response;
 pub mod responses;

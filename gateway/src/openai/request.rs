@@ -1,12 +1,26 @@
 //! Request bodies as OpenAI clients send them. Fields herd does not use are
-//! not declared, so serde ignores them: Open WebUI, Xcode and SDKs send many.
+//! not declared, so serde ignores them: Open WebUI, Xcode and SDKs send many
+//! (`user`, `metadata`, `store`, …). A field that would change the answer is
+//! declared, so that it is honored or refused, never silently ignored.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<Message>,
+    /// Chat: whether to return each output token's log-probability.
+    pub logprobs: Option<bool>,
+    /// Chat: alternatives per token (needs `logprobs: true`).
+    pub top_logprobs: Option<i64>,
+    /// Output modalities: only `["text"]` is served.
+    pub modalities: Option<Vec<String>>,
+    /// Audio output and predicted outputs are not served: refused if set.
+    pub audio: Option<serde_json::Value>,
+    pub prediction: Option<serde_json::Value>,
+    /// Web search is not served: refused if set.
+    pub web_search_options: Option<serde_json::Value>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -15,6 +29,12 @@ pub struct ChatCompletionRequest {
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
+    /// Completions: the log-probability of each token and of this many alternatives.
+    pub logprobs: Option<i64>,
+    /// Echoing the prompt and `best_of` > `n` are not served; `suffix` neither.
+    pub echo: Option<bool>,
+    pub best_of: Option<i64>,
+    pub suffix: Option<String>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -31,6 +51,12 @@ pub struct CommonParams {
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
     pub n: Option<i64>,
+    /// Token id (as a string, as JSON keys are) → bias in [-100, 100].
+    pub logit_bias: Option<BTreeMap<String, f64>>,
+    /// Extensions llama-server and vLLM take.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
     #[serde(default)]
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,

@@ -1,5 +1,6 @@
 //! Response bodies and stream chunks, shaped exactly as OpenAI's.
 
+use super::logprobs::{ChatLogprobs, CompletionLogprobs};
 use herd_engines::Usage;
 use serde::Serialize;
 
@@ -46,7 +47,7 @@ pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,7 +73,7 @@ pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: Delta,
     pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -100,7 +101,7 @@ pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
     pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<CompletionLogprobs>,
 }
 
 #[derive(Debug, Serialize)]

@@ -64,3 +64,39 @@ async fn freed_slots_go_round_robin_across_keys() {
     }
     assert_eq!(a.free_slots(), 1);
 }
+
+#[tokio::test]
+async fn a_group_takes_all_its_slots_at_once_and_is_not_starved() {
+    let a = Arc::new(Admission::new(3, 8, Duration::from_secs(5)));
+    let one = a.admit("k").await;
+    assert!(one.is_ok());
+    let a2 = a.clone();
+    let group = tokio::spawn(async move { a2.admit_many("g", 3).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!group.is_finished(), "three slots are not free yet");
+    // Two slots are free, but a newcomer queues behind the waiting group.
+    let a3 = a.clone();
+    let late = tokio::spawn(async move { a3.admit("k2").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!late.is_finished(), "a later single request must not overtake the group");
+    drop(one);
+    assert!(matches!(group.await, Ok(Ok(()))));
+    assert!(matches!(late.await, Ok(Ok(()))));
+    assert_eq!(a.free_slots(), 3);
+}
+
+#[tokio::test]
+async fn a_group_that_gives_up_lets_smaller_waiters_in() {
+    let a = Arc::new(Admission::new(2, 8, Duration::from_millis(100)));
+    let one = a.admit("k").await;
+    assert!(one.is_ok());
+    let a2 = a.clone();
+    let group = tokio::spawn(async move { a2.admit_many("g", 2).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a3 = a.clone();
+    let small = tokio::spawn(async move { a3.admit("s").await.map(|_| ()) });
+    // The group times out (one slot stays held); the single waiter then gets the free slot.
+    assert!(matches!(group.await, Ok(Err(_))));
+    assert!(matches!(small.await, Ok(Ok(()))));
+    drop(one);
+}

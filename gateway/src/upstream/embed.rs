@@ -34,7 +34,7 @@ pub async fn embed(
         return Err(resting(retry_after));
     }
     timer.queued();
-    let _permit = up.admission.admit().await?;
+    let _permit = up.admission.admit(timer.key()).await?;
     timer.admitted();
     if let Admit::No { retry_after } = up.breaker.admit() {
         return Err(resting(retry_after));

@@ -38,7 +38,7 @@ fn content_parts_are_joined() {
             r.input,
             PromptInput::Chat(vec![ChatMessage {
                 role: "system".into(),
-                content: "ab".into()
+                content: "a\nb".into()
             }])
         ),
         Err(e) => unreachable!("{e}"),
@@ -61,11 +61,25 @@ fn errors_name_field_and_value() {
             Some("temperature")
         )
     );
-    let (msg, param) = err_of(base("n", serde_json::json!(2)));
+    let (msg, param) = err_of(base("n", serde_json::json!(0)));
     assert_eq!(
         (msg.as_str(), param),
-        ("`n` must be 1 (one choice per request), got 2", Some("n"))
+        ("`n` must be between 1 and 128, got 0", Some("n"))
     );
+    let (msg, param) = err_of(base("logit_bias", serde_json::json!({"7": -101})));
+    assert_eq!(
+        (msg.as_str(), param),
+        (
+            "`logit_bias[\"7\"]` must be between -100 and 100, got -101",
+            Some("logit_bias")
+        )
+    );
+    let (_, param) = err_of(base("modalities", serde_json::json!(["text", "audio"])));
+    assert_eq!(param, Some("modalities"));
+    let (_, param) = err_of(base("audio", serde_json::json!({"voice": "alloy"})));
+    assert_eq!(param, Some("audio"));
+    let (_, param) = err_of(base("web_search_options", serde_json::json!({})));
+    assert_eq!(param, Some("web_search_options"));
     let (msg, _) = err_of(base("max_tokens", serde_json::json!(0)));
     assert_eq!(msg, "`max_tokens` must be at least 1, got 0");
     let (msg, _) = err_of(base("max_completion_tokens", serde_json::json!(-3)));
@@ -94,7 +108,40 @@ fn completion_prompt_forms() {
         completion(serde_json::from_value(v).map_err(|e| ApiError::InvalidJson(e.to_string()))?)
     };
     assert!(parse(serde_json::json!({"model": "m", "prompt": ["one"]})).is_ok());
-    assert!(parse(serde_json::json!({"model": "m", "prompt": ["a", "b"]})).is_err());
+    let two = parse(serde_json::json!({"model": "m", "prompt": ["a", "b"]}));
+    assert_eq!(
+        two.map(|r| (r.input, r.more_inputs)).ok(),
+        Some((
+            PromptInput::Text("a".into()),
+            vec![PromptInput::Text("b".into())]
+        ))
+    );
     assert!(parse(serde_json::json!({"model": "m", "prompt": ""})).is_err());
-    assert!(parse(serde_json::json!({"model": "m", "prompt": [1, 2]})).is_err());
+    let ids = parse(serde_json::json!({"model": "m", "prompt": [1, 2]}));
+    assert_eq!(
+        ids.map(|r| r.input).ok(),
+        Some(PromptInput::Tokens(vec![1, 2]))
+    );
+    assert!(parse(serde_json::json!({"model": "m", "prompt": [[1], []]})).is_err());
+    assert!(parse(serde_json::json!({"model": "m", "prompt": [3_000_000_000i64]})).is_err());
+}
+
+#[test]
+fn logit_bias_is_by_token_id_each_named_once() {
+    let bias = |b: serde_json::Value| {
+        chat_json(
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "logit_bias": b}),
+        )
+        .map(|r| r.sampling.logit_bias)
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        bias(serde_json::json!({"10": 1, "9": -100})),
+        Ok(vec![(9, -100.0), (10, 1.0)])
+    );
+    assert_eq!(
+        bias(serde_json::json!({"10": 1, "010": 5})),
+        Err("`logit_bias` names token 10 twice".into())
+    );
 }

@@ -317,8 +317,13 @@ fn each_bound_in_the_schemas_is_the_bound_validation_enforces() {
             } else {
                 json!("text")
             };
+            // A field that needs another (`top_logprobs` needs `logprobs: true`) is checked with it.
+            let mut base = base.clone();
+            for (k, v) in prop["x-herd-requires"].as_object().into_iter().flatten() {
+                base[k] = v.clone();
+            }
             for alt in alternatives {
-                check_bounds(endpoint, base, key, alt, &sample);
+                check_bounds(endpoint, &base, key, alt, &sample);
             }
         }
         for required in schema["required"].as_array().into_iter().flatten() {
