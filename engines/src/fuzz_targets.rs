@@ -8,7 +8,7 @@
 use crate::llama::protocol::{FromHost, ToHost};
 use crate::text::{StopFilter, StopOutcome, Utf8Holdback};
 use crate::{
-    ChatMessage, EngineError, FinishReason, LayerDevice, ModelInfo, PreparedPrompt, PromptInput,
+    ChatMessage, Grammar, EngineError, FinishReason, LayerDevice, ModelInfo, PreparedPrompt, PromptInput,
     SamplingParams, Usage,
 };
 use arbitrary::{Arbitrary, Result, Unstructured};
@@ -114,6 +114,7 @@ fn to_host(u: &mut Unstructured) -> Result<ToHost> {
                 seed: u.arbitrary()?,
                 presence_penalty: finite_f32(u)?,
                 frequency_penalty: finite_f32(u)?,
+                grammar: Option::<String>::arbitrary(u)?.map(|gbnf| Grammar { gbnf }),
             },
         },
         _ => ToHost::Cancel { id },

@@ -42,6 +42,16 @@ pub struct SamplingParams {
     pub seed: Option<u32>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// Output constraint (structured output, tool calls); `None` samples freely.
+    #[serde(default)]
+    pub grammar: Option<Grammar>,
+}
+
+/// A GBNF grammar (llama.cpp's grammar format) the output must match, built
+/// and checked at the HTTP edge. Its root rule is `root`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Grammar {
+    pub gbnf: String,
 }
 
 impl Default for SamplingParams {
@@ -54,6 +64,7 @@ impl Default for SamplingParams {
             seed: None,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            grammar: None,
         }
     }
 }

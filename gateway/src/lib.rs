@@ -8,6 +8,7 @@ pub mod deploy;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;
+pub mod grammar;
 pub mod http;
 pub mod metrics;
 pub mod openai;

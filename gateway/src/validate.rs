@@ -6,6 +6,9 @@ use crate::openai::request::{
 };
 use crate::openai::ApiError;
 use herd_engines::{ChatMessage, PromptInput, SamplingParams};
+use tools::{add_tools_prompt, render_calls, render_result, OutputFields};
+
+mod tools;
 
 pub const MAX_STOP_SEQUENCES: usize = 4;
 pub const MAX_MESSAGES: usize = 10_000;
@@ -37,6 +40,8 @@ pub struct ValidRequest {
     pub max_tokens: Option<u32>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The answer is read back for `<tool_call>` blocks (returned as `tool_calls`).
+    pub tool_calls: bool,
 }
 
 pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
@@ -52,18 +57,30 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
             format!("`messages` may hold at most {MAX_MESSAGES} messages"),
         ));
     }
-    let messages = req
+    let mut messages: Vec<ChatMessage> = req
         .messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| message(i, m))
         .collect::<Result<_, _>>()?;
-    common(
+    let output = tools::output(OutputFields {
+        tools: req.tools,
+        tool_choice: req.tool_choice,
+        parallel_tool_calls: req.parallel_tool_calls,
+        response_format: req.response_format,
+    })?;
+    if let Some(prompt) = output.tools_prompt {
+        add_tools_prompt(&mut messages, prompt);
+    }
+    let mut valid = common(
         Endpoint::Chat,
         req.model,
         PromptInput::Chat(messages),
         req.common,
-    )
+    )?;
+    valid.sampling.grammar = output.grammar;
+    valid.tool_calls = output.tool_calls;
+    Ok(valid)
 }
 
 pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
@@ -99,7 +116,8 @@ fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
         "system" | "developer" => "system",
         "user" => "user",
         "assistant" => "assistant",
-        "tool" | "function" => "tool",
+        // Read by the model as Hermes/Qwen templates render it: a user turn.
+        "tool" | "function" => "user",
         other => {
             return Err(ApiError::invalid(
                 "messages",
@@ -126,6 +144,18 @@ fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
             text
         }
     };
+    let mut content = content;
+    match (m.role.as_str(), m.tool_calls) {
+        ("assistant", Some(calls)) => render_calls(&mut content, &calls),
+        ("tool" | "function", _) => content = render_result(&content),
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("`messages[{index}].tool_calls` is only allowed on assistant messages"),
+            ))
+        }
+        (_, None) => {}
+    }
     if content.contains('\0') {
         return Err(ApiError::invalid(
             "messages",
@@ -232,10 +262,12 @@ fn common(
             seed,
             presence_penalty,
             frequency_penalty,
+            grammar: None,
         },
         max_tokens,
         stream,
         include_usage,
+        tool_calls: false,
     })
 }
 

@@ -4,6 +4,7 @@
 //! sequence with its own sampler. A slot keeps the KV of its last
 //! conversation, so a follow-up turn that extends it decodes only the new part.
 
+use super::grammar::GrammarGate;
 use super::protocol::{FromHost, RequestId};
 use super::sampler;
 use super::slot::{best_free_slot, Active, Slot};
@@ -173,6 +174,10 @@ impl<'m> BatchLoop<'m> {
             0
         };
         let n_vocab = self.model.n_vocab();
+        let grammar = match &params.grammar {
+            Some(g) => Some(GrammarGate::new(self.model, g)?),
+            None => None,
+        };
         let slot = &mut self.slots[best];
         slot.kv.truncate(reuse);
         slot.active = Some(Active {
@@ -181,6 +186,7 @@ impl<'m> BatchLoop<'m> {
             fed: reuse,
             cached_tokens: u32::try_from(reuse).unwrap_or(u32::MAX),
             sampler: sampler::build(params, n_vocab),
+            grammar,
             holdback: Utf8Holdback::default(),
             stop: StopFilter::new(params.stop.clone()),
             generated: 0,
@@ -260,7 +266,16 @@ impl<'m> BatchLoop<'m> {
             let Some(idx) = active.logits_at.take() else {
                 continue;
             };
-            let token = active.sampler.sample(&self.ctx, idx);
+            let mut token = active.sampler.sample(&self.ctx, idx);
+            if let Some(grammar) = active.grammar.as_mut() {
+                match grammar.constrain(&self.ctx, idx, token, &mut active.sampler) {
+                    Some(allowed) => token = allowed,
+                    None => {
+                        self.fail_one(i, "the output grammar allows no next token");
+                        continue;
+                    }
+                }
+            }
             self.on_token(i, token);
         }
     }
@@ -338,6 +353,15 @@ impl<'m> BatchLoop<'m> {
             reason,
             usage,
         });
+    }
+
+    fn fail_one(&mut self, slot_idx: usize, message: &str) {
+        if let Some(active) = self.slots[slot_idx].active.take() {
+            self.emit(FromHost::Failed {
+                id: active.id,
+                error: EngineError::Internal(message.to_string()),
+            });
+        }
     }
 
     fn fail_all(&mut self, message: &str) {

@@ -4,6 +4,7 @@
 //! spawns, supervises and restarts it and multiplexes requests over one socket.
 
 mod batch;
+pub mod grammar;
 pub mod host;
 mod llama_log;
 pub mod prepare;

@@ -3,6 +3,7 @@
 //! pure: the free one whose cached tokens share the longest prefix with the
 //! prompt, least recently used among equals.
 
+use super::grammar::GrammarGate;
 use super::protocol::RequestId;
 use super::sampler::TokenSampler;
 use crate::text::{StopFilter, Utf8Holdback};
@@ -15,6 +16,8 @@ pub struct Active {
     pub fed: usize,
     pub cached_tokens: u32,
     pub sampler: TokenSampler,
+    /// The output constraint, if the request has one.
+    pub grammar: Option<GrammarGate>,
     pub holdback: Utf8Holdback,
     pub stop: StopFilter,
     pub generated: u32,
@@ -91,6 +94,7 @@ mod tests {
             fed: 0,
             cached_tokens: 0,
             sampler: TokenSampler::Greedy,
+            grammar: None,
             holdback: Utf8Holdback::default(),
             stop: StopFilter::new(Vec::new()),
             generated: 0,

@@ -20,6 +20,8 @@ pub struct Generation {
     pub endpoint: Endpoint,
     pub stream: bool,
     pub include_usage: bool,
+    /// The answer's `<tool_call>` blocks are returned as `tool_calls`.
+    pub tool_calls: bool,
     pub prompt_tokens: u32,
 }
 
@@ -82,6 +84,7 @@ pub async fn start(
         endpoint: req.endpoint,
         stream: req.stream,
         include_usage: req.include_usage,
+        tool_calls: req.tool_calls,
         prompt_tokens: n_prompt,
     })
 }

@@ -10,6 +10,7 @@ use crate::openai::response::{
     unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion,
     CompletionChoice, Delta, UsageBody, FINGERPRINT,
 };
+use crate::openai::tool_stream::{self, Piece, ToolCallParser};
 use crate::openai::ApiError;
 use crate::validate::Endpoint;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -80,6 +81,13 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
     let id = request_id(gen.endpoint);
     let model = gen.deployment.id.clone();
     let usage = UsageBody::from(usage);
+    let (content, tool_calls) = if gen.tool_calls {
+        let (content, calls) = tool_stream::split(&text);
+        (content, (!calls.is_empty()).then_some(calls))
+    } else {
+        (Some(text.clone()), None)
+    };
+    let finish_reason = finish_reason(reason, tool_calls.is_some());
     match gen.endpoint {
         Endpoint::Chat => Json(ChatCompletion {
             id,
@@ -90,9 +98,10 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: text,
+                    content,
+                    tool_calls,
                 },
-                finish_reason: reason.as_str(),
+                finish_reason,
                 logprobs: None,
             }],
             usage,
@@ -167,6 +176,7 @@ impl Chunker {
                         delta: Delta {
                             role: role.then_some("assistant"),
                             content,
+                            tool_calls: None,
                         },
                         finish_reason,
                         logprobs: None,
@@ -199,6 +209,34 @@ impl Chunker {
     }
 }
 
+/// `tool_calls` when the answer called tools and was not cut short.
+fn finish_reason(reason: FinishReason, called: bool) -> &'static str {
+    match reason {
+        FinishReason::Stop if called => "tool_calls",
+        other => other.as_str(),
+    }
+}
+
+/// The chunks for what the tool-call parser read: content, or a call's part.
+fn tool_chunks(chunker: &Chunker, pieces: Vec<Piece>) -> Vec<Payload> {
+    pieces
+        .into_iter()
+        .map(|piece| {
+            let call = match tool_stream::delta(piece) {
+                Ok(call) => call,
+                Err(content) => return chunker.event(Some(content), false, None, None),
+            };
+            let mut payload = chunker.event(None, false, None, None);
+            if let Payload::Chat(chunk) = &mut payload {
+                for choice in &mut chunk.choices {
+                    choice.delta.tool_calls = Some(vec![call.clone()]);
+                }
+            }
+            payload
+        })
+        .collect()
+}
+
 /// Encodes each payload as an SSE event, then `[DONE]`. herd's payloads are
 /// strings, numbers and options, which always encode; if one ever did not,
 /// the stream ends with a logged error event instead of an empty one.
@@ -229,16 +267,33 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
         if chunker.endpoint == Endpoint::Chat {
             yield chunker.event(Some(String::new()), true, None, None);
         }
+        let mut calls = gen.tool_calls.then(ToolCallParser::default);
         loop {
             match gen.next().await {
                 Some(TokenEvent::Delta(t)) => {
                     timer.token();
-                    yield chunker.event(Some(t), false, None, None);
+                    match calls.as_mut() {
+                        Some(parser) => for chunk in tool_chunks(&chunker, parser.push(&t)) {
+                            yield chunk;
+                        },
+                        None => yield chunker.event(Some(t), false, None, None),
+                    }
                 }
                 Some(TokenEvent::Finished { reason, usage }) => {
                     timer.finish(reason, usage);
                     let empty = (chunker.endpoint == Endpoint::Completions).then(String::new);
-                    yield chunker.event(empty, false, Some(reason), None);
+                    let mut last = chunker.event(empty, false, Some(reason), None);
+                    if let Some(parser) = calls.as_mut() {
+                        for chunk in tool_chunks(&chunker, parser.finish()) {
+                            yield chunk;
+                        }
+                        if let Payload::Chat(chunk) = &mut last {
+                            for choice in &mut chunk.choices {
+                                choice.finish_reason = Some(finish_reason(reason, parser.called()));
+                            }
+                        }
+                    }
+                    yield last;
                     if gen.include_usage {
                         yield chunker.event(None, false, None, Some(usage));
                     }

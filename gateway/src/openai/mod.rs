@@ -4,6 +4,8 @@ pub mod error;
 pub mod json;
 pub mod request;
 pub mod response;
+pub mod tool_stream;
+pub mod tools;
 
 pub use error::ApiError;
 pub use json::OpenAiJson;

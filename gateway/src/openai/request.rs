@@ -1,12 +1,21 @@
 //! Request bodies as OpenAI clients send them. Fields herd does not use are
 //! not declared, so serde ignores them: Open WebUI, Xcode and SDKs send many.
 
+use super::tools::{ResponseFormat, Tool, ToolCallIn, ToolChoice};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<Message>,
+    #[serde(default)]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -63,6 +72,9 @@ pub struct Message {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
 }
 
 #[derive(Debug, Deserialize)]
