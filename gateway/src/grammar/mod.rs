@@ -11,12 +11,14 @@ use std::collections::HashSet;
 
 /// JSON's building blocks. Whitespace is bounded (a small model at a high
 /// temperature otherwise can spend its whole budget on indentation) and so
-/// are the digits of a number; neither limit makes a valid document invalid.
+/// are the digits of a number (an exponent of 2 digits keeps it finite as a
+/// double); no limit makes a valid document invalid. An integer is never
+/// `-0`, which parsers read as a float.
 const PRIMITIVES: &str = r#"ws ::= | " " | "\n" [ \t]{0,20}
 char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
 string ::= "\"" char* "\""
-integer ::= "-"? ("0" | [1-9] [0-9]{0,15})
-number ::= integer ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?
+integer ::= "0" | "-"? [1-9] [0-9]{0,15}
+number ::= "-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?
 boolean ::= "true" | "false"
 null ::= "null"
 value ::= object | array | string | number | boolean | null

@@ -189,9 +189,13 @@ pub fn add_tools_prompt(messages: &mut Vec<ChatMessage>, tools_prompt: String) {
 /// An assistant turn's calls as the model writes them, after its content.
 pub fn render_calls(content: &mut String, calls: &[ToolCallIn]) {
     for call in calls {
-        // Arguments are JSON text; anything else is kept as a JSON string.
-        let arguments = serde_json::from_str::<Value>(&call.function.arguments)
-            .unwrap_or_else(|_| Value::String(call.function.arguments.clone()));
+        // Arguments are JSON text, kept as written (so the prompt matches what
+        // the model wrote and its cached KV is reused); anything else becomes a JSON string.
+        let raw = call.function.arguments.trim();
+        let arguments = match serde_json::from_str::<Value>(raw) {
+            Ok(_) => raw.to_string(),
+            Err(_) => Value::String(raw.to_string()).to_string(),
+        };
         let name = Value::String(call.function.name.clone());
         if !content.is_empty() {
             content.push('\n');
