@@ -8,8 +8,8 @@
 use crate::llama::protocol::{FromHost, ToHost};
 use crate::text::{StopFilter, StopOutcome, Utf8Holdback};
 use crate::{
-    ChatMessage, Grammar, EngineError, FinishReason, LayerDevice, ModelInfo, PreparedPrompt, PromptInput,
-    SamplingParams, Usage,
+    ChatMessage, EngineError, FinishReason, Grammar, LayerDevice, ModelInfo, PreparedPrompt,
+    PromptInput, SamplingParams, Usage,
 };
 use arbitrary::{Arbitrary, Result, Unstructured};
 use serde::de::DeserializeOwned;

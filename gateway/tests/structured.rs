@@ -41,7 +41,11 @@ fn schema() -> Value {
 fn validate(schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     let fail = |why: &str| Err(format!("{at}: {why}: {v}"));
     if let Some(options) = schema["enum"].as_array() {
-        return if options.contains(v) { Ok(()) } else { fail("not in enum") };
+        return if options.contains(v) {
+            Ok(())
+        } else {
+            fail("not in enum")
+        };
     }
     let types: Vec<&str> = match &schema["type"] {
         Value::String(t) => vec![t.as_str()],
@@ -77,8 +81,15 @@ fn validate(schema: &Value, v: &Value, at: &str) -> Result<(), String> {
         }
     }
     if let Some(obj) = v.as_object() {
-        let props = schema["properties"].as_object().ok_or("object schema without properties")?;
-        for name in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        let props = schema["properties"]
+            .as_object()
+            .ok_or("object schema without properties")?;
+        for name in schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             if !obj.contains_key(name) {
                 return fail(&format!("missing {name}"));
             }
@@ -115,7 +126,12 @@ print(len(answers))
 #[tokio::test]
 async fn json_schema_answers_validate_in_100_runs_at_temperature_1() -> TestResult {
     let server = Server::start(&["--slots", "4"])?;
-    let prompts = ["Describe a user of our wiki.", "Make up a person.", "Give me a profile as JSON.", "Who are you?"];
+    let prompts = [
+        "Describe a user of our wiki.",
+        "Make up a person.",
+        "Give me a profile as JSON.",
+        "Who are you?",
+    ];
     // Four at a time, one per slot: the queue's wait limit is not under test.
     let answers = futures::stream::iter(0..100u64)
         .map(|i| {
@@ -125,7 +141,11 @@ async fn json_schema_answers_validate_in_100_runs_at_temperature_1() -> TestResu
                 "response_format": {"type": "json_schema",
                     "json_schema": {"name": "user", "strict": true, "schema": schema()}}});
             async move {
-                let r = reqwest::Client::new().post(format!("{url}/v1/chat/completions")).json(&body).send().await?;
+                let r = reqwest::Client::new()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .json(&body)
+                    .send()
+                    .await?;
                 r.json::<Value>().await
             }
         })
@@ -136,7 +156,10 @@ async fn json_schema_answers_validate_in_100_runs_at_temperature_1() -> TestResu
     for r in answers {
         let r = r?;
         assert_eq!(r["choices"][0]["finish_reason"], "stop", "cut short: {r}");
-        let text = r["choices"][0]["message"]["content"].as_str().ok_or("no content")?.to_string();
+        let text = r["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or("no content")?
+            .to_string();
         let value: Value = serde_json::from_str(&text).map_err(|e| format!("{text:?}: {e}"))?;
         validate(&schema(), &value, "")?;
         texts.push(text);
@@ -144,7 +167,11 @@ async fn json_schema_answers_validate_in_100_runs_at_temperature_1() -> TestResu
     let answers = texts;
     assert_eq!(answers.len(), 100);
     let distinct: std::collections::HashSet<&String> = answers.iter().collect();
-    assert!(distinct.len() > 50, "sampling at temperature 1 varies the answers: {}", distinct.len());
+    assert!(
+        distinct.len() > 50,
+        "sampling at temperature 1 varies the answers: {}",
+        distinct.len()
+    );
     match pyenv::python() {
         Ok(python) => {
             let file = tempfile::NamedTempFile::new()?;
@@ -153,7 +180,9 @@ async fn json_schema_answers_validate_in_100_runs_at_temperature_1() -> TestResu
             let out = pyenv::run(&python, PY_VALIDATE, &[&schema().to_string(), &path])?;
             assert_eq!(out.trim(), "100");
         }
-        Err(why) => eprintln!("python jsonschema not available ({why}); checked by the built-in validator only"),
+        Err(why) => eprintln!(
+            "python jsonschema not available ({why}); checked by the built-in validator only"
+        ),
     }
     Ok(())
 }
@@ -183,8 +212,14 @@ async fn json_object_answers_always_parse_streamed_or_not() -> TestResult {
             .await?;
         let mut joined = String::new();
         for data in common::sse_data(&sse) {
-            let Ok(chunk) = serde_json::from_str::<Value>(&data) else { continue };
-            joined.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+            let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            joined.push_str(
+                chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or(""),
+            );
         }
         assert_eq!(joined, text, "the same seed streams the same answer");
     }
@@ -194,10 +229,17 @@ async fn json_object_answers_always_parse_streamed_or_not() -> TestResult {
 #[tokio::test]
 async fn async_openai_json_schema_request_is_enforced() -> TestResult {
     let server = Server::start(&[])?;
-    let client = Client::with_config(OpenAIConfig::new().with_api_base(server.v1()).with_api_key("unused"));
+    let client = Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(server.v1())
+            .with_api_key("unused"),
+    );
     let req = CreateChatCompletionRequestArgs::default()
         .model(MODEL_ID)
-        .messages([ChatCompletionRequestUserMessageArgs::default().content("Make up a person.").build()?.into()])
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Make up a person.")
+            .build()?
+            .into()])
         .response_format(ResponseFormat::JsonSchema {
             json_schema: ResponseFormatJsonSchema {
                 name: "user".into(),
@@ -219,21 +261,43 @@ async fn async_openai_json_schema_request_is_enforced() -> TestResult {
 async fn unsupported_schemas_are_400s_naming_the_keyword() -> TestResult {
     let server = Server::start(&[])?;
     let cases = [
-        (json!({"type": "object", "properties": {"email": {"type": "string", "pattern": "@"}}}), "`pattern`"),
-        (json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}), "`minimum`"),
+        (
+            json!({"type": "object", "properties": {"email": {"type": "string", "pattern": "@"}}}),
+            "`pattern`",
+        ),
+        (
+            json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}),
+            "`minimum`",
+        ),
         (json!({"allOf": [{"type": "object"}]}), "`allOf`"),
-        (json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}), "\"b\""),
+        (
+            json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}),
+            "\"b\"",
+        ),
     ];
     for (schema, keyword) in cases {
         let (status, r) = chat(&server, json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})).await?;
         assert_eq!(status, 400, "{r}");
         assert_eq!(r["error"]["param"], "response_format");
-        assert!(r["error"]["message"].as_str().unwrap_or("").contains(keyword), "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(keyword),
+            "{r}"
+        );
     }
-    let (status, r) = chat(&server, json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-        "response_format": {"type": "yaml"}})).await?;
+    let (status, r) = chat(
+        &server,
+        json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "yaml"}}),
+    )
+    .await?;
     assert_eq!(status, 400, "{r}");
-    assert!(r["error"]["message"].as_str().unwrap_or("").contains("yaml"));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("yaml"));
     Ok(())
 }

@@ -33,13 +33,23 @@ fn tools() -> Value {
 /// Checks a call's arguments against the tool's schema (the parts these tools use).
 fn check_call(name: &str, arguments: &str) -> Result<(), String> {
     let args: Value = serde_json::from_str(arguments).map_err(|e| format!("{arguments:?}: {e}"))?;
-    let obj = args.as_object().ok_or(format!("not an object: {arguments}"))?;
+    let obj = args
+        .as_object()
+        .ok_or(format!("not an object: {arguments}"))?;
     match name {
         "get_weather" => {
-            let city_ok = obj.get("city").and_then(Value::as_str).is_some_and(|c| c.chars().count() <= 40);
-            let unit_ok = matches!(obj.get("unit").and_then(Value::as_str), Some("celsius" | "fahrenheit"));
+            let city_ok = obj
+                .get("city")
+                .and_then(Value::as_str)
+                .is_some_and(|c| c.chars().count() <= 40);
+            let unit_ok = matches!(
+                obj.get("unit").and_then(Value::as_str),
+                Some("celsius" | "fahrenheit")
+            );
             if !city_ok || !unit_ok || obj.len() != 2 {
-                return Err(format!("get_weather arguments break the schema: {arguments}"));
+                return Err(format!(
+                    "get_weather arguments break the schema: {arguments}"
+                ));
             }
         }
         "get_time" => {
@@ -53,11 +63,18 @@ fn check_call(name: &str, arguments: &str) -> Result<(), String> {
 }
 
 fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(OpenAIConfig::new().with_api_base(server.v1()).with_api_key("unused"))
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(server.v1())
+            .with_api_key("unused"),
+    )
 }
 
 fn user(text: &str) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
-    Ok(ChatCompletionRequestUserMessageArgs::default().content(text).build()?.into())
+    Ok(ChatCompletionRequestUserMessageArgs::default()
+        .content(text)
+        .build()?
+        .into())
 }
 
 async fn chat(server: &Server, body: Value) -> Result<(u16, Value), reqwest::Error> {
@@ -106,7 +123,10 @@ async fn streamed_tool_calls_reassemble_with_async_openai() -> TestResult {
         }
         assert_eq!(finish, Some(FinishReason::ToolCalls), "seed {seed}");
         assert!(!calls.is_empty(), "required means at least one call");
-        assert_eq!(calls.keys().copied().collect::<Vec<_>>(), (0..calls.len() as u32).collect::<Vec<_>>());
+        assert_eq!(
+            calls.keys().copied().collect::<Vec<_>>(),
+            (0..calls.len() as u32).collect::<Vec<_>>()
+        );
         for (id, name, arguments) in calls.values() {
             assert!(id.starts_with("call_"), "{id}");
             check_call(name, arguments)?;
@@ -137,8 +157,14 @@ async fn stream_and_whole_answer_carry_the_same_calls() -> TestResult {
         .await?;
     let mut joined: BTreeMap<u64, (String, String)> = BTreeMap::new();
     for data in common::sse_data(&text) {
-        let Ok(chunk) = serde_json::from_str::<Value>(&data) else { continue };
-        for d in chunk["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        for d in chunk["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let e = joined.entry(d["index"].as_u64().unwrap_or(99)).or_default();
             e.0.push_str(d["function"]["name"].as_str().unwrap_or(""));
             e.1.push_str(d["function"]["arguments"].as_str().unwrap_or(""));
@@ -159,15 +185,24 @@ async fn stream_and_whole_answer_carry_the_same_calls() -> TestResult {
 async fn named_choice_calls_exactly_that_function() -> TestResult {
     let server = Server::start(&["--slots", "2"])?;
     for seed in 0..3 {
-        let (status, r) = chat(&server, json!({"model": MODEL_ID, "seed": seed, "temperature": 1.0,
+        let (status, r) = chat(
+            &server,
+            json!({"model": MODEL_ID, "seed": seed, "temperature": 1.0,
             "messages": [{"role": "user", "content": "What's the weather like in Paris?"}],
             "tools": tools(), "tool_choice": {"type": "function", "function": {"name": "get_time"}},
-            "max_tokens": 200})).await?;
+            "max_tokens": 200}),
+        )
+        .await?;
         assert_eq!(status, 200, "{r}");
-        let calls = r["choices"][0]["message"]["tool_calls"].as_array().ok_or("no calls")?;
+        let calls = r["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .ok_or("no calls")?;
         assert_eq!(calls.len(), 1, "a named choice is one call: {r}");
         assert_eq!(calls[0]["function"]["name"], "get_time");
-        check_call("get_time", calls[0]["function"]["arguments"].as_str().unwrap_or(""))?;
+        check_call(
+            "get_time",
+            calls[0]["function"]["arguments"].as_str().unwrap_or(""),
+        )?;
     }
     Ok(())
 }
@@ -175,21 +210,38 @@ async fn named_choice_calls_exactly_that_function() -> TestResult {
 #[tokio::test]
 async fn none_answers_in_text_without_the_tools_in_the_prompt() -> TestResult {
     let server = Server::start(&[])?;
-    let ask = |choice: Value| json!({"model": MODEL_ID, "temperature": 0, "max_tokens": 30,
+    let ask = |choice: Value| {
+        json!({"model": MODEL_ID, "temperature": 0, "max_tokens": 30,
         "messages": [{"role": "user", "content": "What's the weather like in Paris?"}],
-        "tools": tools(), "tool_choice": choice});
+        "tools": tools(), "tool_choice": choice})
+    };
     let (status, none) = chat(&server, ask(json!("none"))).await?;
     assert_eq!(status, 200, "{none}");
-    assert!(none["choices"][0]["message"]["tool_calls"].is_null(), "{none}");
-    assert!(none["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(
+        none["choices"][0]["message"]["tool_calls"].is_null(),
+        "{none}"
+    );
+    assert!(none["choices"][0]["message"]["content"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
     assert_ne!(none["choices"][0]["finish_reason"], "tool_calls");
     let (_, auto) = chat(&server, ask(json!("auto"))).await?;
     let described = auto["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
     let bare = none["usage"]["prompt_tokens"].as_u64().unwrap_or(u64::MAX);
-    assert!(described > bare + 100, "auto describes the tools ({described} tokens), none does not ({bare})");
+    assert!(
+        described > bare + 100,
+        "auto describes the tools ({described} tokens), none does not ({bare})"
+    );
     // auto: text, or calls that fit their schemas.
-    for call in auto["choices"][0]["message"]["tool_calls"].as_array().into_iter().flatten() {
-        check_call(call["function"]["name"].as_str().unwrap_or(""), call["function"]["arguments"].as_str().unwrap_or(""))?;
+    for call in auto["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        check_call(
+            call["function"]["name"].as_str().unwrap_or(""),
+            call["function"]["arguments"].as_str().unwrap_or(""),
+        )?;
     }
     Ok(())
 }
@@ -197,8 +249,10 @@ async fn none_answers_in_text_without_the_tools_in_the_prompt() -> TestResult {
 #[tokio::test]
 async fn tool_calls_and_results_in_history_reach_the_prompt() -> TestResult {
     let server = Server::start(&[])?;
-    let with_tools = |history: Value| json!({"model": MODEL_ID, "temperature": 0, "max_tokens": 24,
-        "messages": history, "tools": tools(), "tool_choice": "none"});
+    let with_tools = |history: Value| {
+        json!({"model": MODEL_ID, "temperature": 0, "max_tokens": 24,
+        "messages": history, "tools": tools(), "tool_choice": "none"})
+    };
     let (status, a) = chat(&server, with_tools(json!([
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
@@ -212,8 +266,14 @@ async fn tool_calls_and_results_in_history_reach_the_prompt() -> TestResult {
         {"role": "assistant", "content": "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}\n</tool_call>"},
         {"role": "user", "content": "<tool_response>\nZEBRA-42: sunny, 21 degrees\n</tool_response>"}
     ]))).await?;
-    assert_eq!(a["usage"]["prompt_tokens"], b["usage"]["prompt_tokens"], "{a}\n{b}");
-    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"]);
+    assert_eq!(
+        a["usage"]["prompt_tokens"], b["usage"]["prompt_tokens"],
+        "{a}\n{b}"
+    );
+    assert_eq!(
+        a["choices"][0]["message"]["content"],
+        b["choices"][0]["message"]["content"]
+    );
     // And the result's text is really in it: a different result, a different prompt.
     let (_, c) = chat(&server, with_tools(json!([
         {"role": "user", "content": "Weather in Paris?"},
@@ -229,13 +289,37 @@ async fn tool_calls_and_results_in_history_reach_the_prompt() -> TestResult {
 async fn bad_tool_requests_are_400s_naming_the_field() -> TestResult {
     let server = Server::start(&[])?;
     let cases = [
-        (json!({"tools": tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice", "nope"),
-        (json!({"tools": tools(), "tool_choice": "sometimes"}), "tool_choice", "sometimes"),
-        (json!({"tool_choice": "required"}), "tool_choice", "needs `tools`"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
-            "properties": {"d": {"type": "string", "format": "date-time"}}}}}]}), "tools", "`format`"),
-        (json!({"tools": [{"type": "retrieval"}]}), "tools", "retrieval"),
-        (json!({"tools": tools(), "response_format": {"type": "json_object"}}), "response_format", "tools"),
+        (
+            json!({"tools": tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+            "nope",
+        ),
+        (
+            json!({"tools": tools(), "tool_choice": "sometimes"}),
+            "tool_choice",
+            "sometimes",
+        ),
+        (
+            json!({"tool_choice": "required"}),
+            "tool_choice",
+            "needs `tools`",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+            "properties": {"d": {"type": "string", "format": "date-time"}}}}}]}),
+            "tools",
+            "`format`",
+        ),
+        (
+            json!({"tools": [{"type": "retrieval"}]}),
+            "tools",
+            "retrieval",
+        ),
+        (
+            json!({"tools": tools(), "response_format": {"type": "json_object"}}),
+            "response_format",
+            "tools",
+        ),
     ];
     for (extra, param, needle) in cases {
         let mut body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]});
@@ -245,7 +329,13 @@ async fn bad_tool_requests_are_400s_naming_the_field() -> TestResult {
         let (status, r) = chat(&server, body).await?;
         assert_eq!(status, 400, "{extra}: {r}");
         assert_eq!(r["error"]["param"], param, "{r}");
-        assert!(r["error"]["message"].as_str().unwrap_or("").contains(needle), "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(needle),
+            "{r}"
+        );
     }
     Ok(())
 }
@@ -280,7 +370,11 @@ fn python_sdk_reassembles_streamed_tool_calls() -> TestResult {
         }
     };
     let server = Server::start(&[])?;
-    let out = pyenv::run(&python, PY_STREAM, &[&server.v1(), &tools().to_string(), MODEL_ID])?;
+    let out = pyenv::run(
+        &python,
+        PY_STREAM,
+        &[&server.v1(), &tools().to_string(), MODEL_ID],
+    )?;
     let runs: Vec<Value> = serde_json::from_str(out.trim())?;
     assert_eq!(runs.len(), 3);
     for run in runs {
@@ -289,8 +383,13 @@ fn python_sdk_reassembles_streamed_tool_calls() -> TestResult {
         assert!(!calls.is_empty(), "{run}");
         for call in calls {
             assert_eq!(call["type"], "function");
-            assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")));
-            check_call(call["name"].as_str().unwrap_or(""), call["arguments"].as_str().unwrap_or(""))?;
+            assert!(call["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("call_")));
+            check_call(
+                call["name"].as_str().unwrap_or(""),
+                call["arguments"].as_str().unwrap_or(""),
+            )?;
         }
     }
     Ok(())

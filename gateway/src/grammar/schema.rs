@@ -98,7 +98,10 @@ impl<'a> Converter<'a, '_> {
         depth: usize,
     ) -> Result<String, SchemaError> {
         if depth > MAX_DEPTH {
-            return Err(error(path, format!("the schema nests deeper than {MAX_DEPTH} levels")));
+            return Err(error(
+                path,
+                format!("the schema nests deeper than {MAX_DEPTH} levels"),
+            ));
         }
         if self.rules.len() > MAX_RULES {
             return Err(error(path, "the schema is too large to enforce"));
@@ -122,9 +125,13 @@ impl<'a> Converter<'a, '_> {
         }
         if let Some(target) = map.get("$ref") {
             if map.keys().any(|k| {
-                !ANNOTATIONS.contains(&k.as_str()) && !matches!(k.as_str(), "$ref" | "$defs" | "definitions")
+                !ANNOTATIONS.contains(&k.as_str())
+                    && !matches!(k.as_str(), "$ref" | "$defs" | "definitions")
             }) {
-                return Err(error(path, "`$ref` beside other constraining keywords is not supported"));
+                return Err(error(
+                    path,
+                    "`$ref` beside other constraining keywords is not supported",
+                ));
             }
             return self.reference(target, path, depth);
         }
@@ -150,9 +157,17 @@ impl<'a> Converter<'a, '_> {
             Some(Value::String(t)) => vec![t.as_str()],
             Some(Value::Array(ts)) if !ts.is_empty() => ts
                 .iter()
-                .map(|t| t.as_str().ok_or_else(|| error(path, "`type` entries must be strings")))
+                .map(|t| {
+                    t.as_str()
+                        .ok_or_else(|| error(path, "`type` entries must be strings"))
+                })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(error(path, "`type` must be a string or a non-empty array of strings")),
+            Some(_) => {
+                return Err(error(
+                    path,
+                    "`type` must be a string or a non-empty array of strings",
+                ))
+            }
         };
         let mut alts = Vec::with_capacity(types.len());
         for t in types {
@@ -180,7 +195,10 @@ impl<'a> Converter<'a, '_> {
         depth: usize,
     ) -> Result<String, SchemaError> {
         let Some(options) = options.as_array().filter(|o| !o.is_empty()) else {
-            return Err(error(path, format!("`{keyword}` must be a non-empty array of schemas")));
+            return Err(error(
+                path,
+                format!("`{keyword}` must be a non-empty array of schemas"),
+            ));
         };
         let mut alts = Vec::with_capacity(options.len());
         for (i, option) in options.iter().enumerate() {
@@ -189,16 +207,27 @@ impl<'a> Converter<'a, '_> {
         Ok(format!("({})", alts.join(" | ")))
     }
 
-    fn reference(&mut self, target: &Value, path: &str, depth: usize) -> Result<String, SchemaError> {
+    fn reference(
+        &mut self,
+        target: &Value,
+        path: &str,
+        depth: usize,
+    ) -> Result<String, SchemaError> {
         let Some(pointer) = target.as_str().and_then(|t| t.strip_prefix('#')) else {
-            return Err(error(path, "`$ref` must point into this schema (\"#/$defs/...\")"));
+            return Err(error(
+                path,
+                "`$ref` must point into this schema (\"#/$defs/...\")",
+            ));
         };
         if let Some(rule) = self.refs.get(pointer) {
             return Ok(rule.clone());
         }
         let root = self.root;
         let Some(resolved) = root.pointer(pointer) else {
-            return Err(error(path, format!("`$ref` {pointer:?} names nothing in this schema")));
+            return Err(error(
+                path,
+                format!("`$ref` {pointer:?} names nothing in this schema"),
+            ));
         };
         let hint = pointer.rsplit('/').next().unwrap_or("ref");
         let name = self.rules.reserve(hint);
@@ -219,40 +248,70 @@ impl<'a> Converter<'a, '_> {
             None => Vec::new(),
             Some(Value::Array(names)) => names
                 .iter()
-                .map(|n| n.as_str().ok_or_else(|| error(path, "`required` must list property names")))
+                .map(|n| {
+                    n.as_str()
+                        .ok_or_else(|| error(path, "`required` must list property names"))
+                })
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(error(path, "`required` must be an array of property names")),
         };
         match map.get("additionalProperties") {
             None | Some(Value::Bool(_) | Value::Object(_)) => {}
-            Some(_) => return Err(error(path, "`additionalProperties` must be a boolean or a schema")),
+            Some(_) => {
+                return Err(error(
+                    path,
+                    "`additionalProperties` must be a boolean or a schema",
+                ))
+            }
         }
         let properties = match map.get("properties") {
             None => {
                 if let Some(name) = required.first() {
-                    return Err(error(path, format!("`required` names {name:?}, which `properties` does not declare")));
+                    return Err(error(
+                        path,
+                        format!("`required` names {name:?}, which `properties` does not declare"),
+                    ));
                 }
                 let closed = map.get("additionalProperties") == Some(&Value::Bool(false));
-                return Ok(if closed { r#"("{" ws "}")"#.into() } else { "object".into() });
+                return Ok(if closed {
+                    r#"("{" ws "}")"#.into()
+                } else {
+                    "object".into()
+                });
             }
             Some(Value::Object(p)) => p,
             Some(_) => return Err(error(path, "`properties` must be an object")),
         };
         if let Some(name) = required.iter().find(|n| !properties.contains_key(**n)) {
-            return Err(error(path, format!("`required` names {name:?}, which `properties` does not declare")));
+            return Err(error(
+                path,
+                format!("`required` names {name:?}, which `properties` does not declare"),
+            ));
         }
         let mut members = Vec::with_capacity(properties.len());
         for (name, schema) in properties {
             let key = serde_json::to_string(name).unwrap_or_default();
-            let child = format!("{path}/properties/{}", name.replace('~', "~0").replace('/', "~1"));
+            let child = format!(
+                "{path}/properties/{}",
+                name.replace('~', "~0").replace('/', "~1")
+            );
             let value = self.value(schema, &child, name, depth + 1)?;
             let value = self.named(name, value);
-            members.push((format!("{} ws \":\" ws {value} ws", literal(&key)), required.contains(&name.as_str())));
+            members.push((
+                format!("{} ws \":\" ws {value} ws", literal(&key)),
+                required.contains(&name.as_str()),
+            ));
         }
         let rest = |from: usize| -> String {
             members[from..]
                 .iter()
-                .map(|(m, req)| if *req { format!(" \",\" ws {m}") } else { format!(" (\",\" ws {m})?") })
+                .map(|(m, req)| {
+                    if *req {
+                        format!(" \",\" ws {m}")
+                    } else {
+                        format!(" (\",\" ws {m})?")
+                    }
+                })
                 .collect()
         };
         // The first member present decides the commas: every member after it takes one.
@@ -296,7 +355,9 @@ impl<'a> Converter<'a, '_> {
             (min, None) => format!("{item} ws {more}{{{},}}", min - 1),
             (min, Some(max)) => format!("{item} ws {more}{{{},{}}}", min - 1, max - 1),
         };
-        Ok(self.rules.add(&format!("{hint}-arr"), format!(r#""[" ws {body} "]""#)))
+        Ok(self
+            .rules
+            .add(&format!("{hint}-arr"), format!(r#""[" ws {body} "]""#)))
     }
 
     /// A rule name for `expr`, so that long expressions are written once.
@@ -318,13 +379,21 @@ fn string(map: &Map<String, Value>, path: &str) -> Result<String, SchemaError> {
 }
 
 /// A `min`/`max` pair of counts; the max is at least the min.
-fn bounds(map: &Map<String, Value>, lo: &str, hi: &str, path: &str) -> Result<(u64, Option<u64>), SchemaError> {
+fn bounds(
+    map: &Map<String, Value>,
+    lo: &str,
+    hi: &str,
+    path: &str,
+) -> Result<(u64, Option<u64>), SchemaError> {
     let count = |key: &str| -> Result<Option<u64>, SchemaError> {
         match map.get(key) {
             None => Ok(None),
             Some(v) => match v.as_u64().filter(|n| *n <= 10_000) {
                 Some(n) => Ok(Some(n)),
-                None => Err(error(path, format!("`{key}` must be a whole number from 0 to 10000, got {v}"))),
+                None => Err(error(
+                    path,
+                    format!("`{key}` must be a whole number from 0 to 10000, got {v}"),
+                )),
             },
         }
     };

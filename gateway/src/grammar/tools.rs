@@ -24,7 +24,11 @@ pub struct ToolSchema<'a> {
 }
 
 /// `Err((i, e))`: the parameters of `tools[i]` cannot be enforced.
-pub fn grammar(tools: &[ToolSchema], choice: &Choice, parallel: bool) -> Result<Grammar, (usize, SchemaError)> {
+pub fn grammar(
+    tools: &[ToolSchema],
+    choice: &Choice,
+    parallel: bool,
+) -> Result<Grammar, (usize, SchemaError)> {
     let mut rules = Rules::default();
     let mut calls = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
@@ -34,12 +38,17 @@ pub fn grammar(tools: &[ToolSchema], choice: &Choice, parallel: bool) -> Result<
             }
         }
         let arguments = match tool.parameters {
-            Some(schema) => convert_into(schema, &format!("{}-args", tool.name), &mut rules).map_err(|e| (i, e))?,
+            Some(schema) => convert_into(schema, &format!("{}-args", tool.name), &mut rules)
+                .map_err(|e| (i, e))?,
             None => r#"("{" ws "}")"#.to_string(),
         };
         let name = serde_json::to_string(tool.name).unwrap_or_default();
         let head = format!("<tool_call>\n{{\"name\": {name}, \"arguments\": ");
-        let body = format!("{} {arguments} {}", literal(&head), literal("}\n</tool_call>"));
+        let body = format!(
+            "{} {arguments} {}",
+            literal(&head),
+            literal("}\n</tool_call>")
+        );
         calls.push(rules.add(&format!("call-{}", tool.name), body));
     }
     let call = rules.add("tool-call", calls.join(" | "));
@@ -67,17 +76,28 @@ mod tests {
 
     fn tools(params: &Value) -> Vec<ToolSchema<'_>> {
         vec![
-            ToolSchema { name: "get_weather", parameters: Some(params) },
-            ToolSchema { name: "now", parameters: None },
+            ToolSchema {
+                name: "get_weather",
+                parameters: Some(params),
+            },
+            ToolSchema {
+                name: "now",
+                parameters: None,
+            },
         ]
     }
 
     #[test]
     fn a_named_choice_allows_only_that_function_once() {
         let params = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
-        let g = grammar(&tools(&params), &Choice::Named("now".into()), true).map(|g| g.gbnf).unwrap_or_default();
+        let g = grammar(&tools(&params), &Choice::Named("now".into()), true)
+            .map(|g| g.gbnf)
+            .unwrap_or_default();
         assert!(g.starts_with("root ::= tool-call\n"), "{g}");
-        assert!(g.contains(r#""\"now\"""#) || g.contains(r#"\"name\": \"now\""#), "{g}");
+        assert!(
+            g.contains(r#""\"now\"""#) || g.contains(r#"\"name\": \"now\""#),
+            "{g}"
+        );
         assert!(!g.contains("get_weather"), "{g}");
         assert!(!g.contains("tool-calls"), "{g}");
     }
@@ -85,22 +105,29 @@ mod tests {
     #[test]
     fn required_allows_several_calls_when_parallel() {
         let params = json!({"type": "object"});
-        let g = grammar(&tools(&params), &Choice::Required, true).map(|g| g.gbnf).unwrap_or_default();
+        let g = grammar(&tools(&params), &Choice::Required, true)
+            .map(|g| g.gbnf)
+            .unwrap_or_default();
         assert!(g.starts_with("root ::= tool-calls\n"), "{g}");
-        let g = grammar(&tools(&params), &Choice::Required, false).map(|g| g.gbnf).unwrap_or_default();
+        let g = grammar(&tools(&params), &Choice::Required, false)
+            .map(|g| g.gbnf)
+            .unwrap_or_default();
         assert!(g.starts_with("root ::= tool-call\n"), "{g}");
     }
 
     #[test]
     fn auto_allows_text_that_does_not_open_like_a_call() {
         let params = json!({"type": "object"});
-        let g = grammar(&tools(&params), &Choice::Auto, false).map(|g| g.gbnf).unwrap_or_default();
+        let g = grammar(&tools(&params), &Choice::Auto, false)
+            .map(|g| g.gbnf)
+            .unwrap_or_default();
         assert!(g.starts_with("root ::= (tool-call | text)\n"), "{g}");
     }
 
     #[test]
     fn a_tool_whose_schema_cannot_be_enforced_is_named_by_index() {
-        let bad = json!({"type": "object", "properties": {"when": {"type": "string", "format": "date"}}});
+        let bad =
+            json!({"type": "object", "properties": {"when": {"type": "string", "format": "date"}}});
         let Err((i, e)) = grammar(&tools(&bad), &Choice::Auto, false) else {
             panic!("expected a refusal")
         };

@@ -16,8 +16,15 @@ const CLOSE: &str = "</tool_call>";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
     Content(String),
-    Call { index: u32, id: String, name: String },
-    Arguments { index: u32, fragment: String },
+    Call {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    Arguments {
+        index: u32,
+        fragment: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,7 +35,11 @@ enum State {
     /// Inside `<tool_call>{"name": "…", "arguments": ` (in `buf`).
     Header,
     /// Inside the arguments' JSON.
-    Arguments { depth: u32, in_string: bool, escaped: bool },
+    Arguments {
+        depth: u32,
+        in_string: bool,
+        escaped: bool,
+    },
     /// After the arguments: `}` and `</tool_call>` (in `buf`).
     Trailer,
     /// Between calls.
@@ -127,7 +138,11 @@ impl ToolCallParser {
                     }
                 }
             }
-            State::Arguments { depth, in_string, escaped } => self.argument(c, depth, in_string, escaped),
+            State::Arguments {
+                depth,
+                in_string,
+                escaped,
+            } => self.argument(c, depth, in_string, escaped),
             State::Trailer => {
                 self.buf.push(c);
                 let seen: String = self.buf.chars().filter(|c| !c.is_whitespace()).collect();
@@ -175,7 +190,11 @@ impl ToolCallParser {
         self.state = if depth == 0 && !in_string {
             State::Trailer
         } else {
-            State::Arguments { depth, in_string, escaped }
+            State::Arguments {
+                depth,
+                in_string,
+                escaped,
+            }
         };
     }
 
@@ -227,7 +246,11 @@ fn header(buf: &str) -> Match {
 fn expect(rest: &mut &str, part: &str) -> Match {
     let r = rest.trim_start();
     if r.len() < part.len() {
-        return if part.starts_with(r) { Match::Partial } else { Match::No };
+        return if part.starts_with(r) {
+            Match::Partial
+        } else {
+            Match::No
+        };
     }
     match r.strip_prefix(part) {
         Some(after) => {

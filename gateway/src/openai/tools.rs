@@ -114,5 +114,9 @@ pub struct FunctionDelta {
 
 /// A call id as OpenAI shapes them.
 pub fn new_call_id() -> String {
-    format!("call_{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>())
+    format!(
+        "call_{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
 }

@@ -76,16 +76,24 @@ fn tools(tools: Vec<Tool>) -> Result<Vec<ValidTool>, ApiError> {
     for (i, tool) in tools.into_iter().enumerate() {
         let bad = |m: String| ApiError::invalid("tools", format!("`tools[{i}]`: {m}"));
         if tool.kind != "function" {
-            return Err(bad(format!("`type` must be \"function\", got {:?}", tool.kind)));
+            return Err(bad(format!(
+                "`type` must be \"function\", got {:?}",
+                tool.kind
+            )));
         }
         let Some(f) = tool.function else {
             return Err(bad("`function` is required".into()));
         };
         let name_ok = !f.name.is_empty()
             && f.name.len() <= 64
-            && f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            && f.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !name_ok {
-            return Err(bad(format!("`function.name` must be 1 to 64 letters, digits, _ or -, got {:?}", f.name)));
+            return Err(bad(format!(
+                "`function.name` must be 1 to 64 letters, digits, _ or -, got {:?}",
+                f.name
+            )));
         }
         if !seen.insert(f.name.clone()) {
             return Err(bad(format!("the function name {:?} is used twice", f.name)));
@@ -125,7 +133,9 @@ fn choice(choice: Option<ToolChoice>, tools: &[ValidTool]) -> Result<Option<Choi
 }
 
 fn response_format(format: Option<ResponseFormat>) -> Result<Option<Grammar>, ApiError> {
-    let Some(format) = format else { return Ok(None) };
+    let Some(format) = format else {
+        return Ok(None);
+    };
     match format.kind.as_str() {
         "text" => Ok(None),
         "json_object" => Ok(Some(json_object())),

@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn cache() -> PathBuf {
-    std::env::var_os("HERD_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/herd")
-    })
+    std::env::var_os("HERD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/herd")
+        })
 }
 
 fn usable(python: &PathBuf) -> bool {
@@ -34,7 +37,10 @@ pub fn python() -> Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("python3 -m venv: {e}"))?;
     if !made.status.success() {
-        return Err(format!("python3 -m venv failed: {}", String::from_utf8_lossy(&made.stderr)));
+        return Err(format!(
+            "python3 -m venv failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        ));
     }
     let python = venv.join("bin/python");
     let pip = Command::new(&python)

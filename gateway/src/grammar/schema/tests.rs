@@ -10,7 +10,9 @@ fn refused(schema: Value) -> String {
 
 #[test]
 fn unsupported_keywords_are_named_with_their_location() {
-    let m = refused(json!({"type": "object", "properties": {"id": {"type": "string", "pattern": "^a"}}}));
+    let m = refused(
+        json!({"type": "object", "properties": {"id": {"type": "string", "pattern": "^a"}}}),
+    );
     assert!(m.contains("`pattern`"), "{m}");
     assert!(m.contains("/properties/id"), "{m}");
     let m = refused(json!({"type": "integer", "minimum": 3}));
@@ -23,7 +25,9 @@ fn unsupported_keywords_are_named_with_their_location() {
 
 #[test]
 fn malformed_schemas_are_refused_not_ignored() {
-    assert!(refused(json!({"type": "object", "properties": {}, "required": ["x"]})).contains("\"x\""));
+    assert!(
+        refused(json!({"type": "object", "properties": {}, "required": ["x"]})).contains("\"x\"")
+    );
     assert!(refused(json!({"type": "array", "minItems": 3, "maxItems": 1})).contains("maxItems"));
     assert!(refused(json!({"enum": []})).contains("enum"));
     assert!(refused(json!({"$ref": "#/$defs/missing"})).contains("names nothing"));
@@ -34,7 +38,8 @@ fn malformed_schemas_are_refused_not_ignored() {
 
 #[test]
 fn annotations_are_accepted() {
-    let g = grammar(&json!({"title": "t", "description": "d", "type": "string", "examples": ["x"]}));
+    let g =
+        grammar(&json!({"title": "t", "description": "d", "type": "string", "examples": ["x"]}));
     assert!(g.is_ok());
 }
 
@@ -47,11 +52,23 @@ fn required_properties_are_always_present_optional_ones_maybe() {
     }))
     .map(|g| g.gbnf)
     .unwrap_or_default();
-    let obj = g.lines().find(|l| l.contains("-obj ::=")).unwrap_or_default();
+    let obj = g
+        .lines()
+        .find(|l| l.contains("-obj ::="))
+        .unwrap_or_default();
     // Either a first then b, or b first; c is optional after b.
-    assert!(obj.contains(r#""\"a\"" ws ":" ws string ws "," ws "\"b\"" ws ":" ws integer ws"#), "{obj}");
-    assert!(obj.contains(r#"| "\"b\"" ws ":" ws integer ws ("," ws "\"c\"" ws ":" ws boolean ws)?"#), "{obj}");
-    assert!(!obj.contains(")? \"}\""), "an object with a required member cannot be empty: {obj}");
+    assert!(
+        obj.contains(r#""\"a\"" ws ":" ws string ws "," ws "\"b\"" ws ":" ws integer ws"#),
+        "{obj}"
+    );
+    assert!(
+        obj.contains(r#"| "\"b\"" ws ":" ws integer ws ("," ws "\"c\"" ws ":" ws boolean ws)?"#),
+        "{obj}"
+    );
+    assert!(
+        !obj.contains(")? \"}\""),
+        "an object with a required member cannot be empty: {obj}"
+    );
 }
 
 #[test]
@@ -63,16 +80,21 @@ fn enums_consts_and_nullable_types_become_alternatives() {
     }}))
     .map(|g| g.gbnf)
     .unwrap_or_default();
-    assert!(g.contains(r#"("\"small\"" | "\"large\"" | "3" | "null")"#), "{g}");
+    assert!(
+        g.contains(r#"("\"small\"" | "\"large\"" | "3" | "null")"#),
+        "{g}"
+    );
     assert!(g.contains(r#""\"x\"""#), "{g}");
     assert!(g.contains("(string | null)"), "{g}");
 }
 
 #[test]
 fn arrays_honour_item_counts() {
-    let g = grammar(&json!({"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 4}))
-        .map(|g| g.gbnf)
-        .unwrap_or_default();
+    let g = grammar(
+        &json!({"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 4}),
+    )
+    .map(|g| g.gbnf)
+    .unwrap_or_default();
     assert!(g.contains(r#"integer ws ("," ws integer ws){1,3}"#), "{g}");
 }
 

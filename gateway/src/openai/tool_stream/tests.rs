@@ -36,7 +36,10 @@ fn calls_are_read_whatever_the_chunking() {
         assert_eq!(
             calls,
             vec![
-                ("get_weather".to_string(), r#"{"city": "Paris \"}", "days": [1, {"x": 2}]}"#.to_string()),
+                (
+                    "get_weather".to_string(),
+                    r#"{"city": "Paris \"}", "days": [1, {"x": 2}]}"#.to_string()
+                ),
                 ("now".to_string(), "{}".to_string()),
             ],
             "step {step}"
@@ -49,8 +52,20 @@ fn arguments_stream_before_the_call_is_complete() {
     let mut parser = ToolCallParser::default();
     let first = parser.push("<tool_call>{\"name\": \"f\", \"arguments\": {\"a\"");
     assert!(matches!(&first[0], Piece::Call { name, index: 0, .. } if name == "f"));
-    assert_eq!(first[1], Piece::Arguments { index: 0, fragment: "{\"a\"".into() });
-    assert_eq!(parser.push(": 1}"), vec![Piece::Arguments { index: 0, fragment: ": 1}".into() }]);
+    assert_eq!(
+        first[1],
+        Piece::Arguments {
+            index: 0,
+            fragment: "{\"a\"".into()
+        }
+    );
+    assert_eq!(
+        parser.push(": 1}"),
+        vec![Piece::Arguments {
+            index: 0,
+            fragment: ": 1}".into()
+        }]
+    );
     assert!(parser.push("}</tool_call>").is_empty());
 }
 
@@ -93,14 +108,24 @@ fn split_gives_null_content_beside_calls() {
 
 #[test]
 fn deltas_name_the_call_once_then_carry_fragments() {
-    let start = delta(Piece::Call { index: 0, id: "call_1".into(), name: "f".into() });
+    let start = delta(Piece::Call {
+        index: 0,
+        id: "call_1".into(),
+        name: "f".into(),
+    });
     let json = serde_json::to_value(start.clone().map_err(|_| ())).unwrap_or_default();
     assert_eq!(
         json["Ok"],
         serde_json::json!({"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}})
     );
-    let more = delta(Piece::Arguments { index: 0, fragment: "{}".into() });
+    let more = delta(Piece::Arguments {
+        index: 0,
+        fragment: "{}".into(),
+    });
     let json = serde_json::to_value(more.map_err(|_| ())).unwrap_or_default();
-    assert_eq!(json["Ok"], serde_json::json!({"index": 0, "function": {"arguments": "{}"}}));
+    assert_eq!(
+        json["Ok"],
+        serde_json::json!({"index": 0, "function": {"arguments": "{}"}})
+    );
     assert_eq!(delta(Piece::Content("x".into())), Err("x".to_string()));
 }
