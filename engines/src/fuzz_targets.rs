@@ -8,8 +8,8 @@
 use crate::llama::protocol::{FromHost, ToHost};
 use crate::text::{StopFilter, StopOutcome, Utf8Holdback};
 use crate::{
-    ChatMessage, EngineError, FinishReason, LayerDevice, ModelInfo, PreparedPrompt, PromptInput,
-    SamplingParams, Usage,
+    ChatMessage, EngineError, FinishReason, Grammar, LayerDevice, ModelInfo, PreparedPrompt,
+    PromptInput, SamplingParams, Usage,
 };
 use arbitrary::{Arbitrary, Result, Unstructured};
 use serde::de::DeserializeOwned;
@@ -120,6 +120,7 @@ fn to_host(u: &mut Unstructured) -> Result<ToHost> {
                 logit_bias: vec![(u.arbitrary()?, finite_f32(u)?)],
                 logprobs: u.arbitrary()?,
                 n: u.arbitrary()?,
+                grammar: Option::<String>::arbitrary(u)?.map(|gbnf| Grammar { gbnf }),
             },
         },
         _ => ToHost::Cancel { id },

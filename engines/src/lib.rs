@@ -67,7 +67,19 @@ pub struct SamplingParams {
     /// Independent choices sampled from the one prompt (its KV is decoded once and copied).
     #[serde(default = "one_choice")]
     pub n: u32,
+    /// Output constraint (structured output, tool calls); `None` samples freely.
+    #[serde(default)]
+    pub grammar: Option<Grammar>,
 }
+
+
+/// A GBNF grammar (llama.cpp's grammar format) the output must match, built
+/// and checked at the HTTP edge. Its root rule is `root`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Grammar {
+    pub gbnf: String,
+}
+
 
 fn no_repetition_penalty() -> f32 {
     1.0
@@ -93,6 +105,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             logprobs: None,
             n: 1,
+            grammar: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod embed;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;
+pub mod grammar;
 pub mod http;
 pub mod keys;
 pub mod metrics;

@@ -6,6 +6,9 @@ use crate::openai::request::{
 };
 use crate::openai::ApiError;
 use herd_engines::{ChatMessage, PromptInput, SamplingParams};
+use tools::{add_tools_prompt, render_calls, render_result, OutputFields};
+
+mod tools;
 
 mod sampling;
 
@@ -44,6 +47,8 @@ pub struct ValidRequest {
     pub max_tokens: Option<u32>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The answer is read back for `<tool_call>` blocks (returned as `tool_calls`).
+    pub tool_calls: bool,
 }
 
 pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
@@ -61,19 +66,37 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
     }
     sampling::chat_unsupported(&req)?;
     let logprobs = sampling::chat_logprobs(&req)?;
-    let messages = req
+    let mut messages: Vec<ChatMessage> = req
         .messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| message(i, m))
         .collect::<Result<_, _>>()?;
-    common(
+    let output = tools::output(OutputFields {
+        tools: req.tools,
+        tool_choice: req.tool_choice,
+        parallel_tool_calls: req.parallel_tool_calls,
+        response_format: req.response_format,
+    })?;
+    if output.tool_calls && logprobs.is_some() {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "`logprobs` together with `tools` is not supported by herd; ask for one or the other",
+        ));
+    }
+    if let Some(prompt) = output.tools_prompt {
+        add_tools_prompt(&mut messages, prompt);
+    }
+    let mut valid = common(
         Endpoint::Chat,
         req.model,
         vec![PromptInput::Chat(messages)],
         req.common,
         logprobs,
-    )
+    )?;
+    valid.sampling.grammar = output.grammar;
+    valid.tool_calls = output.tool_calls;
+    Ok(valid)
 }
 
 pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
@@ -145,7 +168,8 @@ fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
         "system" | "developer" => "system",
         "user" => "user",
         "assistant" => "assistant",
-        "tool" | "function" => "tool",
+        // Read by the model as Hermes/Qwen templates render it: a user turn.
+        "tool" | "function" => "user",
         other => {
             return Err(ApiError::invalid(
                 "messages",
@@ -173,6 +197,18 @@ fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
             texts.join("\n")
         }
     };
+    let mut content = content;
+    match (m.role.as_str(), m.tool_calls) {
+        ("assistant", Some(calls)) => render_calls(&mut content, &calls),
+        ("tool" | "function", _) => content = render_result(&content),
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("`messages[{index}].tool_calls` is only allowed on assistant messages"),
+            ))
+        }
+        (_, None) => {}
+    }
     if content.contains('\0') {
         return Err(ApiError::invalid(
             "messages",
@@ -284,10 +320,12 @@ fn common(
             logit_bias: extras.logit_bias,
             logprobs,
             n: extras.n,
+            grammar: None,
         },
         max_tokens,
         stream,
         include_usage,
+        tool_calls: false,
     })
 }
 

@@ -7,6 +7,7 @@
 //! KV is copied to the others (`llama_memory_seq_cp`) before their first sample.
 
 use super::choices::Choices;
+use super::grammar::GrammarGate;
 use super::protocol::{FromHost, RequestId};
 use super::slot::{best_free_slot, Slot};
 use crate::text::StopOutcome;
@@ -200,10 +201,20 @@ impl<'m> BatchLoop<'m> {
                 .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
             0
         };
+        // One grammar gate per choice, built before any state changes.
+        let mut gates = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            gates.push(match &params.grammar {
+                Some(g) => Some(GrammarGate::new(self.model, g)?),
+                None => None,
+            });
+        }
+        let mut gates = gates.into_iter().flatten();
         self.requests
             .insert(id, Choices::new(n as usize, prompt.len(), reuse));
         self.slots[best].kv.truncate(reuse);
-        self.slots[best].active = Some(self.start(id, 0, &prompt, reuse, None, params));
+        let first = self.start(id, 0, &prompt, reuse, None, params, gates.next());
+        self.slots[best].active = Some(first);
         for index in 1..n {
             let Some((other, _)) = best_free_slot(&self.slots, &[]) else {
                 break; // counted above: cannot happen
@@ -213,7 +224,8 @@ impl<'m> BatchLoop<'m> {
                 .ctx
                 .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
             self.slots[other].kv.clear();
-            self.slots[other].active = Some(self.start(id, index, &prompt, 0, Some(best), params));
+            let choice = self.start(id, index, &prompt, 0, Some(best), params, gates.next());
+            self.slots[other].active = Some(choice);
         }
         Ok(())
     }
@@ -288,7 +300,16 @@ impl<'m> BatchLoop<'m> {
             let Some(idx) = active.logits_at.take() else {
                 continue;
             };
-            let token = active.sampler.sample(&self.ctx, idx);
+            let mut token = active.sampler.sample(&self.ctx, idx);
+            if let Some(grammar) = active.grammar.as_mut() {
+                match grammar.constrain(&self.ctx, idx, token, &mut active.sampler) {
+                    Some(allowed) => token = allowed,
+                    None => {
+                        self.fail_request(i, "the output grammar allows no next token");
+                        continue;
+                    }
+                }
+            }
             let logprob = active.logprobs.map(|top| self.logprob(idx, token, top));
             self.on_token(i, token, logprob);
         }
@@ -378,6 +399,23 @@ impl<'m> BatchLoop<'m> {
                 usage,
             });
         }
+    }
+
+    /// Ends the request in `slot_idx` with an error: all its choices stop.
+    fn fail_request(&mut self, slot_idx: usize, message: &str) {
+        let Some(id) = self.slots[slot_idx].active.as_ref().map(|a| a.id) else {
+            return;
+        };
+        for slot in &mut self.slots {
+            if slot.active.as_ref().is_some_and(|a| a.id == id) {
+                slot.active = None;
+            }
+        }
+        self.requests.remove(&id);
+        self.emit(FromHost::Failed {
+            id,
+            error: EngineError::Internal(message.to_string()),
+        });
     }
 
     fn fail_all(&mut self, message: &str) {

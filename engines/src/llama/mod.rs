@@ -6,6 +6,7 @@
 mod batch;
 mod choices;
 mod embed;
+pub mod grammar;
 pub mod host;
 mod llama_log;
 pub mod prepare;

@@ -3,6 +3,7 @@
 //! pure: the free one whose cached tokens share the longest prefix with the
 //! prompt, least recently used among equals.
 
+use super::grammar::GrammarGate;
 use super::protocol::RequestId;
 use super::sampler::TokenSampler;
 use crate::text::{StopFilter, Utf8Holdback};
@@ -24,6 +25,8 @@ pub struct Active {
     pub logprobs: Option<u32>,
     /// Logprobs of tokens whose text has not been sent yet.
     pub pending_logprobs: Vec<TokenLogprob>,
+    /// The output constraint, if the request has one.
+    pub grammar: Option<GrammarGate>,
     pub holdback: Utf8Holdback,
     pub stop: StopFilter,
     pub generated: u32,
@@ -103,6 +106,7 @@ mod tests {
             sampler: TokenSampler::Greedy,
             logprobs: None,
             pending_logprobs: Vec::new(),
+            grammar: None,
             holdback: Utf8Holdback::default(),
             stop: StopFilter::new(Vec::new()),
             generated: 0,

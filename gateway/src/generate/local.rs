@@ -39,6 +39,8 @@ pub struct Generation {
     pub logprobs: Option<u32>,
     /// Choices in all: `n` per prompt.
     pub choices: u32,
+    /// The answer's `<tool_call>` blocks are returned as `tool_calls`.
+    pub tool_calls: bool,
     pub prompt_tokens: u32,
 }
 
@@ -181,6 +183,7 @@ pub async fn start(
         include_usage: req.include_usage,
         logprobs: req.sampling.logprobs,
         choices: n.saturating_mul(1 + req.more_inputs.len() as u32),
+        tool_calls: req.tool_calls,
         prompt_tokens: n_prompt,
     })
 }

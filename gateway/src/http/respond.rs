@@ -11,6 +11,7 @@ use crate::openai::response::{
     unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion,
     CompletionChoice, Delta as ChunkDelta, UsageBody, FINGERPRINT,
 };
+use crate::openai::tool_stream::{self, Piece, ToolCallParser};
 use crate::openai::ApiError;
 use crate::validate::Endpoint;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -130,14 +131,23 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
             model,
             choices: choices
                 .zip(got.chat)
-                .map(|((i, (reason, text)), lp)| ChatChoice {
-                    index: i as u32,
-                    message: AssistantMessage {
-                        role: "assistant",
-                        content: text,
-                    },
-                    finish_reason: reason.as_str(),
-                    logprobs: logprobs.then_some(lp),
+                .map(|((i, (reason, text)), lp)| {
+                    let (content, tool_calls) = if gen.tool_calls {
+                        let (content, calls) = tool_stream::split(&text);
+                        (content, (!calls.is_empty()).then_some(calls))
+                    } else {
+                        (Some(text), None)
+                    };
+                    ChatChoice {
+                        index: i as u32,
+                        finish_reason: finish_reason(reason, tool_calls.is_some()),
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content,
+                            tool_calls,
+                        },
+                        logprobs: logprobs.then_some(lp),
+                    }
                 })
                 .collect(),
             usage,
@@ -240,6 +250,7 @@ impl Chunker {
                         delta: ChunkDelta {
                             role: role.then_some("assistant"),
                             content,
+                            tool_calls: None,
                         },
                         finish_reason,
                         logprobs: chat_logprobs,
@@ -270,6 +281,37 @@ impl Chunker {
             }),
         }
     }
+}
+
+/// `tool_calls` when the answer called tools and was not cut short.
+fn finish_reason(reason: FinishReason, called: bool) -> &'static str {
+    match reason {
+        FinishReason::Stop if called => "tool_calls",
+        other => other.as_str(),
+    }
+}
+
+/// The chunks for what the tool-call parser read: content, or a call's part.
+fn tool_chunks(chunker: &Chunker, index: u32, pieces: Vec<Piece>) -> Vec<Payload> {
+    pieces
+        .into_iter()
+        .map(|piece| {
+            let event = |content| {
+                chunker.choice_event(index, content, ChunkLogprobs::None, false, None, None)
+            };
+            let call = match tool_stream::delta(piece) {
+                Ok(call) => call,
+                Err(content) => return event(Some(content)),
+            };
+            let mut payload = event(None);
+            if let Payload::Chat(chunk) = &mut payload {
+                for choice in &mut chunk.choices {
+                    choice.delta.tool_calls = Some(vec![call.clone()]);
+                }
+            }
+            payload
+        })
+        .collect()
 }
 
 /// Encodes each payload as an SSE event, then `[DONE]`. herd's payloads are
@@ -307,6 +349,8 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
         }
         // Characters sent per choice (completions' `text_offset`).
         let mut sent: Vec<usize> = Vec::new();
+        // Each choice's tool-call parser, when the request has tools.
+        let mut calls: Vec<ToolCallParser> = Vec::new();
         loop {
             match gen.next().await {
                 Some(TokenEvent::Delta(d)) => {
@@ -314,6 +358,16 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
                     let i = d.index as usize;
                     if sent.len() <= i {
                         sent.resize(i + 1, 0);
+                    }
+                    if gen.tool_calls {
+                        // (logprobs with tools are refused at the edge)
+                        if calls.len() <= i {
+                            calls.resize_with(i + 1, ToolCallParser::default);
+                        }
+                        for chunk in tool_chunks(&chunker, d.index, calls[i].push(&d.text)) {
+                            yield chunk;
+                        }
+                        continue;
                     }
                     let logprobs = match (gen.logprobs, chat) {
                         (None, _) => ChunkLogprobs::None,
@@ -331,7 +385,18 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
                     timer.finish(reasons.first().copied().unwrap_or(FinishReason::Stop), usage);
                     for (index, reason) in reasons.into_iter().enumerate() {
                         let empty = (!chat).then(String::new);
-                        yield chunker.choice_event(index as u32, empty, ChunkLogprobs::None, false, Some(reason), None);
+                        let mut last = chunker.choice_event(index as u32, empty, ChunkLogprobs::None, false, Some(reason), None);
+                        if let Some(parser) = calls.get_mut(index) {
+                            for chunk in tool_chunks(&chunker, index as u32, parser.finish()) {
+                                yield chunk;
+                            }
+                            if let Payload::Chat(chunk) = &mut last {
+                                for choice in &mut chunk.choices {
+                                    choice.finish_reason = Some(finish_reason(reason, parser.called()));
+                                }
+                            }
+                        }
+                        yield last;
                     }
                     if gen.include_usage {
                         yield chunker.event(None, false, None, Some(usage));

@@ -7,6 +7,8 @@ pub mod logprobs;
 pub mod request;
 pub mod response;
 pub mod responses;
+pub mod tool_stream;
+pub mod tools;
 
 pub use error::ApiError;
 pub use json::OpenAiJson;

@@ -3,6 +3,7 @@
 //! (`user`, `metadata`, `store`, …). A field that would change the answer is
 //! declared, so that it is honored or refused, never silently ignored.
 
+use super::tools::{ResponseFormat, Tool, ToolCallIn, ToolChoice};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -21,6 +22,14 @@ pub struct ChatCompletionRequest {
     pub prediction: Option<serde_json::Value>,
     /// Web search is not served: refused if set.
     pub web_search_options: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -91,6 +100,9 @@ pub struct Message {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
 }
 
 #[derive(Debug, Deserialize)]

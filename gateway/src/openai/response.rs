@@ -1,6 +1,7 @@
 //! Response bodies and stream chunks, shaped exactly as OpenAI's.
 
 use super::logprobs::{ChatLogprobs, CompletionLogprobs};
+use super::tools::{ToolCall, ToolCallDelta};
 use herd_engines::Usage;
 use serde::Serialize;
 
@@ -53,7 +54,10 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,6 +86,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Serialize)]

@@ -2,6 +2,7 @@
 //! shares with the request's first choice, and its tokens' logprobs.
 
 use super::BatchLoop;
+use crate::llama::grammar::GrammarGate;
 use crate::llama::protocol::RequestId;
 use crate::llama::sampler;
 use crate::llama::slot::Active;
@@ -18,6 +19,7 @@ impl BatchLoop<'_> {
         fed: usize,
         shares_prompt_of: Option<usize>,
         params: &SamplingParams,
+        grammar: Option<GrammarGate>,
     ) -> Active {
         Active {
             id,
@@ -27,6 +29,7 @@ impl BatchLoop<'_> {
             shares_prompt_of,
             sampler: sampler::build(params, self.model.n_vocab(), prompt, index),
             logprobs: params.logprobs,
+            grammar,
             pending_logprobs: Vec::new(),
             holdback: Utf8Holdback::default(),
             stop: StopFilter::new(params.stop.clone()),

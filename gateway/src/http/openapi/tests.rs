@@ -208,6 +208,10 @@ fn the_request_examples_pass_herd_validation() {
     }
 }
 
+fn sample_tool() -> Value {
+    json!({"type": "function", "function": {"name": "f"}})
+}
+
 fn with(base: &Value, key: &str, value: Value) -> Value {
     let mut body = base.clone();
     body[key] = value;
@@ -273,7 +277,8 @@ fn check_bounds(endpoint: &str, base: &Value, key: &str, alt: &Value, sample: &V
         }
         "array" => {
             let items = |n: u64| Value::Array(vec![sample.clone(); n as usize]);
-            let max = alt["maxItems"].as_u64().unwrap_or(3);
+            // Without a maximum, one item (copies of one tool would be a duplicate name).
+            let max = alt["maxItems"].as_u64().unwrap_or(1);
             ok(items(max));
             if alt.get("maxItems").is_some() {
                 refused(items(max + 1));
@@ -281,6 +286,12 @@ fn check_bounds(endpoint: &str, base: &Value, key: &str, alt: &Value, sample: &V
             if let Some(min) = alt["minItems"].as_u64().filter(|m| *m > 0) {
                 refused(items(min - 1));
             }
+        }
+        "string" if alt["enum"].is_array() => {
+            for value in alt["enum"].as_array().into_iter().flatten() {
+                ok(value.clone());
+            }
+            refused(json!("some text"));
         }
         "string" => {
             ok(json!("some text"));
@@ -292,6 +303,7 @@ fn check_bounds(endpoint: &str, base: &Value, key: &str, alt: &Value, sample: &V
             ok(json!(true));
             ok(json!(false));
         }
+        "object" if alt["required"].is_array() => refused(json!({})),
         "object" => ok(json!({})),
         other => unreachable!("{endpoint}: `{key}` has an unchecked type {other:?}"),
     }
@@ -312,10 +324,15 @@ fn each_bound_in_the_schemas_is_the_bound_validation_enforces() {
                 Some(alts) => alts.iter().map(|a| resolve(&doc, a)).collect(),
                 None => vec![prop],
             };
-            let sample = if key == "messages" {
-                base["messages"][0].clone()
-            } else {
-                json!("text")
+            let sample = match key.as_str() {
+                "messages" => base["messages"][0].clone(),
+                "tools" => sample_tool(),
+                _ => json!("text"),
+            };
+            // `tool_choice` other than none needs tools to choose from.
+            let base = match key.as_str() {
+                "tool_choice" => with(base, "tools", json!([sample_tool()])),
+                _ => base.clone(),
             };
             // A field that needs another (`top_logprobs` needs `logprobs: true`) is checked with it.
             let mut base = base.clone();
