@@ -336,7 +336,7 @@ impl ModelConfig {
     }
 
     /// The llama-only fields, and whether each is set.
-    pub(crate) fn local_fields(&self) -> [(&'static str, bool); 10] {
+    pub(crate) fn local_fields(&self) -> [(&'static str, bool); 11] {
         [
             ("max_n", self.max_n.is_some()),
             ("path", self.path.is_some()),

@@ -72,14 +72,12 @@ pub struct SamplingParams {
     pub grammar: Option<Grammar>,
 }
 
-
 /// A GBNF grammar (llama.cpp's grammar format) the output must match, built
 /// and checked at the HTTP edge. Its root rule is `root`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Grammar {
     pub gbnf: String,
 }
-
 
 fn no_repetition_penalty() -> f32 {
     1.0

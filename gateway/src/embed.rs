@@ -43,9 +43,11 @@ pub async fn run(
             Backend::Upstream(u) => crate::upstream::embed(u, raw, timer)
                 .await
                 .map(EmbedAnswer::Relayed),
-            Backend::Remote(r) => crate::deploy::forward::attempt(r, PATH, raw, timer.key())
-                .await
-                .map(EmbedAnswer::Forwarded),
+            Backend::Remote(r) => {
+                crate::deploy::forward::attempt(r, PATH, raw, timer.key(), timer.end_user())
+                    .await
+                    .map(EmbedAnswer::Forwarded)
+            }
         };
         match attempt {
             Ok(answer) => return Ok(answer),

@@ -245,6 +245,11 @@ impl Admission {
         }
     }
 
+    /// Slots in all.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }

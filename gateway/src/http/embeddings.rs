@@ -1,14 +1,14 @@
 //! `POST /v1/embeddings`: extract, validate, call the core, respond.
 
+use super::openai_api::{tag_usage, timer, Who};
 use super::AppState;
 use crate::auth::KeyName;
-use crate::embed::{self, EmbedAnswer};
-use super::openai_api::{tag_usage, timer, Who};
 use crate::caller::Caller;
+use crate::embed::{self, EmbedAnswer};
 use crate::keys::limits::TokenMeter;
-use crate::usage::refusals::UsageSeen;
 use crate::openai::embeddings::{validate, EmbeddingRequest};
 use crate::openai::{ApiError, OpenAiJson};
+use crate::usage::refusals::UsageSeen;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

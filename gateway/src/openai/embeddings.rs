@@ -243,6 +243,7 @@ mod tests {
             input,
             encoding_format: None,
             dimensions: None,
+            user: None,
         }
     }
 

@@ -78,7 +78,10 @@ async fn a_group_takes_all_its_slots_at_once_and_is_not_starved() {
     let a3 = a.clone();
     let late = tokio::spawn(async move { a3.admit("k2").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!late.is_finished(), "a later single request must not overtake the group");
+    assert!(
+        !late.is_finished(),
+        "a later single request must not overtake the group"
+    );
     drop(one);
     assert!(matches!(group.await, Ok(Ok(()))));
     assert!(matches!(late.await, Ok(Ok(()))));
