@@ -4,8 +4,8 @@
 //! crash mid-stream, and the official Python `openai` SDK.
 
 mod common;
-#[path = "common/pyclient.rs"]
-mod pyclient;
+#[path = "common/pyenv.rs"]
+mod pyenv;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::types::responses::{
@@ -356,7 +356,73 @@ follow = c.responses.create(model=m, input="Again.", previous_response_id=r.id, 
 assert follow.previous_response_id == r.id
 print("ok", len(types))
 "#;
-    let out = pyclient::run(script, &[&server.v1(), MODEL_ID])?;
+    let python = pyenv::python()?;
+    let out = pyenv::run(&python, script, &[&server.v1(), MODEL_ID])?;
     assert!(out.starts_with("ok "), "{out}");
+    Ok(())
+}
+
+/// Tools through the Responses API: a forced call comes back as a
+/// `function_call` item (streamed as argument events), and its output, sent
+/// as a `function_call_output` item after `previous_response_id`, continues
+/// the conversation.
+#[tokio::test]
+async fn function_calls_are_items_and_their_outputs_continue_the_conversation() -> TestResult {
+    let server = Server::start(&["--slots", "2"])?;
+    let tools = json!([{"type": "function", "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
+    let ask = json!({"model": MODEL_ID, "input": "What is the weather in Paris?", "tools": tools,
+        "tool_choice": {"type": "function", "name": "get_weather"}, "max_output_tokens": 64, "temperature": 0});
+    let (status, first) = post(&server, &ask).await?;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "completed", "{first}");
+    let call = first["output"]
+        .as_array()
+        .and_then(|o| o.iter().find(|i| i["type"] == "function_call"))
+        .ok_or("no function_call item")?
+        .clone();
+    assert_eq!(call["name"], "get_weather");
+    let args: Value = serde_json::from_str(call["arguments"].as_str().ok_or("no arguments")?)?;
+    assert!(args["city"].is_string(), "{args}");
+    assert!(call["call_id"].as_str().is_some_and(|c| !c.is_empty()));
+
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let events = post_stream(&server, &streamed).await?;
+    let added = events
+        .iter()
+        .find(|(n, d)| n == "response.output_item.added" && d["item"]["type"] == "function_call")
+        .ok_or("no function_call item added")?;
+    assert_eq!(added.1["item"]["name"], "get_weather");
+    let deltas: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.function_call_arguments.delta")
+        .filter_map(|(_, d)| d["delta"].as_str())
+        .collect();
+    let done = events
+        .iter()
+        .find(|(n, _)| n == "response.function_call_arguments.done")
+        .ok_or("no arguments done event")?;
+    assert_eq!(done.1["arguments"].as_str(), Some(deltas.as_str()));
+    assert_eq!(
+        deltas,
+        call["arguments"].as_str().unwrap_or_default(),
+        "temperature 0: the same call"
+    );
+    assert_eq!(
+        events.last().map(|(n, _)| n.as_str()),
+        Some("response.completed")
+    );
+
+    let (status, follow) = post(&server, &json!({"model": MODEL_ID, "previous_response_id": first["id"],
+        "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "{\"temp_c\": 18}"}],
+        "tools": tools, "max_output_tokens": 16, "temperature": 0})).await?;
+    assert_eq!(status, 200, "{follow}");
+    let n = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    assert!(
+        n(&follow, "/usage/input_tokens")
+            > n(&first, "/usage/input_tokens") + n(&first, "/usage/output_tokens")
+    );
     Ok(())
 }

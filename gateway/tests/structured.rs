@@ -172,18 +172,12 @@ async fn json_schema_answers_validate_in_100_runs_at_temperature_1() -> TestResu
         "sampling at temperature 1 varies the answers: {}",
         distinct.len()
     );
-    match pyenv::python() {
-        Ok(python) => {
-            let file = tempfile::NamedTempFile::new()?;
-            std::fs::write(file.path(), serde_json::to_string(&answers)?)?;
-            let path = file.path().display().to_string();
-            let out = pyenv::run(&python, PY_VALIDATE, &[&schema().to_string(), &path])?;
-            assert_eq!(out.trim(), "100");
-        }
-        Err(why) => eprintln!(
-            "python jsonschema not available ({why}); checked by the built-in validator only"
-        ),
-    }
+    let python = pyenv::python()?;
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), serde_json::to_string(&answers)?)?;
+    let path = file.path().display().to_string();
+    let out = pyenv::run(&python, PY_VALIDATE, &[&schema().to_string(), &path])?;
+    assert_eq!(out.trim(), "100");
     Ok(())
 }
 

@@ -359,13 +359,8 @@ print(json.dumps(out))
 
 #[test]
 fn python_sdk_reassembles_streamed_tool_calls() -> TestResult {
-    let python = match pyenv::python() {
-        Ok(p) => p,
-        Err(why) => {
-            eprintln!("SKIPPED: no Python with the openai SDK: {why}");
-            return Ok(());
-        }
-    };
+    // PyPI is reachable wherever the README's setup runs: no Python is a failure, not a skip.
+    let python = pyenv::python()?;
     let server = Server::start(&[])?;
     let out = pyenv::run(
         &python,

@@ -213,7 +213,7 @@ impl<'m> BatchLoop<'m> {
         self.requests
             .insert(id, Choices::new(n as usize, prompt.len(), reuse));
         self.slots[best].kv.truncate(reuse);
-        let first = self.start(id, 0, &prompt, reuse, None, params, gates.next());
+        let first = self.start((id, 0), &prompt, reuse, None, params, gates.next());
         self.slots[best].active = Some(first);
         for index in 1..n {
             let Some((other, _)) = best_free_slot(&self.slots, &[]) else {
@@ -224,7 +224,7 @@ impl<'m> BatchLoop<'m> {
                 .ctx
                 .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
             self.slots[other].kv.clear();
-            let choice = self.start(id, index, &prompt, 0, Some(best), params, gates.next());
+            let choice = self.start((id, index), &prompt, 0, Some(best), params, gates.next());
             self.slots[other].active = Some(choice);
         }
         Ok(())

@@ -13,8 +13,7 @@ use llama_cpp_2::token::LlamaToken;
 impl BatchLoop<'_> {
     pub(super) fn start(
         &self,
-        id: RequestId,
-        index: u32,
+        (id, index): (RequestId, u32),
         prompt: &[LlamaToken],
         fed: usize,
         shares_prompt_of: Option<usize>,
