@@ -44,9 +44,20 @@ pub async fn run(
                 .await
                 .map(EmbedAnswer::Relayed),
             Backend::Remote(r) => {
-                crate::deploy::forward::attempt(r, PATH, raw, timer.key(), timer.end_user())
-                    .await
-                    .map(EmbedAnswer::Forwarded)
+                let meter = timer.meter().cloned();
+                let opened = crate::deploy::forward::attempt(
+                    r,
+                    PATH,
+                    raw,
+                    timer.key(),
+                    timer.end_user(),
+                    meter,
+                )
+                .await;
+                if opened.is_ok() {
+                    timer.take_meter();
+                }
+                opened.map(EmbedAnswer::Forwarded)
             }
         };
         match attempt {

@@ -69,15 +69,22 @@ pub async fn start(
                 Backend::Upstream(u) => upstream::open(u, &call, req.include_usage, timer)
                     .await
                     .map(Answer::Upstream),
-                Backend::Remote(r) => crate::deploy::forward::attempt(
-                    r,
-                    req.endpoint.path(),
-                    raw,
-                    timer.key(),
-                    timer.end_user(),
-                )
-                .await
-                .map(Answer::Forwarded),
+                Backend::Remote(r) => {
+                    let opened = crate::deploy::forward::attempt(
+                        r,
+                        req.endpoint.path(),
+                        raw,
+                        timer.key(),
+                        timer.end_user(),
+                        timer.meter().cloned(),
+                    )
+                    .await;
+                    if opened.is_ok() {
+                        // The relayed answer charges the key's tokens from here on.
+                        timer.take_meter();
+                    }
+                    opened.map(Answer::Forwarded)
+                }
             };
             let error = match attempt {
                 Ok(answer) => return Ok(answer),

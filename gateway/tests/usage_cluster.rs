@@ -5,6 +5,8 @@
 //! from either node sums both nodes' files over the cluster channel.
 
 mod common_fleet;
+#[path = "common/keys.rs"]
+mod keys_cli;
 
 use common_fleet::{wait_for, Fleet, TestResult, SMOL};
 use serde_json::{json, Value};
@@ -142,6 +144,58 @@ async fn scenario(fleet: &Fleet) -> TestResult {
     assert!(
         row(&n2_only, "cid").is_some(),
         "the head recorded the forwarded request: {n2_only}"
+    );
+    forwarded_tokens_count_against_tpm(fleet, tokens(&two_forwarded)).await
+}
+
+/// A key's tpm is charged at the node that checked the key, for a model
+/// headed on another node too: a forwarded stream's tokens (read from the
+/// usage chunk herd asks the head for, and drops again for a client that did
+/// not ask for it) show in the key's remaining tokens.
+async fn forwarded_tokens_count_against_tpm(fleet: &Fleet, used: u64) -> TestResult {
+    let n1 = fleet.node("n1")?;
+    let tpm = used * 10;
+    let key = keys_cli::create_key(
+        &fleet.dir.path().join("state-n1"),
+        "metered",
+        &["--tpm", &tpm.to_string()],
+    )?;
+    // n1 was open until now (any key passes): wait until it requires keys.
+    keys_cli::wait_for_status(&n1.url, "sk-herd-not-a-key", 401, Duration::from_secs(2)).await?;
+    keys_cli::wait_for_status(&n1.url, &key, 200, Duration::from_secs(2)).await?;
+    let client = reqwest::Client::new();
+    let ask = |stream: bool| {
+        client
+            .post(format!("{}/v1/chat/completions", n1.url))
+            .bearer_auth(&key)
+            .json(
+                &json!({"model": "m-two", "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 4, "stream": stream}),
+            )
+            .send()
+    };
+    let remaining = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-ratelimit-remaining-tokens")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    };
+    let first = ask(true).await?;
+    assert_eq!(first.status(), 200);
+    assert_eq!(remaining(&first), Some(tpm), "{:?}", first.headers());
+    let body = first.text().await?;
+    assert!(body.contains("[DONE]"), "{body}");
+    assert!(
+        !body.contains("\"usage\""),
+        "the usage chunk the client did not ask for: {body}"
+    );
+    let second = ask(false).await?;
+    assert_eq!(second.status(), 200);
+    let left = remaining(&second).ok_or("no remaining tokens header")?;
+    // The stream's tokens (prompt + completion, the same request as `used`)
+    // were charged; the refill over a second or two is tpm/60 per second.
+    assert!(
+        left <= tpm - used + tpm / 20 && left + used >= tpm - used,
+        "tpm {tpm}, one request {used}, remaining after one forwarded stream {left}"
     );
     Ok(())
 }

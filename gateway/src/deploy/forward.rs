@@ -6,10 +6,12 @@
 //! its answer's status is MACed, and if the head dies mid-stream the client
 //! gets an OpenAI error event and `[DONE]`, never a silent cut.
 
+use super::forward_relay::{relay, stream_flags, Metering};
 use super::plan::{Plan, PLAN_PATH};
 use super::Deployer;
 use crate::auth::KeyName;
 use crate::caller::{Caller, Role};
+use crate::keys::limits::TokenMeter;
 use crate::openai::ApiError;
 use crate::router::{Route, Router};
 use crate::routing::Remote;
@@ -18,10 +20,9 @@ use crate::usage::refusals::UsageSeen;
 use crate::usage::{OPENWEBUI_USER_EMAIL, OPENWEBUI_USER_ID};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use herd_cluster::Agent;
 use herd_engines::EngineError;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ pub async fn forward_remote(
     if req.extensions().get::<Forwarded>().is_some() {
         return next.run(req).await;
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, state.max_body).await {
         Ok(b) => b,
         Err(_) => {
@@ -64,8 +65,9 @@ pub async fn forward_remote(
     struct ModelOnly {
         model: String,
     }
-    let remote = serde_json::from_slice::<ModelOnly>(&bytes)
-        .ok()
+    let asked = serde_json::from_slice::<ModelOnly>(&bytes).ok();
+    let remote = asked
+        .as_ref()
         .and_then(|m| match state.router.current().get(&m.model) {
             Some(Route::Remote(r)) => Some(r.clone()),
             _ => None,
@@ -74,6 +76,14 @@ pub async fn forward_remote(
         return next
             .run(Request::from_parts(parts, Body::from(bytes)))
             .await;
+    };
+    // A key with a tpm limit is charged here, from the answer (its stream's usage chunk asked for).
+    let (bytes, metering) = match parts.extensions.remove::<TokenMeter>() {
+        Some(meter) => {
+            let model = asked.map(|m| m.model).unwrap_or_default();
+            metered(bytes, &model, meter)
+        }
+        None => (bytes, None),
     };
     // The head records this request's usage (a refusal here is recorded by the layer that set this).
     let seen = parts.extensions.get::<UsageSeen>().cloned();
@@ -124,7 +134,21 @@ pub async fn forward_remote(
             .into_response();
         }
     };
-    relay(resp, None)
+    relay(resp, (), metering)
+}
+
+/// The body to forward for a metered request, and how to meter its answer:
+/// a stream asks the head for its usage chunk, dropped again on the way back
+/// if the client did not ask for it.
+fn metered(body: Bytes, model: &str, meter: TokenMeter) -> (Bytes, Option<Metering>) {
+    let (stream, asked) = stream_flags(&body);
+    let strip_usage = stream && !asked;
+    let body = if strip_usage {
+        crate::upstream::with_model_and_usage(&body, model).map_or(body, Bytes::from)
+    } else {
+        body
+    };
+    (body, Some(Metering { meter, strip_usage }))
 }
 
 fn unavailable(why: &str) -> ApiError {
@@ -163,10 +187,15 @@ pub async fn attempt(
     raw: &[u8],
     key: &str,
     end_user: Option<&str>,
+    meter: Option<TokenMeter>,
 ) -> Result<Response, ApiError> {
     let body = crate::upstream::with_model(raw, &remote.id).map_err(|e| {
         ApiError::InvalidJson(format!("the request body is not a JSON object: {e}"))
     })?;
+    let (body, metering) = match meter {
+        Some(meter) => metered(Bytes::from(body), &remote.id, meter),
+        None => (Bytes::from(body), None),
+    };
     remote
         .in_flight
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -184,7 +213,7 @@ pub async fn attempt(
             &r.head,
             reqwest::Method::POST,
             &format!("{FORWARD_PREFIX}{}{path}", encode_key(key)),
-            Bytes::from(body),
+            body,
             &headers,
         )
         .await
@@ -210,52 +239,7 @@ pub async fn attempt(
             retry_after,
         }));
     }
-    Ok(relay(resp, Some(held)))
-}
-
-/// The head's answer, streamed; a broken stream ends with an error event.
-/// `held` lives as long as the answer.
-fn relay(resp: reqwest::Response, held: Option<InFlight>) -> Response {
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut headers = HeaderMap::new();
-    for name in ["content-type", "retry-after", "cache-control"] {
-        if let Some(v) = resp
-            .headers()
-            .get(name)
-            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-        {
-            headers.insert(name, v);
-        }
-    }
-    let sse = headers
-        .get("content-type")
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mut upstream = resp.bytes_stream();
-    let body = async_stream::stream! {
-        let _held = held;
-        while let Some(chunk) = upstream.next().await {
-            match chunk {
-                Ok(c) => yield Ok::<Bytes, std::io::Error>(c),
-                Err(e) => {
-                    tracing::warn!("the head's stream broke: {e}");
-                    if sse {
-                        let err = ApiError::Engine(EngineError::Crashed(
-                            "the node serving this deployment stopped answering".into(),
-                        ));
-                        let json = err.to_json();
-                        yield Ok(Bytes::from(format!("data: {json}\n\ndata: [DONE]\n\n")));
-                    } else {
-                        yield Err(std::io::Error::other("the head's answer broke off"));
-                    }
-                    return;
-                }
-            }
-        }
-    };
-    let mut out = Response::new(Body::from_stream(body));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
+    Ok(relay(resp, held, metering))
 }
 
 /// The head's side: `/_herd/v1/forward/{key}/{*path}`, run through `api`

@@ -9,6 +9,7 @@
 mod actor;
 pub mod copy;
 pub mod forward;
+mod forward_relay;
 mod local;
 pub mod plan;
 mod upstreams;

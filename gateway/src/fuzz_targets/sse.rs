@@ -9,7 +9,8 @@
 //! axum's `Sse` body; a real SSE client parser reads them back.
 
 use super::assert_error_shape;
-use crate::http::respond::{encode, ended_early, Chunker, Payload};
+use crate::http::respond::{encode, ended_early};
+use crate::openai::chunk::{Chunker, Payload};
 use crate::openai::ApiError;
 use crate::validate::Endpoint;
 use arbitrary::{Result, Unstructured};

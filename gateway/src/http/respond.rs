@@ -5,20 +5,23 @@
 
 use crate::generate::{Answer, Generation};
 use crate::metrics::RequestTimer;
-use crate::openai::error::{ErrorEnvelope, ENCODING_FAILED};
+use crate::openai::chunk::{
+    finish_reason, request_id, tool_chunks, ChunkLogprobs, Chunker, Payload,
+};
+use crate::openai::error::ENCODING_FAILED;
 use crate::openai::logprobs::{ChatLogprobs, CompletionLogprobs};
 use crate::openai::response::{
-    unix_now, AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, Completion,
-    CompletionChoice, Delta as ChunkDelta, UsageBody, FINGERPRINT,
+    unix_now, AssistantMessage, ChatChoice, ChatCompletion, Completion, CompletionChoice,
+    UsageBody, FINGERPRINT,
 };
-use crate::openai::tool_stream::{self, Piece, ToolCallParser};
+use crate::openai::tool_stream::{self, ToolCallParser};
 use crate::openai::ApiError;
 use crate::validate::Endpoint;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
-use herd_engines::{Delta, EngineError, FinishReason, TokenEvent, Usage};
+use herd_engines::{Delta, EngineError, FinishReason, TokenEvent};
 use serde::Serialize;
 use std::convert::Infallible;
 
@@ -41,18 +44,6 @@ async fn local(gen: Generation, timer: RequestTimer) -> Response {
     } else {
         collect(gen, timer).await
     }
-}
-
-fn request_id(endpoint: Endpoint) -> String {
-    let prefix = match endpoint {
-        Endpoint::Chat => "chatcmpl",
-        Endpoint::Completions => "cmpl",
-    };
-    format!(
-        "{prefix}-{:016x}{:08x}",
-        rand::random::<u64>(),
-        rand::random::<u32>()
-    )
 }
 
 /// Engine events until the end; an ended stream without `Finished` is a crash.
@@ -175,145 +166,6 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
     }
 }
 
-/// One stream event's JSON, before encoding.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub(crate) enum Payload {
-    Chat(ChatChunk),
-    Text(Completion),
-    Error(ErrorEnvelope),
-}
-
-/// The logprobs one chunk carries, in its endpoint's shape.
-pub(crate) enum ChunkLogprobs {
-    None,
-    Chat(ChatLogprobs),
-    Text(CompletionLogprobs),
-}
-
-/// Builds each chunk of one stream with the same id, model and timestamp.
-pub(crate) struct Chunker {
-    id: String,
-    model: String,
-    created: u64,
-    endpoint: Endpoint,
-}
-
-impl Chunker {
-    pub(crate) fn new(endpoint: Endpoint, model: String) -> Self {
-        Self {
-            id: request_id(endpoint),
-            model,
-            created: unix_now(),
-            endpoint,
-        }
-    }
-
-    pub(crate) fn event(
-        &self,
-        content: Option<String>,
-        role: bool,
-        finish: Option<FinishReason>,
-        usage: Option<Usage>,
-    ) -> Payload {
-        self.choice_event(0, content, ChunkLogprobs::None, role, finish, usage)
-    }
-
-    /// A chunk of choice `index`, with the logprobs of its tokens in it.
-    pub(crate) fn choice_event(
-        &self,
-        index: u32,
-        content: Option<String>,
-        logprobs: ChunkLogprobs,
-        role: bool,
-        finish: Option<FinishReason>,
-        usage: Option<Usage>,
-    ) -> Payload {
-        let (chat_logprobs, text_logprobs) = match logprobs {
-            ChunkLogprobs::None => (None, None),
-            ChunkLogprobs::Chat(l) => (Some(l), None),
-            ChunkLogprobs::Text(l) => (None, Some(l)),
-        };
-        let usage = usage.map(UsageBody::from);
-        let finish_reason = finish.map(FinishReason::as_str);
-        // The usage chunk has no choices, as OpenAI sends it.
-        let with_choice = usage.is_none();
-        match self.endpoint {
-            Endpoint::Chat => Payload::Chat(ChatChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: self.model.clone(),
-                choices: if with_choice {
-                    vec![ChatChunkChoice {
-                        index,
-                        delta: ChunkDelta {
-                            role: role.then_some("assistant"),
-                            content,
-                            tool_calls: None,
-                        },
-                        finish_reason,
-                        logprobs: chat_logprobs,
-                    }]
-                } else {
-                    Vec::new()
-                },
-                usage,
-                system_fingerprint: FINGERPRINT,
-            }),
-            Endpoint::Completions => Payload::Text(Completion {
-                id: self.id.clone(),
-                object: "text_completion",
-                created: self.created,
-                model: self.model.clone(),
-                choices: if with_choice {
-                    vec![CompletionChoice {
-                        index,
-                        text: content.unwrap_or_default(),
-                        finish_reason,
-                        logprobs: text_logprobs,
-                    }]
-                } else {
-                    Vec::new()
-                },
-                usage,
-                system_fingerprint: FINGERPRINT,
-            }),
-        }
-    }
-}
-
-/// `tool_calls` when the answer called tools and was not cut short.
-fn finish_reason(reason: FinishReason, called: bool) -> &'static str {
-    match reason {
-        FinishReason::Stop if called => "tool_calls",
-        other => other.as_str(),
-    }
-}
-
-/// The chunks for what the tool-call parser read: content, or a call's part.
-fn tool_chunks(chunker: &Chunker, index: u32, pieces: Vec<Piece>) -> Vec<Payload> {
-    pieces
-        .into_iter()
-        .map(|piece| {
-            let event = |content| {
-                chunker.choice_event(index, content, ChunkLogprobs::None, false, None, None)
-            };
-            let call = match tool_stream::delta(piece) {
-                Ok(call) => call,
-                Err(content) => return event(Some(content)),
-            };
-            let mut payload = event(None);
-            if let Payload::Chat(chunk) = &mut payload {
-                for choice in &mut chunk.choices {
-                    choice.delta.tool_calls = Some(vec![call.clone()]);
-                }
-            }
-            payload
-        })
-        .collect()
-}
-
 /// Encodes each payload as an SSE event, then `[DONE]`. herd's payloads are
 /// strings, numbers and options, which always encode; if one ever did not,
 /// the stream ends with a logged error event instead of an empty one.
@@ -341,7 +193,7 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
         let mut gen = gen;
         // Dropped with the stream: a client that leaves mid-stream counts as cancelled.
         let mut timer = timer;
-        let chat = chunker.endpoint == Endpoint::Chat;
+        let chat = chunker.endpoint() == Endpoint::Chat;
         if chat {
             for index in 0..gen.choices {
                 yield chunker.choice_event(index, Some(String::new()), ChunkLogprobs::None, true, None, None);

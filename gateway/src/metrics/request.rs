@@ -223,6 +223,16 @@ impl RequestTimer {
         self.meter = Some(meter);
     }
 
+    /// The meter charging this request's tokens to its key, if any.
+    pub fn meter(&self) -> Option<&crate::keys::limits::TokenMeter> {
+        self.meter.as_ref()
+    }
+
+    /// Hands the charging over (to a relayed answer that meters itself).
+    pub fn take_meter(&mut self) -> Option<crate::keys::limits::TokenMeter> {
+        self.meter.take()
+    }
+
     /// The request went to another node, which records its generation;
     /// here it counts as answered with `status`.
     pub fn handed_off(&mut self, status: u16) {

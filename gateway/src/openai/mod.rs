@@ -1,5 +1,6 @@
 //! OpenAI wire types, errors and the JSON extractor.
 
+pub mod chunk;
 pub mod embeddings;
 pub mod error;
 pub mod json;

@@ -18,6 +18,11 @@ pub use body::{error_message, Peek};
 pub fn with_model(raw: &[u8], model: &str) -> Result<Vec<u8>, serde_json::Error> {
     body::rewrite(raw, model, false)
 }
+
+/// Like [`with_model`], asking a stream for its usage chunk too.
+pub fn with_model_and_usage(raw: &[u8], model: &str) -> Result<Vec<u8>, serde_json::Error> {
+    body::rewrite(raw, model, true)
+}
 pub use embed::embed;
 pub use error::{Phase, UpstreamError};
 pub use open::{open, Call, Opened, Reply};

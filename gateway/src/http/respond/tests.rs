@@ -1,5 +1,6 @@
 use super::*;
 use axum::body::to_bytes;
+use herd_engines::Usage;
 use serde_json::Value;
 
 async fn sse_lines<T: Serialize + Send + Sync + 'static>(payloads: Vec<T>) -> Vec<String> {
@@ -43,12 +44,7 @@ async fn an_unencodable_event_ends_the_stream_with_an_error_not_an_empty_event()
 async fn every_payload_encodes() {
     let mut payloads = Vec::new();
     for endpoint in [Endpoint::Chat, Endpoint::Completions] {
-        let c = Chunker {
-            id: "id-1".into(),
-            model: "m".into(),
-            created: 1,
-            endpoint,
-        };
+        let c = Chunker::new(endpoint, "m".into());
         let usage = Usage {
             prompt_tokens: 3,
             completion_tokens: 2,
