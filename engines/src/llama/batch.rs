@@ -41,6 +41,8 @@ pub enum Command {
 
 /// Tokens decoded per step across all sequences.
 const BATCH_TOKENS: usize = 512;
+/// Prompt tokens waiting up to this many get a step before the streams' next tokens.
+const SHORT_PROMPT: usize = 256;
 const STATS_EVERY: Duration = Duration::from_millis(200);
 
 pub struct BatchLoop<'m> {
@@ -54,6 +56,8 @@ pub struct BatchLoop<'m> {
     batch: LlamaBatch<'static>,
     clock: u64,
     last_stats: Instant,
+    /// The last step fed only prompts (see `step`).
+    prompts_went_first: bool,
     alive: bool,
 }
 
@@ -83,6 +87,7 @@ impl<'m> BatchLoop<'m> {
             batch: LlamaBatch::new(BATCH_TOKENS, 1),
             clock: 0,
             last_stats: Instant::now(),
+            prompts_went_first: false,
             alive: true,
         }
     }
@@ -233,8 +238,20 @@ impl<'m> BatchLoop<'m> {
     fn step(&mut self) {
         self.batch.clear();
         let mut budget = BATCH_TOKENS;
+        // A short prompt just admitted goes first, in a step of its own, so its
+        // first token waits for one small decode rather than for every stream's
+        // next token too; never twice in a row, so the streams keep moving.
+        let waiting: usize = self
+            .slots
+            .iter()
+            .filter_map(|s| s.active.as_ref())
+            .filter(|a| a.shares_prompt_of.is_none())
+            .map(|a| a.prompt.len().saturating_sub(a.fed))
+            .sum();
+        let prompts_first = waiting > 0 && waiting <= SHORT_PROMPT && !self.prompts_went_first;
+        self.prompts_went_first = prompts_first;
         // Decoding sequences first: one token each keeps every stream moving.
-        for slot in &mut self.slots {
+        for slot in self.slots.iter_mut().filter(|_| !prompts_first) {
             let Some(active) = slot.active.as_mut() else {
                 continue;
             };
