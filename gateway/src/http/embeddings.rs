@@ -1,38 +1,24 @@
 //! `POST /v1/embeddings`: extract, validate, call the core, respond.
 
-use super::openai_api::{tag_usage, timer, Who};
+use super::context::RequestContext;
 use super::AppState;
-use crate::auth::KeyName;
-use crate::caller::Caller;
 use crate::embed::{self, EmbedAnswer};
-use crate::keys::limits::TokenMeter;
 use crate::openai::embeddings::{validate, EmbeddingRequest};
 use crate::openai::{ApiError, OpenAiJson};
-use crate::usage::refusals::UsageSeen;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 
 pub async fn embeddings(
     State(state): State<AppState>,
-    key: Option<Extension<KeyName>>,
-    meter: Option<Extension<TokenMeter>>,
-    caller: Option<Extension<Caller>>,
-    seen: Option<Extension<UsageSeen>>,
-    headers: HeaderMap,
+    ctx: RequestContext,
     body: Result<OpenAiJson<EmbeddingRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let asked = body.as_ref().ok().map(|b| &b.value);
     let model = asked.map_or("", |r| r.model.as_str());
-    let mut timer = timer(&state, key, meter, model);
-    let who = Who {
-        caller,
-        seen,
-        headers: &headers,
-    };
     let user = asked.and_then(|r| r.user.as_deref());
-    tag_usage(&state, &mut timer, who, (model, user), "embeddings");
+    let mut timer = ctx.timer(&state, model, user, "embeddings");
     let answered = match body.and_then(|b| Ok((validate(b.value)?, b.raw))) {
         Ok((req, raw)) => embed::run(&state.router, &req, &raw, &mut timer).await,
         Err(e) => Err(e),

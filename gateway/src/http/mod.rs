@@ -2,6 +2,7 @@
 
 pub mod cluster;
 mod conn_watch;
+mod context;
 mod embeddings;
 mod health;
 mod openai_api;

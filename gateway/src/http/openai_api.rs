@@ -1,22 +1,17 @@
 //! The OpenAI endpoints. Handlers only extract, call the core, and respond.
 
+use super::context::RequestContext;
 use super::respond::respond;
 use super::AppState;
-use crate::auth::KeyName;
-use crate::caller::Caller;
 use crate::generate;
-use crate::keys::limits::TokenMeter;
 use crate::keys::KeyEntry;
-use crate::metrics::{RequestTimer, ANONYMOUS_KEY};
+use crate::metrics::RequestTimer;
 use crate::openai::request::{ChatCompletionRequest, CommonParams, CompletionRequest};
 use crate::openai::response::{ModelCard, ModelList};
 use crate::openai::{ApiError, OpenAiJson};
-use crate::usage::refusals::UsageSeen;
-use crate::usage::{self, UsageTag};
 use crate::validate::{self, ValidRequest};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
 use axum::Json;
@@ -26,103 +21,40 @@ use std::sync::Arc;
 // still counted in the metrics (under model `unknown`).
 pub async fn chat_completions(
     State(state): State<AppState>,
-    key: Option<Extension<KeyName>>,
-    meter: Option<Extension<TokenMeter>>,
-    caller: Option<Extension<Caller>>,
-    seen: Option<Extension<UsageSeen>>,
-    headers: HeaderMap,
+    ctx: RequestContext,
     body: Result<OpenAiJson<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let asked = body
-        .as_ref()
-        .ok()
-        .map(|b| (&b.value.model, &b.value.common));
-    let mut timer = timer(&state, key, meter, asked.map_or("", |(m, _)| m.as_str()));
-    let who = Who {
-        caller,
-        seen,
-        headers: &headers,
-    };
-    tag_usage(&state, &mut timer, who, asked_of(asked), "chat.completions");
+    let (model, user) = asked(
+        body.as_ref()
+            .ok()
+            .map(|b| (&b.value.model, &b.value.common)),
+    );
+    let timer = ctx.timer(&state, model, user, "chat.completions");
     let req = body.and_then(|b| Ok((validate::chat(b.value)?, b.raw)));
     complete(&state, timer, req).await
 }
 
 pub async fn completions(
     State(state): State<AppState>,
-    key: Option<Extension<KeyName>>,
-    meter: Option<Extension<TokenMeter>>,
-    caller: Option<Extension<Caller>>,
-    seen: Option<Extension<UsageSeen>>,
-    headers: HeaderMap,
+    ctx: RequestContext,
     body: Result<OpenAiJson<CompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let asked = body
-        .as_ref()
-        .ok()
-        .map(|b| (&b.value.model, &b.value.common));
-    let mut timer = timer(&state, key, meter, asked.map_or("", |(m, _)| m.as_str()));
-    let who = Who {
-        caller,
-        seen,
-        headers: &headers,
-    };
-    tag_usage(&state, &mut timer, who, asked_of(asked), "completions");
+    let (model, user) = asked(
+        body.as_ref()
+            .ok()
+            .map(|b| (&b.value.model, &b.value.common)),
+    );
+    let timer = ctx.timer(&state, model, user, "completions");
     let req = body.and_then(|b| Ok((validate::completion(b.value)?, b.raw)));
     complete(&state, timer, req).await
 }
 
-pub(super) fn timer(
-    state: &AppState,
-    key: Option<Extension<KeyName>>,
-    meter: Option<Extension<TokenMeter>>,
-    model: &str,
-) -> RequestTimer {
-    let key = key.as_ref().map_or(ANONYMOUS_KEY, |Extension(k)| &k.0);
-    let mut timer = state.metrics.request(model, key);
-    if let Some(Extension(m)) = meter {
-        timer.charge_to(m);
-    }
-    timer
-}
-
-/// Who is asking, as the layers before the handler found out.
-pub(super) struct Who<'a> {
-    pub(super) caller: Option<Extension<Caller>>,
-    pub(super) seen: Option<Extension<UsageSeen>>,
-    pub(super) headers: &'a HeaderMap,
-}
-
-/// Who asked for what, for the request's usage row (when accounting is on).
 /// The model and end user a parsed body names.
-fn asked_of<'a>(asked: Option<(&'a String, &'a CommonParams)>) -> (&'a str, Option<&'a str>) {
+fn asked<'a>(body: Option<(&'a String, &'a CommonParams)>) -> (&'a str, Option<&'a str>) {
     (
-        asked.map_or("", |(m, _)| m.as_str()),
-        asked.and_then(|(_, c)| c.user.as_deref()),
+        body.map_or("", |(m, _)| m.as_str()),
+        body.and_then(|(_, c)| c.user.as_deref()),
     )
-}
-
-pub(super) fn tag_usage(
-    state: &AppState,
-    timer: &mut RequestTimer,
-    who: Who<'_>,
-    (model, user): (&str, Option<&str>),
-    endpoint: &'static str,
-) {
-    let Some(usage) = &state.usage else {
-        return;
-    };
-    if let Some(Extension(seen)) = who.seen {
-        seen.raise();
-    }
-    let (caller, headers) = (who.caller, who.headers);
-    timer.tag_usage(UsageTag::new(
-        usage.recorder.clone(),
-        caller.and_then(|Extension(c)| c.key_name),
-        usage::end_user(user, headers),
-        model,
-        endpoint,
-    ));
 }
 
 /// `req` is the validated request and the client's body as sent.

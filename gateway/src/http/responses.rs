@@ -4,11 +4,9 @@
 //! chat stream — is turned into a Response object or Responses events.
 //! Errors before the answer starts leave exactly as chat's do.
 
-use super::openai_api::{run, tag_usage, timer, Who};
+use super::context::RequestContext;
+use super::openai_api::run;
 use super::AppState;
-use crate::auth::KeyName;
-use crate::caller::Caller;
-use crate::keys::limits::TokenMeter;
 use crate::openai::error::ENCODING_FAILED;
 use crate::openai::json::parse_body;
 use crate::openai::responses::events::Converter;
@@ -16,13 +14,11 @@ use crate::openai::responses::object::ResponseObject;
 use crate::openai::responses::request::{translate, ResponsesRequest};
 use crate::openai::responses::store::ResponseStore;
 use crate::openai::{ApiError, OpenAiJson};
-use crate::usage::refusals::UsageSeen;
 use crate::validate;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde::Serialize;
@@ -34,23 +30,13 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 pub async fn create(
     State(state): State<AppState>,
-    key: Option<Extension<KeyName>>,
-    meter: Option<Extension<TokenMeter>>,
-    caller: Option<Extension<Caller>>,
-    seen: Option<Extension<UsageSeen>>,
-    headers: HeaderMap,
+    ctx: RequestContext,
     body: Result<OpenAiJson<ResponsesRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let asked = body.as_ref().ok().map(|b| &b.value);
     let model = asked.map_or("", |r| r.model.as_str());
-    let mut timer = timer(&state, key, meter, model);
-    let who = Who {
-        caller,
-        seen,
-        headers: &headers,
-    };
     let user = asked.and_then(|r| r.user.as_deref());
-    tag_usage(&state, &mut timer, who, (model, user), "responses");
+    let mut timer = ctx.timer(&state, model, user, "responses");
     let prepared = body.and_then(|b| {
         let previous = match &b.value.previous_response_id {
             None => Vec::new(),
