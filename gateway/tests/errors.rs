@@ -132,14 +132,28 @@ async fn api_keys_are_enforced() -> TestResult {
 #[tokio::test]
 async fn full_queue_gets_429_with_retry_after() -> TestResult {
     let server = Server::start(&["--slots", "1", "--max-queue", "1"])?;
+    // The end-of-turn tokens banned, so each long request holds its slot for all
+    // its 400 tokens however fast this machine decodes.
     let long = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Write a very long essay."}],
-        "max_tokens": 200, "stream": true})
+        "max_tokens": 400, "stream": true, "logit_bias": {"0": -100, "1": -100, "2": -100}})
     .to_string()
     .into_bytes();
     let busy = raw(&server, "/v1/chat/completions", long.clone(), None);
     let queued = raw(&server, "/v1/chat/completions", long.clone(), None);
     let probe = async {
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        // Sent once one request runs and the other waits (the metrics say so), not after a guessed delay.
+        let metrics = format!("{}/metrics", server.url);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let text = reqwest::get(&metrics).await?.text().await?;
+            let waiting = text
+                .lines()
+                .any(|l| l.starts_with("herd_requests_waiting{") && l.ends_with(" 1"));
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         raw(&server, "/v1/chat/completions", chat(MODEL_ID, "hi"), None).await
     };
     let (a, b, c) = tokio::join!(busy, queued, probe);
