@@ -89,52 +89,19 @@ pub async fn open(
     let started = Instant::now();
     let deadline = started + up.timeouts.total;
     let first_byte_by = (started + up.timeouts.first_byte).min(deadline);
+    let resp = send(
+        up,
+        up.url(call.endpoint).clone(),
+        body,
+        first_byte_by,
+        deadline,
+    )
+    .await?;
     let fail = |e: UpstreamError| {
         up.failed(&e);
         ApiError::Upstream(e)
     };
     let id = || up.id.clone();
-    let sent = up
-        .client
-        .post(up.url(call.endpoint).clone())
-        .header(CONTENT_TYPE, "application/json")
-        .body(body)
-        .send();
-    let resp = match timeout_at(first_byte_by, sent).await {
-        Err(_) => {
-            return Err(fail(UpstreamError::Timeout {
-                id: id(),
-                phase: super::Phase::FirstByte,
-            }))
-        }
-        Ok(Err(e)) => {
-            return Err(fail(UpstreamError::Connect {
-                id: id(),
-                why: e.to_string(),
-            }))
-        }
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status().as_u16();
-    if !resp.status().is_success() {
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| s.min(3600));
-        let body = read_body(up, resp, MAX_ERROR_BODY, deadline)
-            .await
-            .unwrap_or_default();
-        let (message, openai_shaped) = error_message(&body);
-        return Err(fail(UpstreamError::Answered {
-            id: id(),
-            status,
-            message,
-            body: openai_shaped.then_some(body),
-            retry_after,
-        }));
-    }
     let reply = if call.stream {
         let is_sse = resp
             .headers()
@@ -191,6 +158,65 @@ pub async fn open(
         include_usage,
         _permit: permit,
     })
+}
+
+/// Posts `body` to `url` and waits for the answer's head until
+/// `first_byte_by`: a connect error, that timeout or a non-2xx answer (its
+/// OpenAI error and Retry-After kept) is a failure counted against `up`.
+pub(super) async fn send(
+    up: &Upstream,
+    url: reqwest::Url,
+    body: Vec<u8>,
+    first_byte_by: Instant,
+    deadline: Instant,
+) -> Result<reqwest::Response, ApiError> {
+    let fail = |e: UpstreamError| {
+        up.failed(&e);
+        ApiError::Upstream(e)
+    };
+    let id = || up.id.clone();
+    let sent = up
+        .client
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send();
+    let resp = match timeout_at(first_byte_by, sent).await {
+        Err(_) => {
+            return Err(fail(UpstreamError::Timeout {
+                id: id(),
+                phase: super::Phase::FirstByte,
+            }))
+        }
+        Ok(Err(e)) => {
+            return Err(fail(UpstreamError::Connect {
+                id: id(),
+                why: e.to_string(),
+            }))
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| s.min(3600));
+        let body = read_body(up, resp, MAX_ERROR_BODY, deadline)
+            .await
+            .unwrap_or_default();
+        let (message, openai_shaped) = error_message(&body);
+        return Err(fail(UpstreamError::Answered {
+            id: id(),
+            status,
+            message,
+            body: openai_shaped.then_some(body),
+            retry_after,
+        }));
+    }
+    Ok(resp)
 }
 
 /// A whole body, at most `limit` bytes, by `deadline`.
