@@ -426,3 +426,70 @@ async fn function_calls_are_items_and_their_outputs_continue_the_conversation() 
     );
     Ok(())
 }
+
+/// Fabric's OpenAI vendor (openai-go's `Responses.NewStreaming`) sends the
+/// pattern as a system input item and the user's text as a user item, both
+/// without `type`, with temperature, top_p, max_output_tokens and, when set,
+/// `presence_penalty`, `frequency_penalty` and `seed` as extra fields; it
+/// prints `response.output_text.delta`s and reads `response.output_text.done`.
+/// The penalties must change the answer exactly as they do in chat. (One
+/// slot, and the prompt cached first: a cold prefill's logits can differ from
+/// a cached prompt's in the last bits, enough to flip a sample at temperature.)
+#[tokio::test]
+async fn a_fabric_pattern_request_streams_and_honors_its_extra_fields() -> TestResult {
+    let server = Server::start(&["--slots", "1"])?;
+    let system = "# IDENTITY and PURPOSE\nYou are a storyteller.\n# OUTPUT INSTRUCTIONS\n- Output a long story in plain prose.\n# INPUT\nINPUT:";
+    let user = "Write about a lighthouse keeper and his cat.";
+    let body = json!({
+        "input": [{"content": system, "role": "system"}, {"content": user, "role": "user"}],
+        "model": MODEL_ID,
+        "max_output_tokens": 48,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "presence_penalty": 1.5,
+        "frequency_penalty": 1.5,
+        "seed": 7,
+        "stream": true,
+    });
+    let chat = |penalty: f64| {
+        json!({
+            "model": MODEL_ID,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "max_tokens": 48, "temperature": 0.7, "top_p": 0.9, "seed": 7,
+            "presence_penalty": penalty, "frequency_penalty": penalty,
+        })
+    };
+    let client = reqwest::Client::new();
+    let ask = |body: Value| {
+        let request = client
+            .post(format!("{}/v1/chat/completions", server.url))
+            .json(&body);
+        async move {
+            let r: Value = request.send().await?.json().await?;
+            let text = r["choices"][0]["message"]["content"].as_str().unwrap_or("");
+            Ok::<_, reqwest::Error>(text.to_string())
+        }
+    };
+    ask(chat(0.0)).await?;
+    let events = post_stream(&server, &body).await?;
+    let deltas: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.output_text.delta")
+        .filter_map(|(_, e)| e["delta"].as_str())
+        .collect();
+    let done = events
+        .iter()
+        .find(|(name, _)| name == "response.output_text.done")
+        .and_then(|(_, e)| e["text"].as_str())
+        .ok_or("no response.output_text.done")?;
+    assert!(!deltas.is_empty());
+    assert_eq!(deltas, done);
+
+    let (penalized, plain) = (ask(chat(1.5)).await?, ask(chat(0.0)).await?);
+    assert_eq!(
+        done, penalized,
+        "the Responses answer is chat's with the same penalties"
+    );
+    assert_ne!(penalized, plain, "the penalties change this answer");
+    Ok(())
+}

@@ -38,6 +38,12 @@ pub struct ResponsesRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub seed: Option<i64>,
+    /// Not in OpenAI's Responses reference, but sent by clients written for
+    /// chat servers (Fabric sets them when configured): passed to the chat request.
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
     // Declared only to be refused (or accepted in their no-op form).
     #[serde(default)]
     pub background: Option<bool>,
@@ -132,6 +138,16 @@ pub fn translate(req: &ResponsesRequest, previous: Vec<Value>) -> Result<Transla
     put(&mut chat, "temperature", req.temperature.map(Value::from));
     put(&mut chat, "top_p", req.top_p.map(Value::from));
     put(&mut chat, "seed", req.seed.map(Value::from));
+    put(
+        &mut chat,
+        "presence_penalty",
+        req.presence_penalty.map(Value::from),
+    );
+    put(
+        &mut chat,
+        "frequency_penalty",
+        req.frequency_penalty.map(Value::from),
+    );
     put(&mut chat, "user", req.user.clone().map(Value::from));
     put(
         &mut chat,
