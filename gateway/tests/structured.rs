@@ -295,3 +295,54 @@ async fn unsupported_schemas_are_400s_naming_the_keyword() -> TestResult {
         .contains("yaml"));
     Ok(())
 }
+
+/// What agents send: the Python SDK's `chat.completions.parse` and
+/// `responses.parse` with a Pydantic model (the SDK turns it into a strict
+/// schema with `$defs`, `$ref`, enums, `anyOf` null, `title`s and
+/// `description`s) and `pydantic_function_tool`; each answer is parsed back
+/// into the model by the SDK itself. Lengths are bounded so that even a
+/// 135M model's answer ends within the token budget.
+#[tokio::test]
+async fn the_python_sdk_parses_pydantic_models_from_chat_responses_and_tools() -> TestResult {
+    let server = Server::start(&["--slots", "2"])?;
+    let script = r#"
+import enum, sys
+from typing import Literal, Optional
+import openai, pydantic
+c = openai.OpenAI(base_url=sys.argv[1], api_key="x")
+m = sys.argv[2]
+Short = pydantic.constr(max_length=24)
+class Priority(str, enum.Enum):
+    low = "low"
+    high = "high"
+class Step(pydantic.BaseModel):
+    title: Short = pydantic.Field(description="a short title")
+    minutes: int
+class Plan(pydantic.BaseModel):
+    """A plan with a few steps."""
+    goal: Short
+    priority: Priority
+    steps: list[Step] = pydantic.Field(max_length=3)
+    owner: Optional[Short] = None
+    kind: Literal["trip", "chore"]
+for seed in (1, 2, 3):
+    r = c.chat.completions.parse(model=m, messages=[{"role": "user", "content": "Plan a picnic."}],
+                                 response_format=Plan, max_tokens=1500, temperature=0.7, seed=seed)
+    assert isinstance(r.choices[0].message.parsed, Plan), r
+r = c.responses.parse(model=m, input="Plan a picnic.", text_format=Plan, max_output_tokens=1500)
+assert isinstance(r.output_parsed, Plan), r
+class GetWeather(pydantic.BaseModel):
+    city: Short
+    unit: Literal["c", "f"] = "c"
+r = c.chat.completions.parse(model=m, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                             tools=[openai.pydantic_function_tool(GetWeather)], tool_choice="required",
+                             max_tokens=200)
+call = r.choices[0].message.tool_calls[0]
+assert isinstance(call.function.parsed_arguments, GetWeather), r
+print("ok")
+"#;
+    let python = pyenv::python()?;
+    let out = pyenv::run(&python, script, &[&server.v1(), MODEL_ID])?;
+    assert_eq!(out.trim(), "ok");
+    Ok(())
+}
