@@ -172,6 +172,11 @@ fn from_host(u: &mut Unstructured) -> Result<FromHost> {
                     n_vocab: u.arbitrary()?,
                     layout,
                     embedding: None,
+                    tool_format: if u.arbitrary()? {
+                        crate::ToolFormat::Llama3
+                    } else {
+                        crate::ToolFormat::Hermes
+                    },
                 },
             }
         }

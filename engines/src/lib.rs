@@ -8,12 +8,14 @@ mod embed;
 pub mod fuzz_targets;
 pub mod llama;
 pub mod text;
+mod tool_format;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use embed::{EmbedInput, EmbedRequest, EmbeddingInfo, Embeddings};
+pub use tool_format::ToolFormat;
 
 /// What the model is asked to continue: chat messages (templated by the
 /// engine with the model's own chat template) or raw text.
@@ -222,6 +224,10 @@ pub struct ModelInfo {
     /// Set for an embedding deployment (it serves `/v1/embeddings` only).
     #[serde(default)]
     pub embedding: Option<EmbeddingInfo>,
+    /// How the model writes tool calls, from its chat template (Hermes's when
+    /// it has none, or an older engine host did not say).
+    #[serde(default)]
+    pub tool_format: ToolFormat,
 }
 
 /// A contiguous run of layers on one device.

@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod auth;
 pub mod bench;
 pub mod caller;
+pub mod chat;
 pub mod cli;
 pub mod deploy;
 pub mod embed;

@@ -1,12 +1,13 @@
 //! The edge: OpenAI request bodies become [`ValidRequest`]s, or a 400 that
 //! names the field and the value.
 
+use crate::chat::{Chat, Role, Turn};
 use crate::openai::request::{
     ChatCompletionRequest, CommonParams, CompletionRequest, Content, Message, Prompt, Stop,
 };
 use crate::openai::ApiError;
-use herd_engines::{ChatMessage, PromptInput, SamplingParams};
-use tools::{add_tools_prompt, render_calls, render_result, OutputFields};
+use herd_engines::{PromptInput, SamplingParams};
+use tools::OutputFields;
 
 mod tools;
 
@@ -37,18 +38,27 @@ impl Endpoint {
 pub struct ValidRequest {
     pub endpoint: Endpoint,
     pub model: String,
-    pub input: PromptInput,
-    /// Further prompts of an array `prompt` (completions), answered after
-    /// `input`, their choices numbered on.
-    pub more_inputs: Vec<PromptInput>,
-    /// `max_tokens` here is a placeholder until the prompt length is known.
+    pub input: Input,
+    /// `max_tokens` here is a placeholder until the prompt length is known;
+    /// `grammar` is a JSON answer's (a tool call's comes with the chat's tools).
     pub sampling: SamplingParams,
     /// What the client asked for, if anything (checked against the context later).
     pub max_tokens: Option<u32>,
     pub stream: bool,
     pub include_usage: bool,
-    /// The answer is read back for `<tool_call>` blocks (returned as `tool_calls`).
-    pub tool_calls: bool,
+}
+
+/// What the model is asked to continue.
+#[derive(Debug)]
+pub enum Input {
+    /// Rendered once the answering model, and so its tool format, is known.
+    Chat(Chat),
+    /// Completions: the prompt, then any further ones of an array `prompt`,
+    /// answered in order, their choices numbered on.
+    Prompts {
+        first: PromptInput,
+        more: Vec<PromptInput>,
+    },
 }
 
 pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
@@ -66,7 +76,7 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
     }
     sampling::chat_unsupported(&req)?;
     let logprobs = sampling::chat_logprobs(&req)?;
-    let mut messages: Vec<ChatMessage> = req
+    let turns: Vec<Turn> = req
         .messages
         .into_iter()
         .enumerate()
@@ -78,24 +88,24 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
         parallel_tool_calls: req.parallel_tool_calls,
         response_format: req.response_format,
     })?;
-    if output.tool_calls && logprobs.is_some() {
+    if output.tools.is_some() && logprobs.is_some() {
         return Err(ApiError::invalid(
             "logprobs",
             "`logprobs` together with `tools` is not supported by herd; ask for one or the other",
         ));
     }
-    if let Some(prompt) = output.tools_prompt {
-        add_tools_prompt(&mut messages, prompt);
-    }
+    let chat = Chat {
+        turns,
+        tools: output.tools,
+    };
     let mut valid = common(
         Endpoint::Chat,
         req.model,
-        vec![PromptInput::Chat(messages)],
+        Input::Chat(chat),
         req.common,
         logprobs,
     )?;
     valid.sampling.grammar = output.grammar;
-    valid.tool_calls = output.tool_calls;
     Ok(valid)
 }
 
@@ -139,10 +149,18 @@ pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
             format!("`prompt{at}` must not be empty"),
         ));
     }
+    let mut inputs = inputs.into_iter();
+    let Some(first) = inputs.next() else {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+    };
+    let input = Input::Prompts {
+        first,
+        more: inputs.collect(),
+    };
     common(
         Endpoint::Completions,
         req.model,
-        inputs,
+        input,
         req.common,
         logprobs,
     )
@@ -163,13 +181,12 @@ fn token_ids(index: usize, ids: Vec<i64>) -> Result<PromptInput, ApiError> {
         .map(PromptInput::Tokens)
 }
 
-fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
+fn message(index: usize, m: Message) -> Result<Turn, ApiError> {
     let role = match m.role.as_str() {
-        "system" | "developer" => "system",
-        "user" => "user",
-        "assistant" => "assistant",
-        // Read by the model as Hermes/Qwen templates render it: a user turn.
-        "tool" | "function" => "user",
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" | "function" => Role::Tool,
         other => {
             return Err(ApiError::invalid(
                 "messages",
@@ -197,27 +214,27 @@ fn message(index: usize, m: Message) -> Result<ChatMessage, ApiError> {
             texts.join("\n")
         }
     };
-    let mut content = content;
-    match (m.role.as_str(), m.tool_calls) {
-        ("assistant", Some(calls)) => render_calls(&mut content, &calls),
-        ("tool" | "function", _) => content = render_result(&content),
+    let calls = match (role, m.tool_calls) {
+        (Role::Assistant, Some(calls)) => tools::calls(calls),
         (_, Some(_)) => {
             return Err(ApiError::invalid(
                 "messages",
                 format!("`messages[{index}].tool_calls` is only allowed on assistant messages"),
             ))
         }
-        (_, None) => {}
-    }
+        (_, None) => Vec::new(),
+    };
+    // (A call's name and arguments reach the prompt as JSON, where NUL is escaped.)
     if content.contains('\0') {
         return Err(ApiError::invalid(
             "messages",
             format!("`messages[{index}].content` contains a NUL character"),
         ));
     }
-    Ok(ChatMessage {
-        role: role.to_string(),
+    Ok(Turn {
+        role,
         content,
+        calls,
     })
 }
 
@@ -241,7 +258,7 @@ fn range(
 fn common(
     endpoint: Endpoint,
     model: String,
-    inputs: Vec<PromptInput>,
+    input: Input,
     p: CommonParams,
     logprobs: Option<u32>,
 ) -> Result<ValidRequest, ApiError> {
@@ -297,15 +314,10 @@ fn common(
         && p.stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
-    let mut inputs = inputs.into_iter();
-    let Some(input) = inputs.next() else {
-        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
-    };
     Ok(ValidRequest {
         endpoint,
         model,
         input,
-        more_inputs: inputs.collect(),
         sampling: SamplingParams {
             temperature,
             top_p,
@@ -325,7 +337,6 @@ fn common(
         max_tokens,
         stream,
         include_usage,
-        tool_calls: false,
     })
 }
 

@@ -193,6 +193,7 @@ fn real_seeds_are_accepted() {
         ("chat_request", "open-webui.json"),
         ("chat_request", "unicode.json"),
         ("chat_request", "sampling.json"),
+        ("chat_request", "tools.json"),
     ] {
         let body = seed(target, file);
         let valid =

@@ -10,7 +10,7 @@ use super::embed::EmbedLoop;
 use super::prepare::PromptLimit;
 use super::prepare_pool::{Job, Lane, PrepareQueue, Preparer};
 use super::protocol::{FromHost, ToHost};
-use crate::ModelInfo;
+use crate::{ModelInfo, ToolFormat};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -115,6 +115,10 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
             .map(|(device, layers)| crate::LayerDevice { device, layers })
             .collect(),
         embedding,
+        tool_format: template
+            .as_ref()
+            .and_then(|t| t.to_str().ok())
+            .map_or(ToolFormat::Hermes, ToolFormat::of_template),
     };
     let _ = event_tx.send(FromHost::Ready { info });
     let preparer = Preparer {

@@ -5,12 +5,14 @@
 //! same request (validation is a normal form).
 
 use super::assert_client_error;
+use crate::chat::{Chat, Role};
 use crate::deploy::plan::Plan;
+use crate::grammar::tools::Choice;
 use crate::openai::json::parse_body;
 use crate::openai::request::{ChatCompletionRequest, CompletionRequest};
 use crate::openai::ApiError;
-use crate::validate::{self, Endpoint, ValidRequest, MAX_MESSAGES, MAX_STOP_SEQUENCES};
-use herd_engines::PromptInput;
+use crate::validate::{self, Endpoint, Input, ValidRequest, MAX_MESSAGES, MAX_STOP_SEQUENCES};
+use herd_engines::{PromptInput, ToolFormat};
 use serde_json::{json, Map, Value};
 
 fn chat(body: &[u8]) -> Result<ValidRequest, ApiError> {
@@ -70,31 +72,41 @@ fn assert_valid(v: &ValidRequest) {
             .all(|&(id, b)| id >= 0 && b.abs() <= 100.0),
         "{v:?}"
     );
-    assert!(v.endpoint == Endpoint::Completions || v.more_inputs.is_empty());
-    for input in std::iter::once(&v.input).chain(&v.more_inputs) {
-        assert_input(v, input);
+    match &v.input {
+        Input::Chat(chat) => assert_chat(v, chat),
+        Input::Prompts { first, more } => {
+            for input in std::iter::once(first).chain(more) {
+                assert_prompt(v, input);
+            }
+        }
     }
 }
 
-fn assert_input(v: &ValidRequest, input: &PromptInput) {
-    match input {
-        PromptInput::Chat(messages) => {
-            assert_eq!(v.endpoint, Endpoint::Chat);
-            assert!(!messages.is_empty() && messages.len() <= MAX_MESSAGES);
-            for m in messages {
-                assert!(["system", "user", "assistant", "tool"].contains(&m.role.as_str()));
-                assert!(!m.content.contains('\0'), "{v:?}");
-            }
-        }
-        PromptInput::Text(text) => {
-            assert_eq!(v.endpoint, Endpoint::Completions);
-            assert!(!text.is_empty());
-        }
-        PromptInput::Tokens(ids) => {
-            assert_eq!(v.endpoint, Endpoint::Completions);
-            assert!(!ids.is_empty() && ids.iter().all(|&id| id >= 0));
+fn assert_chat(v: &ValidRequest, chat: &Chat) {
+    assert_eq!(v.endpoint, Endpoint::Chat);
+    assert!(!chat.turns.is_empty() && chat.turns.len() <= MAX_MESSAGES);
+    assert!(
+        chat.tools.is_none() || v.sampling.grammar.is_none(),
+        "{v:?}"
+    );
+    for format in [ToolFormat::Hermes, ToolFormat::Llama3] {
+        let rendered = chat.render(format);
+        assert_eq!(rendered.grammar.is_some(), chat.tools.is_some());
+        for m in rendered.messages {
+            assert!(!m.content.contains('\0'), "{v:?}");
         }
     }
+}
+
+/// A completion's prompt: text or token ids, never empty (a chat is `Input::Chat`).
+fn assert_prompt(v: &ValidRequest, input: &PromptInput) {
+    assert_eq!(v.endpoint, Endpoint::Completions);
+    let ok = match input {
+        PromptInput::Text(text) => !text.is_empty(),
+        PromptInput::Tokens(ids) => !ids.is_empty() && ids.iter().all(|&id| id >= 0),
+        PromptInput::Chat(_) => false,
+    };
+    assert!(ok, "{v:?}");
 }
 
 /// The body a client would send for `v`.
@@ -103,23 +115,17 @@ fn as_body(v: &ValidRequest) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(v.model));
     match &v.input {
-        PromptInput::Chat(messages) => {
-            let messages: Vec<Value> = messages
-                .iter()
-                .map(|m| json!({"role": m.role, "content": m.content}))
-                .collect();
-            body.insert("messages".into(), Value::Array(messages));
-        }
-        PromptInput::Text(_) | PromptInput::Tokens(_) => {
+        Input::Chat(chat) => chat_body(chat, &mut body),
+        Input::Prompts { first, more } => {
             let prompt = |p: &PromptInput| match p {
                 PromptInput::Text(t) => json!(t),
                 PromptInput::Tokens(ids) => json!(ids),
                 PromptInput::Chat(_) => Value::Null,
             };
-            let prompt = if v.more_inputs.is_empty() {
-                prompt(&v.input)
+            let prompt = if more.is_empty() {
+                prompt(first)
             } else {
-                let all = std::iter::once(&v.input).chain(&v.more_inputs);
+                let all = std::iter::once(first).chain(more);
                 Value::Array(all.map(prompt).collect())
             };
             body.insert("prompt".into(), prompt);
@@ -158,6 +164,52 @@ fn as_body(v: &ValidRequest) -> Value {
         body.insert(key.into(), value);
     }
     Value::Object(body)
+}
+
+/// A chat's messages and tools as a client writes them.
+fn chat_body(chat: &Chat, body: &mut Map<String, Value>) {
+    let messages: Vec<Value> = chat
+        .turns
+        .iter()
+        .map(|t| {
+            let role = match t.role {
+                Role::System => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+                Role::Tool => "tool",
+            };
+            let mut m = json!({"role": role, "content": t.content});
+            if !t.calls.is_empty() {
+                let calls: Vec<Value> = t
+                    .calls
+                    .iter()
+                    .map(|c| json!({"type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                    .collect();
+                m["tool_calls"] = Value::Array(calls);
+            }
+            m
+        })
+        .collect();
+    body.insert("messages".into(), Value::Array(messages));
+    let Some(tools) = &chat.tools else {
+        return;
+    };
+    let defs: Vec<Value> = tools
+        .defs
+        .iter()
+        .map(|d| json!({"type": "function", "function": {"name": d.name, "description": d.description, "parameters": d.parameters}}))
+        .collect();
+    body.insert("tools".into(), Value::Array(defs));
+    let choice = match tools.grammar.choice() {
+        Choice::Auto => json!("auto"),
+        Choice::Required => json!("required"),
+        Choice::Named(name) => json!({"type": "function", "function": {"name": name}}),
+    };
+    body.insert("tool_choice".into(), choice);
+    body.insert(
+        "parallel_tool_calls".into(),
+        json!(tools.grammar.parallel()),
+    );
 }
 
 /// `POST /_herd/v1/plan` with `data` as the (already authenticated) body:

@@ -1,16 +1,17 @@
-//! A completion on an engine of this node: prepare (template + tokenize) →
-//! check the context → admission → engine. Everything that can be refused
-//! is refused here, before a slot is taken or a byte is streamed. The slot's
-//! permit goes into the engine with the request and is released when the
-//! engine is done with it (not when a slow client has read it all).
+//! A completion on an engine of this node: render a chat in the model's tool
+//! format → prepare (template + tokenize) → check the context → admission →
+//! engine. Everything that can be refused is refused here, before a slot is
+//! taken or a byte is streamed. The slot's permit goes into the engine with
+//! the request and is released when the engine is done with it (not when a
+//! slow client has read it all).
 
 use crate::metrics::RequestTimer;
 use crate::openai::ApiError;
 use crate::router::Deployment;
-use crate::validate::{Endpoint, ValidRequest};
+use crate::validate::{Endpoint, Input, ValidRequest};
 use herd_engines::{
     EngineError, EngineState, FinishReason, GenerateRequest, ModelInfo, PreparedPrompt,
-    PromptInput, SamplingParams, SlotHold, TokenEvent, TokenStream, Usage,
+    PromptInput, SamplingParams, SlotHold, TokenEvent, TokenStream, ToolFormat, Usage,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -39,8 +40,8 @@ pub struct Generation {
     pub logprobs: Option<u32>,
     /// Choices in all: `n` per prompt.
     pub choices: u32,
-    /// The answer's `<tool_call>` blocks are returned as `tool_calls`.
-    pub tool_calls: bool,
+    /// The answer's calls, written in this format, are returned as `tool_calls`.
+    pub tool_format: Option<ToolFormat>,
     pub prompt_tokens: u32,
 }
 
@@ -124,11 +125,24 @@ pub async fn start(
         ))));
     }
     let n = check_sampling(&req.sampling, deployment, &info)?;
+    let mut sampling = req.sampling.clone();
+    let (inputs, tool_format) = match &req.input {
+        Input::Chat(chat) => {
+            let rendered = chat.render(info.tool_format);
+            sampling.grammar = rendered.grammar.or(sampling.grammar);
+            let format = chat.tools.is_some().then_some(info.tool_format);
+            (vec![PromptInput::Chat(rendered.messages)], format)
+        }
+        Input::Prompts { first, more } => {
+            (std::iter::once(first).chain(more).cloned().collect(), None)
+        }
+    };
+    let choices = n.saturating_mul(inputs.len() as u32);
     // Every prompt is prepared and checked before any of them runs.
     let mut prompts = VecDeque::new();
-    for input in std::iter::once(&req.input).chain(&req.more_inputs) {
-        check_ids(input, &info)?;
-        let prepared = engine.prepare(input.clone()).await?;
+    for input in inputs {
+        check_ids(&input, &info)?;
+        let prepared = engine.prepare(input).await?;
         let n_prompt = u32::try_from(prepared.tokens.len()).unwrap_or(u32::MAX);
         let max_tokens = completion_budget(
             n_prompt,
@@ -148,11 +162,12 @@ pub async fn start(
         .admit_many(timer.key(), n as usize)
         .await?;
     timer.admitted();
-    let mut sampling = req.sampling.clone();
-    sampling.max_tokens = max_tokens;
     let mut tokens = engine.generate(GenerateRequest {
         prompt: prepared,
-        params: sampling,
+        params: SamplingParams {
+            max_tokens,
+            ..sampling.clone()
+        },
         slot: SlotHold::new(permit),
     })?;
     let first = if await_first {
@@ -173,7 +188,7 @@ pub async fn start(
         first,
         rest: prompts,
         key: timer.key().to_string(),
-        sampling: req.sampling.clone(),
+        sampling,
         offset: 0,
         reasons: Vec::new(),
         usage: Usage::default(),
@@ -182,8 +197,8 @@ pub async fn start(
         stream: req.stream,
         include_usage: req.include_usage,
         logprobs: req.sampling.logprobs,
-        choices: n.saturating_mul(1 + req.more_inputs.len() as u32),
-        tool_calls: req.tool_calls,
+        choices,
+        tool_format,
         prompt_tokens: n_prompt,
     })
 }

@@ -7,7 +7,7 @@ pub mod schema;
 pub mod tools;
 
 use herd_engines::Grammar;
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 /// JSON's building blocks. Whitespace is bounded (a small model at a high
 /// temperature otherwise can spend its whole budget on indentation) and so
@@ -28,10 +28,10 @@ array ::= "[" ws (value ws ("," ws value ws)*)? "]"
 "#;
 
 /// Named rules of one grammar, emitted after [`PRIMITIVES`].
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Rules {
     rules: Vec<(String, String)>,
-    taken: HashSet<String>,
+    taken: BTreeSet<String>,
 }
 
 impl Rules {

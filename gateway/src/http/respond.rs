@@ -123,11 +123,12 @@ async fn collect(mut gen: Generation, mut timer: RequestTimer) -> Response {
             choices: choices
                 .zip(got.chat)
                 .map(|((i, (reason, text)), lp)| {
-                    let (content, tool_calls) = if gen.tool_calls {
-                        let (content, calls) = tool_stream::split(&text);
-                        (content, (!calls.is_empty()).then_some(calls))
-                    } else {
-                        (Some(text), None)
+                    let (content, tool_calls) = match gen.tool_format {
+                        Some(format) => {
+                            let (content, calls) = tool_stream::split(&text, format);
+                            (content, (!calls.is_empty()).then_some(calls))
+                        }
+                        None => (Some(text), None),
                     };
                     ChatChoice {
                         index: i as u32,
@@ -211,10 +212,10 @@ fn stream(gen: Generation, timer: RequestTimer) -> impl IntoResponse {
                     if sent.len() <= i {
                         sent.resize(i + 1, 0);
                     }
-                    if gen.tool_calls {
+                    if let Some(format) = gen.tool_format {
                         // (logprobs with tools are refused at the edge)
                         if calls.len() <= i {
-                            calls.resize_with(i + 1, ToolCallParser::default);
+                            calls.resize_with(i + 1, || ToolCallParser::new(format));
                         }
                         for chunk in tool_chunks(&chunker, d.index, calls[i].push(&d.text)) {
                             yield chunk;

@@ -1,16 +1,20 @@
-//! Reads tool calls back out of generated text as it streams. The model
-//! writes them as `<tool_call>{"name": …, "arguments": {…}}</tool_call>`
-//! blocks (Hermes/Qwen's native format, and the one herd's grammar imposes
-//! on every other model); anything else is the message's content.
+//! Reads tool calls back out of generated text as it streams, in the tool
+//! format of the model that wrote it (`chat/syntax.rs`): Hermes's
+//! `<tool_call>{"name": …, "arguments": {…}}</tool_call>` blocks, or Llama
+//! 3's `{"name": …, "parameters": {…}}` (after an optional `<|python_tag|>`,
+//! several separated by `;`). Either key is read in either format. Anything
+//! else is the message's content.
 //!
 //! A call is announced (index, id, name) as soon as its name is complete,
 //! then its arguments follow fragment by fragment, exactly the text the
 //! model wrote: joined by `index`, as the OpenAI SDKs do, they are the call.
 
 use super::tools::{new_call_id, FunctionCall, FunctionDelta, ToolCall, ToolCallDelta};
+use crate::chat::syntax::ToolSyntax;
+use herd_engines::ToolFormat;
 
-const OPEN: &str = "<tool_call>";
-const CLOSE: &str = "</tool_call>";
+/// The keys a call's arguments may come under.
+const KEYS: [&str; 2] = ["\"arguments\"", "\"parameters\""];
 
 /// What a piece of output turned out to be.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +36,7 @@ enum State {
     /// Leading whitespace: not yet known whether a call or content follows.
     Lead,
     Content,
-    /// Inside `<tool_call>{"name": "…", "arguments": ` (in `buf`).
+    /// Inside a call's start up to its arguments, `<tool_call>{"name": "…", "arguments": ` (in `buf`).
     Header,
     /// Inside the arguments' JSON.
     Arguments {
@@ -40,29 +44,21 @@ enum State {
         in_string: bool,
         escaped: bool,
     },
-    /// After the arguments: `}` and `</tool_call>` (in `buf`).
+    /// After the arguments: `}` and the format's close, `</tool_call>` (in `buf`).
     Trailer,
-    /// Between calls.
-    Between,
+    /// Between calls (`separated`: the format's separator was seen).
+    Between {
+        separated: bool,
+    },
 }
 
 #[derive(Debug)]
 pub struct ToolCallParser {
+    syntax: ToolSyntax,
     state: State,
     buf: String,
     calls: u32,
     out: Vec<Piece>,
-}
-
-impl Default for ToolCallParser {
-    fn default() -> Self {
-        Self {
-            state: State::Lead,
-            buf: String::new(),
-            calls: 0,
-            out: Vec::new(),
-        }
-    }
 }
 
 /// How far a buffered prefix matches what is expected.
@@ -73,6 +69,16 @@ enum Match {
 }
 
 impl ToolCallParser {
+    pub fn new(format: ToolFormat) -> Self {
+        Self {
+            syntax: ToolSyntax::of(format),
+            state: State::Lead,
+            buf: String::new(),
+            calls: 0,
+            out: Vec::new(),
+        }
+    }
+
     /// Whether any call was read (the answer's finish reason is then `tool_calls`).
     pub fn called(&self) -> bool {
         self.calls > 0
@@ -96,18 +102,21 @@ impl ToolCallParser {
     }
 
     fn char(&mut self, c: char) {
+        let separator = self.syntax.separator.trim();
         match self.state {
             State::Content => self.content(&c.to_string()),
-            State::Lead | State::Between if c.is_whitespace() => {
-                if self.state == State::Lead {
-                    self.buf.push(c);
-                }
+            State::Lead if c.is_whitespace() => self.buf.push(c),
+            State::Between { .. } if c.is_whitespace() => {}
+            State::Between { separated: false } if separator.starts_with(c) => {
+                self.state = State::Between { separated: true }
             }
-            State::Lead | State::Between if c == '<' => {
-                self.buf = "<".into();
+            State::Lead | State::Between { .. }
+                if !matches!(header(&c.to_string(), &self.syntax), Match::No) =>
+            {
+                self.buf = c.to_string();
                 self.state = State::Header;
             }
-            State::Lead | State::Between => {
+            State::Lead | State::Between { .. } => {
                 let held = std::mem::take(&mut self.buf);
                 self.state = State::Content;
                 self.content(&held);
@@ -115,7 +124,7 @@ impl ToolCallParser {
             }
             State::Header => {
                 self.buf.push(c);
-                match header(&self.buf) {
+                match header(&self.buf, &self.syntax) {
                     Match::Partial => {}
                     Match::Done(name) => {
                         self.out.push(Piece::Call {
@@ -146,10 +155,10 @@ impl ToolCallParser {
             State::Trailer => {
                 self.buf.push(c);
                 let seen: String = self.buf.chars().filter(|c| !c.is_whitespace()).collect();
-                let expected = format!("}}{CLOSE}");
+                let expected = format!("}}{}", self.syntax.close.trim());
                 if seen == expected {
                     self.buf.clear();
-                    self.state = State::Between;
+                    self.state = State::Between { separated: false };
                 } else if !expected.starts_with(&seen) {
                     let held = std::mem::take(&mut self.buf);
                     self.state = State::Content;
@@ -209,12 +218,19 @@ impl ToolCallParser {
     }
 }
 
-/// Matches `<tool_call>{"name": "NAME", "arguments":` (any whitespace
-/// between the parts) against the start of `buf`.
-fn header(buf: &str) -> Match {
+/// Matches a call's start up to its arguments, `<tool_call>{"name": "NAME",
+/// "arguments":` (any whitespace between the parts), against the start of `buf`.
+fn header(buf: &str, syntax: &ToolSyntax) -> Match {
     let mut rest = buf;
-    for part in [OPEN, "{", "\"name\"", ":"] {
-        match expect(&mut rest, part) {
+    if let Some(lead) = syntax.lead {
+        // Optional: absent unless `buf` starts with (a part of) it.
+        if let Match::Partial = expect(&mut rest, &[lead]) {
+            return Match::Partial;
+        }
+    }
+    let open = syntax.open.trim();
+    for part in [open, "{", "\"name\"", ":"] {
+        match expect(&mut rest, &[part]) {
             Match::Done(_) => {}
             other => return other,
         }
@@ -233,8 +249,8 @@ fn header(buf: &str) -> Match {
         return Match::No;
     };
     rest = &rest[end..];
-    for part in [",", "\"arguments\"", ":"] {
-        match expect(&mut rest, part) {
+    for parts in [&[","][..], &KEYS, &[":"]] {
+        match expect(&mut rest, parts) {
             Match::Done(_) => {}
             other => return other,
         }
@@ -242,22 +258,19 @@ fn header(buf: &str) -> Match {
     Match::Done(name)
 }
 
-/// Skips whitespace, then `part`; `Partial` if `rest` ends inside it.
-fn expect(rest: &mut &str, part: &str) -> Match {
+/// Skips whitespace, then one of `parts`; `Partial` if `rest` ends inside one.
+fn expect(rest: &mut &str, parts: &[&str]) -> Match {
     let r = rest.trim_start();
-    if r.len() < part.len() {
-        return if part.starts_with(r) {
-            Match::Partial
-        } else {
-            Match::No
-        };
-    }
-    match r.strip_prefix(part) {
-        Some(after) => {
+    for part in parts {
+        if let Some(after) = r.strip_prefix(part) {
             *rest = after;
-            Match::Done(String::new())
+            return Match::Done(String::new());
         }
-        None => Match::No,
+    }
+    if parts.iter().any(|part| part.starts_with(r)) {
+        Match::Partial
+    } else {
+        Match::No
     }
 }
 
@@ -276,8 +289,8 @@ fn string_end(s: &str) -> Option<usize> {
 }
 
 /// A whole answer: its content (`None` if there was none besides calls) and calls.
-pub fn split(text: &str) -> (Option<String>, Vec<ToolCall>) {
-    let mut parser = ToolCallParser::default();
+pub fn split(text: &str, format: ToolFormat) -> (Option<String>, Vec<ToolCall>) {
+    let mut parser = ToolCallParser::new(format);
     let mut pieces = parser.push(text);
     pieces.extend(parser.finish());
     let mut content = String::new();

@@ -33,15 +33,16 @@ fn accepts_and_ignores_extra_fields() {
 fn content_parts_are_joined() {
     let r = chat_json(serde_json::json!({"model": "m", "messages": [
         {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}));
-    match r {
-        Ok(r) => assert_eq!(
-            r.input,
-            PromptInput::Chat(vec![ChatMessage {
-                role: "system".into(),
-                content: "a\nb".into()
-            }])
+    match r.map(|r| r.input) {
+        Ok(Input::Chat(chat)) => assert_eq!(
+            chat.turns,
+            vec![Turn {
+                role: Role::System,
+                content: "a\nb".into(),
+                calls: Vec::new(),
+            }]
         ),
-        Err(e) => unreachable!("{e}"),
+        other => unreachable!("{other:?}"),
     }
 }
 
@@ -108,9 +109,13 @@ fn completion_prompt_forms() {
         completion(serde_json::from_value(v).map_err(|e| ApiError::InvalidJson(e.to_string()))?)
     };
     assert!(parse(serde_json::json!({"model": "m", "prompt": ["one"]})).is_ok());
+    let prompts = |r: Result<ValidRequest, ApiError>| match r.map(|r| r.input) {
+        Ok(Input::Prompts { first, more }) => Some((first, more)),
+        _ => None,
+    };
     let two = parse(serde_json::json!({"model": "m", "prompt": ["a", "b"]}));
     assert_eq!(
-        two.map(|r| (r.input, r.more_inputs)).ok(),
+        prompts(two),
         Some((
             PromptInput::Text("a".into()),
             vec![PromptInput::Text("b".into())]
@@ -119,8 +124,8 @@ fn completion_prompt_forms() {
     assert!(parse(serde_json::json!({"model": "m", "prompt": ""})).is_err());
     let ids = parse(serde_json::json!({"model": "m", "prompt": [1, 2]}));
     assert_eq!(
-        ids.map(|r| r.input).ok(),
-        Some(PromptInput::Tokens(vec![1, 2]))
+        prompts(ids),
+        Some((PromptInput::Tokens(vec![1, 2]), Vec::new()))
     );
     assert!(parse(serde_json::json!({"model": "m", "prompt": [[1], []]})).is_err());
     assert!(parse(serde_json::json!({"model": "m", "prompt": [3_000_000_000i64]})).is_err());
@@ -144,4 +149,27 @@ fn logit_bias_is_by_token_id_each_named_once() {
         bias(serde_json::json!({"10": 1, "010": 5})),
         Err("`logit_bias` names token 10 twice".into())
     );
+}
+
+#[test]
+fn history_calls_and_results_stay_neutral_until_a_model_answers() {
+    let r = chat_json(serde_json::json!({"model": "m", "messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": " {\"city\": \"Oslo\"} "}},
+            {"id": "c2", "type": "function", "function": {"name": "now", "arguments": "not json"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "rain"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather"}}], "tool_choice": "required"}));
+    let Ok(Input::Chat(chat)) = r.map(|r| r.input) else {
+        unreachable!("a valid chat")
+    };
+    assert_eq!(chat.turns[1].calls[0].arguments, "{\"city\": \"Oslo\"}");
+    assert_eq!(chat.turns[1].calls[1].arguments, "\"not json\"");
+    assert_eq!(chat.turns[2].role, Role::Tool);
+    assert_eq!(chat.turns[2].content, "rain");
+    assert!(chat.tools.is_some_and(|t| t.defs.len() == 1));
+    let (msg, param) = err_of(serde_json::json!({"model": "m", "messages": [
+        {"role": "tool", "content": "x", "tool_calls": []}]}));
+    assert_eq!(param, Some("messages"));
+    assert!(msg.contains("only allowed on assistant messages"), "{msg}");
 }

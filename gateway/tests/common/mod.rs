@@ -28,6 +28,14 @@ pub fn model_path() -> PathBuf {
 
 pub const MODEL_ID: &str = "smollm2-135m-instruct";
 
+/// The default model with Llama 3.1's chat template (made by .ci/setup), for
+/// the Llama 3 tool format.
+pub fn llama3_model_path() -> PathBuf {
+    model_path().with_file_name("SmolLM2-135M-Instruct.llama3-template.Q4_1.gguf")
+}
+
+pub const LLAMA3_MODEL_ID: &str = "smollm2-135m-instruct.llama3-template";
+
 pub struct Server {
     pub child: Child,
     pub url: String,
