@@ -7,7 +7,7 @@
 //! KV is copied to the others (`llama_memory_seq_cp`) before their first sample.
 
 use super::choices::Choices;
-use super::grammar::GrammarGate;
+use super::grammar::{FirstBytes, GrammarGate};
 use super::protocol::{FromHost, RequestId};
 use super::slot::{best_free_slot, Slot};
 use crate::text::StopOutcome;
@@ -16,8 +16,10 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod choice;
@@ -59,6 +61,8 @@ pub struct BatchLoop<'m> {
     /// The last step fed only prompts (see `step`).
     prompts_went_first: bool,
     alive: bool,
+    /// Read from the vocabulary at the first grammar-constrained request.
+    first_bytes: OnceCell<Arc<FirstBytes>>,
 }
 
 impl<'m> BatchLoop<'m> {
@@ -89,6 +93,7 @@ impl<'m> BatchLoop<'m> {
             last_stats: Instant::now(),
             prompts_went_first: false,
             alive: true,
+            first_bytes: OnceCell::new(),
         }
     }
 
@@ -210,7 +215,13 @@ impl<'m> BatchLoop<'m> {
         let mut gates = Vec::with_capacity(n as usize);
         for _ in 0..n {
             gates.push(match &params.grammar {
-                Some(g) => Some(GrammarGate::new(self.model, g)?),
+                Some(g) => {
+                    let model = self.model;
+                    let first = self
+                        .first_bytes
+                        .get_or_init(|| Arc::new(FirstBytes::of(model)));
+                    Some(GrammarGate::new(model, g, first)?)
+                }
                 None => None,
             });
         }
@@ -327,6 +338,7 @@ impl<'m> BatchLoop<'m> {
                     }
                 }
             }
+            active.sampler.accept(token);
             let logprob = active.logprobs.map(|top| self.logprob(idx, token, top));
             self.on_token(i, token, logprob);
         }
@@ -389,6 +401,17 @@ impl<'m> BatchLoop<'m> {
         let Some(mut active) = slot.active.take() else {
             return;
         };
+        if let Some(grammar) = &active.grammar {
+            let s = grammar.stats();
+            tracing::debug!(
+                tokens = s.tokens,
+                rejected = s.rejected,
+                tail = s.tail,
+                full = s.full,
+                checked = s.checked,
+                "grammar-constrained choice finished"
+            );
+        }
         if flush {
             // A character cut at the end is dropped, never sent as U+FFFD.
             active.holdback.finish();

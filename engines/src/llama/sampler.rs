@@ -4,10 +4,18 @@
 //! is read straight from the logits. llama.cpp's own path copies all
 //! n_vocab logits into a candidate array first (49 152 × 12 bytes for
 //! SmolLM2, every token), which is measurable at ~130 tokens/s.
+//!
+//! Otherwise the chain is kept in two parts, so that the grammar gate can
+//! put its check between them: `shape` changes logits (bias, penalties) and
+//! never drops a token; `pick` truncates (top-k, top-p, min-p), applies the
+//! temperature and draws. A token enters the penalty windows only through
+//! [`TokenSampler::accept`], once the grammar has had its say.
 
 use crate::SamplingParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use std::hash::{BuildHasher, RandomState};
@@ -18,17 +26,136 @@ const PENALTY_WINDOW: i32 = 1024;
 pub enum TokenSampler {
     /// The most likely token: what `LlamaSampler::greedy()` picks, without the copy.
     Greedy,
-    Chain(LlamaSampler),
+    Chain(Chain),
+}
+
+/// A llama.cpp sampler chain split where a grammar check belongs.
+pub struct Chain {
+    /// Logit bias and penalties: stateful (they see accepted tokens), never drop a token.
+    shape: Option<LlamaSampler>,
+    /// Truncation, temperature and the draw (or greedy).
+    pick: LlamaSampler,
+    truncation: Truncation,
+    /// The candidate array, kept between tokens so that sampling allocates nothing.
+    buf: Vec<LlamaTokenData>,
+}
+
+/// What `pick` does before it draws: what the grammar gate must know to
+/// tell whether a draw from part of the candidates is a draw from all of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Truncation {
+    /// Picks the most likely token (temperature 0).
+    pub greedy: bool,
+    /// Keeps the `top_k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Keeps the smallest most-likely set holding `top_p` of the probability (at temperature 1).
+    pub top_p: Option<f32>,
 }
 
 impl TokenSampler {
-    /// Samples from the logits at batch index `idx` (which must have requested logits).
+    /// Samples from the logits at batch index `idx` (which must have requested
+    /// logits). The token is not accepted: call [`TokenSampler::accept`] with
+    /// the token that is emitted.
     pub fn sample(&mut self, ctx: &LlamaContext, idx: i32) -> LlamaToken {
         match self {
             Self::Greedy => LlamaToken(argmax(ctx.get_logits_ith(idx))),
-            Self::Chain(chain) => chain.sample(ctx, idx),
+            Self::Chain(chain) => {
+                let buf = std::mem::take(&mut chain.buf);
+                let mut cur = shaped(ctx, idx, buf, chain.shape.as_mut());
+                chain.pick.apply(&mut cur);
+                // Over the whole vocabulary llama.cpp's draw always selects; the argmax is a formality.
+                let token = cur
+                    .selected_token()
+                    .unwrap_or_else(|| LlamaToken(argmax(ctx.get_logits_ith(idx))));
+                chain.buf = cur.data;
+                token
+            }
         }
     }
+
+    /// The emitted token enters the penalty windows.
+    pub fn accept(&mut self, token: LlamaToken) {
+        if let Self::Chain(Chain {
+            shape: Some(shape), ..
+        }) = self
+        {
+            shape.accept(token);
+        }
+    }
+
+    /// Every token with its logit after bias and penalties, in id order, in
+    /// the buffer `into` (its contents are replaced; keep it to reuse it).
+    pub fn candidates(
+        &mut self,
+        ctx: &LlamaContext,
+        idx: i32,
+        into: Vec<LlamaTokenData>,
+    ) -> LlamaTokenDataArray {
+        let shape = match self {
+            Self::Greedy => None,
+            Self::Chain(chain) => chain.shape.as_mut(),
+        };
+        shaped(ctx, idx, into, shape)
+    }
+
+    /// Truncates, applies the temperature and draws from `candidates`
+    /// (logits as [`TokenSampler::candidates`] gives them; -inf: excluded).
+    /// `None` when no candidate has a finite logit.
+    pub fn pick(&mut self, candidates: &mut LlamaTokenDataArray) -> Option<LlamaToken> {
+        match self {
+            Self::Greedy => best(candidates),
+            Self::Chain(chain) => {
+                chain.pick.apply(candidates);
+                // A draw can land on a zero-probability candidate (a uniform draw of exactly 0).
+                candidates
+                    .selected
+                    .and_then(|i| candidates.data.get(i))
+                    .filter(|d| d.logit().is_finite())
+                    .map(LlamaTokenData::id)
+            }
+        }
+    }
+
+    pub fn truncation(&self) -> Truncation {
+        match self {
+            Self::Greedy => Truncation {
+                greedy: true,
+                top_k: None,
+                top_p: None,
+            },
+            Self::Chain(chain) => chain.truncation,
+        }
+    }
+}
+
+/// The logits at `idx` in `data`, through `shape` if there is one.
+fn shaped(
+    ctx: &LlamaContext,
+    idx: i32,
+    mut data: Vec<LlamaTokenData>,
+    shape: Option<&mut LlamaSampler>,
+) -> LlamaTokenDataArray {
+    data.clear();
+    data.extend(ctx.candidates_ith(idx));
+    let mut cur = LlamaTokenDataArray::new(data, false);
+    if let Some(shape) = shape {
+        shape.apply(&mut cur);
+    }
+    cur
+}
+
+/// The most likely candidate with a finite logit (the lowest id of equals).
+fn best(candidates: &LlamaTokenDataArray) -> Option<LlamaToken> {
+    candidates
+        .data
+        .iter()
+        .filter(|d| d.logit().is_finite())
+        .min_by(|a, b| {
+            b.logit()
+                .total_cmp(&a.logit())
+                .then(a.id().0.cmp(&b.id().0))
+        })
+        .map(LlamaTokenData::id)
 }
 
 /// The sampler for choice `choice` of a request: the chain is logit bias →
@@ -48,7 +175,7 @@ pub fn build(
     if params.temperature <= 0.0 && !penalties && !repetition && !biased {
         return TokenSampler::Greedy;
     }
-    let mut chain = Vec::with_capacity(8);
+    let mut shape = Vec::with_capacity(3);
     if biased {
         let biases: Vec<_> = params
             .logit_bias
@@ -62,17 +189,17 @@ pub fn build(
                 LlamaLogitBias::new(LlamaToken(id), bias)
             })
             .collect();
-        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+        shape.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
     if repetition {
         let mut rep =
             LlamaSampler::penalties(n_vocab, PENALTY_WINDOW, params.repetition_penalty, 0.0, 0.0);
         let from = prompt.len().saturating_sub(PENALTY_WINDOW as usize);
         rep.accept_many(&prompt[from..]);
-        chain.push(rep);
+        shape.push(rep);
     }
     if penalties {
-        chain.push(LlamaSampler::penalties(
+        shape.push(LlamaSampler::penalties(
             n_vocab,
             PENALTY_WINDOW,
             1.0,
@@ -80,27 +207,40 @@ pub fn build(
             params.presence_penalty,
         ));
     }
-    if params.temperature <= 0.0 {
-        chain.push(LlamaSampler::greedy());
+    let mut pick = Vec::with_capacity(5);
+    let mut truncation = Truncation {
+        greedy: params.temperature <= 0.0,
+        top_k: None,
+        top_p: None,
+    };
+    if truncation.greedy {
+        pick.push(LlamaSampler::greedy());
     } else {
         if params.top_k > 0 {
-            chain.push(LlamaSampler::top_k(
-                i32::try_from(params.top_k).unwrap_or(i32::MAX),
-            ));
+            let k = i32::try_from(params.top_k).unwrap_or(i32::MAX);
+            // k of the whole vocabulary or more keeps every token.
+            truncation.top_k = usize::try_from(k).ok().filter(|_| k < n_vocab);
+            pick.push(LlamaSampler::top_k(k));
         }
         if params.top_p < 1.0 {
-            chain.push(LlamaSampler::top_p(params.top_p, 1));
+            truncation.top_p = Some(params.top_p);
+            pick.push(LlamaSampler::top_p(params.top_p, 1));
         }
         if params.min_p > 0.0 {
-            chain.push(LlamaSampler::min_p(params.min_p, 1));
+            pick.push(LlamaSampler::min_p(params.min_p, 1));
         }
-        chain.push(LlamaSampler::temp(params.temperature));
+        pick.push(LlamaSampler::temp(params.temperature));
         let seed = params
             .seed
             .map_or_else(random_seed, |s| s.wrapping_add(choice));
-        chain.push(LlamaSampler::dist(seed));
+        pick.push(LlamaSampler::dist(seed));
     }
-    TokenSampler::Chain(LlamaSampler::chain_simple(chain))
+    TokenSampler::Chain(Chain {
+        shape: (!shape.is_empty()).then(|| LlamaSampler::chain_simple(shape)),
+        pick: LlamaSampler::chain_simple(pick),
+        truncation,
+        buf: Vec::new(),
+    })
 }
 
 /// Index of the first largest logit, as llama.cpp's greedy sampler picks it
