@@ -11,7 +11,7 @@ mod common;
 
 use herd_engines::llama::grammar::{FirstBytes, GrammarGate, GrammarStats, HEAD};
 use herd_engines::llama::sampler::build;
-use herd_engines::{Grammar, SamplingParams};
+use herd_engines::{Grammar, SamplingParams, ToolFormat};
 use herd_gateway::grammar::tools::{Choice, ToolSchema};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -89,8 +89,9 @@ fn grammars() -> Result<Vec<(&'static str, Grammar)>, String> {
         name: "save_countries",
         parameters: Some(&schema),
     }];
-    let tool_call = herd_gateway::grammar::tools::grammar(&tool, &Choice::Required, false)
-        .map_err(|(_, e)| e.message)?;
+    let tool_call = herd_gateway::grammar::tools::compile(&tool, Choice::Required, false)
+        .map_err(|(_, e)| e.message)?
+        .grammar(ToolFormat::Hermes);
     Ok(vec![
         ("json_object", herd_gateway::grammar::json_object()),
         ("json_schema", by_schema),
