@@ -30,11 +30,14 @@ async fn forced_calls_stream_and_reassemble_with_async_openai() -> TestResult {
             name: "get_time".into(),
         },
     });
-    for (seed, choice) in [
-        (0, ChatCompletionToolChoiceOption::Required),
-        (1, ChatCompletionToolChoiceOption::Required),
-        (2, named.clone()),
-        (3, named),
+    // Seed 0 with parallel calls allowed repeats get_weather until max_tokens
+    // (a 135M model at temperature 1): it runs with one call at most, which the
+    // grammar ends; seed 1 keeps parallel calls allowed.
+    for (seed, choice, parallel) in [
+        (0, ChatCompletionToolChoiceOption::Required, false),
+        (1, ChatCompletionToolChoiceOption::Required, true),
+        (2, named.clone(), true),
+        (3, named, true),
     ] {
         let is_named = matches!(choice, ChatCompletionToolChoiceOption::Named(_));
         let req = CreateChatCompletionRequestArgs::default()
@@ -42,6 +45,7 @@ async fn forced_calls_stream_and_reassemble_with_async_openai() -> TestResult {
             .messages([user("What's the weather like in Paris today?")?])
             .tools(tools.clone())
             .tool_choice(choice)
+            .parallel_tool_calls(parallel)
             .temperature(1.0)
             .seed(seed)
             .max_tokens(300u32)
@@ -60,8 +64,8 @@ async fn forced_calls_stream_and_reassemble_with_async_openai() -> TestResult {
                 assert_eq!(name, "get_time");
             }
         }
-        if is_named {
-            assert_eq!(calls.len(), 1, "a named choice is one call");
+        if is_named || !parallel {
+            assert_eq!(calls.len(), 1, "a named choice, or no parallel calls: one call");
         }
     }
     Ok(())
