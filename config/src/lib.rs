@@ -65,7 +65,8 @@ pub struct RawConfig {
     pub idle_timeout_secs: Option<u64>,
     /// Deadline for a request's response head: the whole of a non-streaming request, a stream's start.
     pub request_timeout_secs: Option<u64>,
-    /// Open HTTP connections served at once; more wait in the listen backlog.
+    /// Open HTTP connections served at once; over it, the one longest without a
+    /// request in flight is closed for a newcomer; while all are busy, newcomers wait in the listen backlog.
     pub max_connections: Option<u32>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,

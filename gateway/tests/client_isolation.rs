@@ -1,5 +1,5 @@
 //! One client cannot hurt the others through the engine path: huge prompts do
-//! not stall other requests, a stream nobody reads is cut off with its own
+//! not stall other requests, nor do many streams' prompts being decoded, a stream nobody reads is cut off with its own
 //! error (not a crash) while the other streams go on, and a non-streaming
 //! client that hangs up frees its slot.
 
@@ -90,6 +90,65 @@ async fn huge_prompts_do_not_stall_a_small_request() -> TestResult {
     assert!(
         worst < Duration::from_secs(2),
         "a small request waited {worst:?} behind huge prompts"
+    );
+    Ok(())
+}
+
+/// Sends a streamed completion and returns its time to first text (the
+/// stream is then read to its end in the background, so it keeps its slot).
+async fn stream_ttft(url: String, prompt: String) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/completions"))
+        .json(&json!({"model": MODEL_ID, "prompt": prompt, "max_tokens": 200, "stream": true, "temperature": 0}))
+        .send()
+        .await?;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        if String::from_utf8_lossy(&chunk?).contains("\"text\"") {
+            let ttft = started.elapsed();
+            tokio::spawn(async move { while body.next().await.is_some() {} });
+            return Ok(ttft);
+        }
+    }
+    Err("a stream ended without text".into())
+}
+
+#[tokio::test]
+async fn a_small_request_is_not_held_behind_many_streams_prompts() -> TestResult {
+    // Sixteen streams arrive at once, each with a prompt of ~150 tokens: a few
+    // seconds of prefill on one thread, then sixteen sequences decoding.
+    let streams = 16;
+    let server = Server::start(&["--slots", "17", "--ctx-size", "512"])?;
+    let idle = small_ttft(&server).await?;
+    let loaded: Vec<_> = (0..streams)
+        .map(|i| {
+            let prompt = format!("Stream {i}. {}", COUNTING.repeat(6));
+            tokio::spawn(stream_ttft(server.url.clone(), prompt))
+        })
+        .collect();
+    wait_health(&server, Duration::from_secs(30), |h| {
+        h["slots_busy"] == streams
+    })
+    .await?;
+    // A small request while their prompts are being decoded: before, it waited
+    // for a 512-token step, then shared the next one with them (seconds on
+    // one thread); now its prompt gets the next short step to itself.
+    let small = small_ttft(&server).await?;
+    let mut stream_ttfts = Vec::new();
+    for task in loaded {
+        stream_ttfts.push(task.await??);
+    }
+    stream_ttfts.sort();
+    let median = stream_ttfts[stream_ttfts.len() / 2];
+    eprintln!(
+        "small request TTFT: idle {idle:?}, among {streams} new streams {small:?}; the streams' TTFT: median {median:?}, last {:?}",
+        stream_ttfts.last()
+    );
+    // Relative to the streams' own prefill, which scales with the machine's speed and load alike.
+    assert!(
+        small * 4 < median,
+        "a small request waited {small:?}, the streams' median TTFT was {median:?}"
     );
     Ok(())
 }

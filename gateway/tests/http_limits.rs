@@ -1,7 +1,9 @@
 //! The listener's limits, against a real `herd serve`: a half-sent request
-//! head and a quiet keep-alive are closed after their timeouts, connections
-//! over the cap wait until one closes, and a slow non-streaming request gets a
-//! 504 in OpenAI's shape while a long stream runs to its end.
+//! head and a quiet keep-alive are closed after their timeouts; over the
+//! connection cap a newcomer takes the place of the connection that has gone
+//! longest without a request in flight, and waits only while every
+//! connection has one; a slow non-streaming request gets a 504 in OpenAI's
+//! shape while a long stream runs to its end.
 
 mod common;
 
@@ -114,64 +116,112 @@ fn a_quiet_keep_alive_is_closed_after_the_idle_timeout_not_the_header_timeout() 
 }
 
 #[test]
-fn connections_over_the_cap_wait_until_one_closes() -> TestResult {
+fn over_the_cap_the_connection_waiting_longest_makes_room() -> TestResult {
+    // Timeouts far longer than the test: only making room can serve the newcomers.
     let server = Server::start(&[
         "--max-connections",
         "3",
         "--header-read-timeout-secs",
-        "2",
+        "300",
         "--idle-timeout-secs",
-        "120",
+        "300",
     ])?;
-    // Three kept-alive connections take every place.
-    let mut held = Vec::new();
+    // Three half-sent heads (slowloris) take every place, oldest first.
+    let mut slow = Vec::new();
     for _ in 0..3 {
         let mut s = connect(&server)?;
-        assert_eq!(get_health(&mut s, Duration::from_secs(10))?, Some(200));
-        held.push(s);
+        s.write_all(b"GET /health HTTP/1.1\r\nHo")?;
+        slow.push(s);
+        std::thread::sleep(Duration::from_millis(50));
     }
-    // A fourth connects (the kernel's backlog takes it) but is not served yet.
+    // A client that sends its request at once is served (before: only once a
+    // place freed, after the 300 s header timeout).
+    let started = Instant::now();
+    let mut good = connect(&server)?;
+    assert_eq!(get_health(&mut good, Duration::from_secs(20))?, Some(200));
+    eprintln!("served over the cap after {:?}", started.elapsed());
+    // The oldest half-sent head made room; the other two still hold theirs.
+    assert!(closed_within(&mut slow[0], Duration::from_secs(5))?.is_some());
+    for s in &mut slow[1..] {
+        assert_eq!(closed_within(s, Duration::from_millis(300))?, None);
+    }
+    // Next comes the next oldest: a half-sent head that waited longer than
+    // `good`, which is idle since its answer.
+    let mut next = connect(&server)?;
+    assert_eq!(get_health(&mut next, Duration::from_secs(20))?, Some(200));
+    assert!(closed_within(&mut slow[1], Duration::from_secs(5))?.is_some());
+    assert_eq!(closed_within(&mut slow[2], Duration::from_millis(300))?, None);
+    let mut third = connect(&server)?;
+    assert_eq!(get_health(&mut third, Duration::from_secs(20))?, Some(200));
+    assert!(closed_within(&mut slow[2], Duration::from_secs(5))?.is_some());
+    // Then kept-alive connections, the longest idle first: `good`.
     let mut fourth = connect(&server)?;
+    assert_eq!(get_health(&mut fourth, Duration::from_secs(20))?, Some(200));
+    assert!(closed_within(&mut good, Duration::from_secs(5))?.is_some());
+    assert_eq!(closed_within(&mut next, Duration::from_millis(300))?, None);
+    Ok(())
+}
+
+/// Sends a streamed completion that runs for a long time and reads until its first event.
+fn start_stream(server: &Server) -> Result<TcpStream, Box<dyn std::error::Error + Send + Sync>> {
+    let mut s = connect(server)?;
+    let body = json!({"model": MODEL_ID, "prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 3000,
+        "temperature": 0, "stream": true})
+    .to_string();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: herd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data:") {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err("the stream ended before its first event".into());
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok(s)
+}
+
+#[test]
+fn connections_over_the_cap_wait_while_every_one_has_a_request_in_flight() -> TestResult {
+    let server = Server::start(&[
+        "--max-connections",
+        "2",
+        "--slots",
+        "2",
+        "--idle-timeout-secs",
+        "300",
+    ])?;
+    // Two streams in flight take every place; a busy connection is never closed to make room.
+    let mut first = start_stream(&server)?;
+    let _second = start_stream(&server)?;
+    // A third connects (the kernel's backlog takes it) but is not served yet.
+    let mut third = connect(&server)?;
     assert_eq!(
-        get_health(&mut fourth, Duration::from_millis(1500))?,
+        get_health(&mut third, Duration::from_millis(1500))?,
         None,
         "served over the cap"
     );
-    // One closes: the fourth is served, its request already sent.
-    drop(held.remove(0));
+    // The streams are still going.
+    let mut buf = [0u8; 4096];
+    first.set_read_timeout(Some(Duration::from_secs(10)))?;
+    assert!(first.read(&mut buf)? > 0, "a busy connection was closed");
+    // One ends (its client hangs up): the third is served, its request already sent.
+    drop(first);
     let mut rest = Vec::new();
-    let mut buf = [0u8; 1024];
-    fourth.set_read_timeout(Some(Duration::from_secs(10)))?;
+    third.set_read_timeout(Some(Duration::from_secs(20)))?;
     while !String::from_utf8_lossy(&rest).contains("\r\n\r\n") {
-        let n = fourth.read(&mut buf)?;
+        let n = third.read(&mut buf)?;
         if n == 0 {
             return Err("the waiting connection was closed, not served".into());
         }
         rest.extend_from_slice(&buf[..n]);
     }
     assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"));
-    drop((held, fourth));
-
-    // Three half-sent heads hold every place until the header timeout frees them.
-    let mut slow = Vec::new();
-    for _ in 0..3 {
-        let mut s = connect(&server)?;
-        s.write_all(b"GET /health HTTP/1.1\r\nHo")?;
-        slow.push(s);
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let started = Instant::now();
-    let mut good = connect(&server)?;
-    assert_eq!(get_health(&mut good, Duration::from_secs(20))?, Some(200));
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1000),
-        "served after {waited:?}: the cap did not hold"
-    );
-    assert!(
-        waited < Duration::from_secs(15),
-        "served only after {waited:?}"
-    );
     Ok(())
 }
 

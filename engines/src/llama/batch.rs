@@ -1,7 +1,8 @@
 //! Continuous batching: one llama.cpp context, one sequence per slot. Each
-//! step feeds every decoding sequence its last sampled token plus prompt
-//! chunks of newly admitted sequences, decodes once, and samples each
-//! sequence with its own sampler. A slot keeps the KV of its last
+//! step feeds what `plan.rs` picks within the budget `pace.rs` keeps steps
+//! short with (a small prompt first, else the decoding sequences' last
+//! sampled tokens in turn, or chunks of longer prompts), decodes once, and
+//! samples each fed sequence with its own sampler. A slot keeps the KV of its last
 //! conversation, so a follow-up turn that extends it decodes only the new part.
 //! A request for `n` choices takes `n` slots: one decodes the prompt, and its
 //! KV is copied to the others (`llama_memory_seq_cp`) before their first sample.
@@ -23,6 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod choice;
+mod pace;
+mod plan;
+
+use pace::{Pace, StepClock};
+use plan::{plan, Turn, Want};
 
 pub enum Command {
     Generate {
@@ -41,10 +47,8 @@ pub enum Command {
     Shutdown,
 }
 
-/// Tokens decoded per step across all sequences.
+/// Tokens decoded per step across all sequences, at most (the pace sets fewer).
 const BATCH_TOKENS: usize = 512;
-/// Prompt tokens waiting up to this many get a step before the streams' next tokens.
-const SHORT_PROMPT: usize = 256;
 const STATS_EVERY: Duration = Duration::from_millis(200);
 
 pub struct BatchLoop<'m> {
@@ -58,8 +62,10 @@ pub struct BatchLoop<'m> {
     batch: LlamaBatch<'static>,
     clock: u64,
     last_stats: Instant,
-    /// The last step fed only prompts (see `step`).
-    prompts_went_first: bool,
+    /// Tokens per step, learnt from how long steps take.
+    pace: Pace,
+    /// What the last step left to the next (see `plan.rs`).
+    turn: Turn,
     alive: bool,
     /// Read from the vocabulary at the first grammar-constrained request.
     first_bytes: OnceCell<Arc<FirstBytes>>,
@@ -91,7 +97,8 @@ impl<'m> BatchLoop<'m> {
             batch: LlamaBatch::new(BATCH_TOKENS, 1),
             clock: 0,
             last_stats: Instant::now(),
-            prompts_went_first: false,
+            pace: Pace::new(BATCH_TOKENS),
+            turn: Turn::default(),
             alive: true,
             first_bytes: OnceCell::new(),
         }
@@ -246,73 +253,37 @@ impl<'m> BatchLoop<'m> {
         Ok(())
     }
 
+    /// One decode: what [`plan`] picks, within the [`Pace`]'s budget.
     fn step(&mut self) {
+        let clock = StepClock::start();
         self.batch.clear();
-        let mut budget = BATCH_TOKENS;
-        // A short prompt just admitted goes first, in a step of its own, so its
-        // first token waits for one small decode rather than for every stream's
-        // next token too; never twice in a row, so the streams keep moving.
-        let waiting: usize = self
+        let wants: Vec<Want> = self
             .slots
             .iter()
-            .filter_map(|s| s.active.as_ref())
-            .filter(|a| a.shares_prompt_of.is_none())
-            .map(|a| a.prompt.len().saturating_sub(a.fed))
-            .sum();
-        let prompts_first = waiting > 0 && waiting <= SHORT_PROMPT && !self.prompts_went_first;
-        self.prompts_went_first = prompts_first;
-        // Decoding sequences first: one token each keeps every stream moving.
-        for slot in self.slots.iter_mut().filter(|_| !prompts_first) {
-            let Some(active) = slot.active.as_mut() else {
-                continue;
-            };
-            let Some(token) = active.next.take() else {
-                continue;
-            };
-            let idx = self.batch.n_tokens();
-            if self
-                .batch
-                .add(token, slot.kv.len() as i32, &[slot.seq], true)
-                .is_err()
-            {
-                active.next = Some(token);
-                continue;
-            }
-            active.logits_at = Some(idx);
-            slot.kv.push(token);
-            budget -= 1;
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                let a = s.active.as_ref()?;
+                let own_prompt = a.shares_prompt_of.is_none();
+                Some(Want {
+                    slot,
+                    decode: a.next.is_some(),
+                    prompt_left: if own_prompt { a.prompt.len().saturating_sub(a.fed) } else { 0 },
+                    prompt_started: a.fed > a.cached,
+                    prompt_len: a.prompt.len(),
+                })
+            })
+            .collect();
+        let budget = self.pace.budget();
+        let plan = plan(&wants, budget, self.turn);
+        self.turn = plan.next;
+        for &(slot, n) in &plan.prompts {
+            self.feed_prompt(slot, n);
         }
-        // Then prompt chunks of newly admitted sequences with what is left.
-        for slot in &mut self.slots {
-            if budget == 0 {
-                break;
-            }
-            let Some(active) = slot.active.as_mut() else {
-                continue;
-            };
-            if active.fed >= active.prompt.len() || active.shares_prompt_of.is_some() {
-                continue;
-            }
-            let end = (active.fed + budget).min(active.prompt.len());
-            for i in active.fed..end {
-                let last = i + 1 == active.prompt.len();
-                let idx = self.batch.n_tokens();
-                if self
-                    .batch
-                    .add(active.prompt[i], slot.kv.len() as i32, &[slot.seq], last)
-                    .is_err()
-                {
-                    break;
-                }
-                if last {
-                    active.logits_at = Some(idx);
-                }
-                slot.kv.push(active.prompt[i]);
-                active.fed += 1;
-                budget -= 1;
-            }
+        for &slot in &plan.decodes {
+            self.feed_next(slot);
         }
-        if self.batch.n_tokens() == 0 {
+        let fed = usize::try_from(self.batch.n_tokens()).unwrap_or(0);
+        if fed == 0 {
             return;
         }
         if let Err(e) = self.ctx.decode(&mut self.batch) {
@@ -342,6 +313,54 @@ impl<'m> BatchLoop<'m> {
             let logprob = active.logprobs.map(|top| self.logprob(idx, token, top));
             self.on_token(i, token, logprob);
         }
+        self.pace.observe(fed, budget, clock.own_time());
+    }
+
+    /// Adds the next `n` tokens of the prompt in `slot`; its last one asks for logits.
+    fn feed_prompt(&mut self, slot_idx: usize, n: usize) {
+        let slot = &mut self.slots[slot_idx];
+        let Some(active) = slot.active.as_mut() else {
+            return;
+        };
+        let end = (active.fed + n).min(active.prompt.len());
+        for i in active.fed..end {
+            let last = i + 1 == active.prompt.len();
+            let idx = self.batch.n_tokens();
+            if self
+                .batch
+                .add(active.prompt[i], slot.kv.len() as i32, &[slot.seq], last)
+                .is_err()
+            {
+                break;
+            }
+            if last {
+                active.logits_at = Some(idx);
+            }
+            slot.kv.push(active.prompt[i]);
+            active.fed += 1;
+        }
+    }
+
+    /// Adds the token last sampled in `slot`, asking for its logits.
+    fn feed_next(&mut self, slot_idx: usize) {
+        let slot = &mut self.slots[slot_idx];
+        let Some(active) = slot.active.as_mut() else {
+            return;
+        };
+        let Some(token) = active.next.take() else {
+            return;
+        };
+        let idx = self.batch.n_tokens();
+        if self
+            .batch
+            .add(token, slot.kv.len() as i32, &[slot.seq], true)
+            .is_err()
+        {
+            active.next = Some(token);
+            return;
+        }
+        active.logits_at = Some(idx);
+        slot.kv.push(token);
     }
 
     fn on_token(&mut self, slot_idx: usize, token: LlamaToken, logprob: Option<TokenLogprob>) {

@@ -1,9 +1,12 @@
 //! The engine host: a child process that owns one llama.cpp model and context.
-//! Threads: a reader (commands in; it only routes, so a Generate or Cancel is
-//! never held up), two prepare workers (template + tokenize, see
-//! `prepare_pool`: never behind generation, small prompts never behind big
-//! ones), the batch loop (owns the context), and a writer (events out). When
-//! the gateway goes away the socket closes and the host exits.
+//! Threads: two readers, one per connection to the gateway (commands in; they
+//! only route, so a Generate or Cancel is never held up; prompts over 64 KiB
+//! come on the second connection, so no command waits behind megabytes of
+//! someone else's prompt on the wire), two prepare workers (template +
+//! tokenize, see `prepare_pool`: never behind generation, small prompts never
+//! behind big ones), the batch loop (owns the context), and a writer (events
+//! out, on the first connection). When the gateway goes away the sockets
+//! close and the host exits.
 
 use super::batch::{BatchLoop, Command};
 use super::embed::EmbedLoop;
@@ -102,6 +105,8 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
 
     let stream = UnixStream::connect(&args.socket)?;
     let reader = BufReader::new(stream.try_clone()?);
+    // Accepted second: the gateway tells the two apart by their order.
+    let bulk = BufReader::new(UnixStream::connect(&args.socket)?);
     let (event_tx, event_rx) = sync_channel::<FromHost>(EVENT_QUEUE);
     let (cmd_tx, cmd_rx) = sync_channel::<Command>(COMMAND_QUEUE);
     let info = ModelInfo {
@@ -134,8 +139,11 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
             let (preparer, queue, events) = (&preparer, &queue, event_tx.clone());
             scope.spawn(move || preparer.work(queue, lane, &events));
         }
-        let (queue, refusals) = (&queue, event_tx.clone());
-        scope.spawn(move || read_commands(reader, queue, &cmd_tx, &refusals));
+        for reader in [reader, bulk] {
+            let (queue, refusals, cmds) = (&queue, event_tx.clone(), cmd_tx.clone());
+            scope.spawn(move || read_commands(reader, queue, &cmds, &refusals));
+        }
+        drop(cmd_tx);
         match embedding {
             Some(info) => EmbedLoop::new(&model, ctx, info, embed_batch, event_tx).run(cmd_rx),
             None => BatchLoop::new(&model, ctx, args.slots, args.ctx_size, event_tx).run(cmd_rx),
@@ -194,8 +202,8 @@ pub fn usable_template(model: &LlamaModel) -> Option<LlamaChatTemplate> {
         .map(|_| template)
 }
 
-/// Routes each command: prompts to the prepare queue (a full queue answers at
-/// once), the rest to the batch loop.
+/// Routes each command of one connection: prompts to the prepare queue (a
+/// full queue answers at once), the rest to the batch loop.
 fn read_commands(
     reader: BufReader<UnixStream>,
     prepares: &PrepareQueue,

@@ -54,7 +54,7 @@ pub struct PrepareQueue {
 }
 
 /// A prompt's size for ordering and bounds: the text the client sent.
-fn size(input: &PromptInput) -> usize {
+pub fn prompt_bytes(input: &PromptInput) -> usize {
     match input {
         PromptInput::Text(text) => text.len(),
         PromptInput::Chat(messages) => messages
@@ -68,7 +68,7 @@ fn size(input: &PromptInput) -> usize {
 impl PrepareQueue {
     /// Queues a prompt, or hands it back with the reason it was refused.
     pub fn push(&self, job: Job) -> Result<(), (Job, EngineError)> {
-        let bytes = size(&job.input);
+        let bytes = prompt_bytes(&job.input);
         let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         // One prompt larger than the byte bound is still taken when nothing else waits.
         let full = w.jobs.len() >= MAX_JOBS || (!w.jobs.is_empty() && w.bytes + bytes > MAX_BYTES);

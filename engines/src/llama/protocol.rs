@@ -1,5 +1,9 @@
 //! The framed protocol between the gateway and an engine host child: one JSON
 //! object per line over a Unix socket. Request ids are chosen by the gateway.
+//! The host opens two connections: events come back on the first; commands
+//! go on the first too, except prompts too big for the small-prompt lane
+//! ([`ToHost::is_bulk`]), which go on the second, so that no other request's
+//! command waits behind their bytes.
 
 use crate::{
     Delta, EmbedInput, Embeddings, EngineError, FinishReason, ModelInfo, PreparedPrompt,
@@ -30,6 +34,15 @@ pub enum ToHost {
         id: RequestId,
         inputs: Vec<EmbedInput>,
     },
+}
+
+impl ToHost {
+    /// A prompt the second connection carries: one the small-prompt worker
+    /// would not take either (`prepare_pool`).
+    pub fn is_bulk(&self) -> bool {
+        matches!(self, ToHost::Prepare { input, .. }
+            if super::prepare_pool::prompt_bytes(input) > super::prepare_pool::SMALL_PROMPT_BYTES)
+    }
 }
 
 /// Engine host → gateway.
@@ -110,5 +123,23 @@ mod tests {
             assert_eq!(serde_json::from_str::<FromHost>(&line)?, m);
         }
         Ok(())
+    }
+
+    #[test]
+    fn only_prompts_over_the_small_lane_go_on_the_second_connection() {
+        let prepare = |bytes: usize| ToHost::Prepare {
+            id: 1,
+            input: crate::PromptInput::Text("x".repeat(bytes)),
+        };
+        let small = super::super::prepare_pool::SMALL_PROMPT_BYTES;
+        assert!(!prepare(small).is_bulk());
+        assert!(prepare(small + 1).is_bulk());
+        assert!(!ToHost::Cancel { id: 1 }.is_bulk());
+        let tokens = ToHost::Generate {
+            id: 1,
+            tokens: vec![0; 100_000],
+            params: crate::SamplingParams::default(),
+        };
+        assert!(!tokens.is_bulk(), "a Generate stays ordered with its Cancel");
     }
 }

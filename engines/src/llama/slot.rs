@@ -17,6 +17,8 @@ pub struct Active {
     pub prompt: Vec<LlamaToken>,
     /// Prompt tokens already in the KV cache (cached prefix included).
     pub fed: usize,
+    /// Prompt tokens that were in the KV cache when it started (the cached prefix).
+    pub cached: usize,
     /// Another choice of the same request, in this slot, decodes the prompt;
     /// its KV is copied here once it is done (then this is `None`).
     pub shares_prompt_of: Option<usize>,
@@ -102,6 +104,7 @@ mod tests {
             index: 0,
             prompt: toks(&[1]),
             fed: 0,
+            cached: 0,
             shares_prompt_of: None,
             sampler: TokenSampler::Greedy,
             logprobs: None,

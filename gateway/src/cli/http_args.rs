@@ -15,7 +15,8 @@ pub struct HttpArgs {
     /// Seconds a request may take until its response starts (all of a non-streaming one); then 504.
     #[arg(long, env = "HERD_REQUEST_TIMEOUT_SECS", value_name = "SECS")]
     pub request_timeout_secs: Option<u64>,
-    /// Connections served at once; more wait in the listen backlog until one closes.
+    /// Connections served at once; over it, the one longest without a request in
+    /// flight is closed for a newcomer; while all are busy, newcomers wait in the listen backlog.
     #[arg(long, env = "HERD_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<u32>,
 }

@@ -11,12 +11,14 @@
 //! The phase changes on three events: a read that brings bytes, a request
 //! handed to the router, and that request's response body dropped (fully
 //! sent, or abandoned). [`Activity::expired`] resolves when the phase's
-//! deadline passes.
+//! deadline passes, or when the listener needs the connection's place for a
+//! new one ([`Activity::evict`], see `conn_room.rs`) and nothing is in flight.
 
 use axum::body::{Body, Bytes};
 use http_body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,6 +46,7 @@ enum Phase {
 pub enum Expiry {
     SlowHead,
     Idle,
+    Evicted,
 }
 
 impl Expiry {
@@ -51,12 +54,15 @@ impl Expiry {
         match self {
             Self::SlowHead => "no complete request head within header_read_timeout",
             Self::Idle => "idle for idle_timeout",
+            Self::Evicted => "at max_connections, the longest without a request in flight",
         }
     }
 }
 
 pub struct Activity {
     phase: Mutex<Phase>,
+    /// Asked to close as soon as nothing is in flight (set once, never cleared).
+    evicted: AtomicBool,
     changed: Notify,
 }
 
@@ -67,12 +73,38 @@ impl Activity {
             phase: Mutex::new(Phase::Head {
                 since: Instant::now(),
             }),
+            evicted: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
 
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
         self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Since when the connection has had nothing in flight (waiting for a
+    /// head, or idle); `None` while busy or once evicted.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        if self.evicted.load(Ordering::Relaxed) {
+            return None;
+        }
+        match *self.phase() {
+            Phase::Head { since } | Phase::Idle { since } => Some(since),
+            Phase::Busy { .. } => None,
+        }
+    }
+
+    /// Asks the connection to close, now if nothing is in flight, else when
+    /// its requests end. False if it was busy (it is then left alone).
+    pub fn evict(&self) -> bool {
+        let phase = self.phase();
+        if matches!(*phase, Phase::Busy { .. }) {
+            return false;
+        }
+        self.evicted.store(true, Ordering::Relaxed);
+        drop(phase);
+        self.changed.notify_one();
+        true
     }
 
     fn bytes_read(&self) {
@@ -115,13 +147,15 @@ impl Activity {
     }
 
     /// Resolves once the connection has spent too long without a request
-    /// head (`head`) or without anything at all (`idle`); never while busy.
+    /// head (`head`) or without anything at all (`idle`), or was evicted;
+    /// never while busy.
     pub async fn expired(&self, head: Duration, idle: Duration) -> Expiry {
         loop {
             let deadline = match *self.phase() {
+                Phase::Busy { .. } => None,
+                _ if self.evicted.load(Ordering::Relaxed) => return Expiry::Evicted,
                 Phase::Head { since } => Some((since + head, Expiry::SlowHead)),
                 Phase::Idle { since } => Some((since + idle, Expiry::Idle)),
-                Phase::Busy { .. } => None,
             };
             match deadline {
                 Some((at, why)) if Instant::now() >= at => return why,
@@ -273,6 +307,24 @@ mod tests {
         let from = Instant::now();
         assert_eq!(a.expired(HEAD, IDLE).await, Expiry::SlowHead);
         assert_eq!(from.elapsed(), HEAD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_connection_closes_at_once_unless_busy_then_when_it_is_done() {
+        let a = Activity::new();
+        assert!(a.waiting_since().is_some());
+        assert!(a.evict());
+        assert!(a.waiting_since().is_none(), "evicted twice");
+        let from = Instant::now();
+        assert_eq!(a.expired(HEAD, IDLE).await, Expiry::Evicted);
+        assert_eq!(from.elapsed(), Duration::ZERO);
+
+        let busy = Activity::new();
+        let guard = busy.request();
+        assert!(busy.waiting_since().is_none());
+        assert!(!busy.evict(), "a busy connection was evicted");
+        drop(guard);
+        assert!(busy.waiting_since().is_some());
     }
 
     #[tokio::test(start_paused = true)]

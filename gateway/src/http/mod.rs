@@ -1,6 +1,7 @@
 //! The HTTP surface, built in one function so the middleware order is visible.
 
 pub mod cluster;
+mod conn_room;
 mod conn_watch;
 mod context;
 mod embeddings;

@@ -2,10 +2,13 @@
 //! (HTTP/1.1, and HTTP/2 with prior knowledge) with the limits `axum::serve`
 //! does not set, so that no client can hold a socket or memory for ever.
 //!
-//! - **Connection cap** (`max_connections`): the accept loop takes a permit
-//!   before it accepts, so over the cap new connections wait in the kernel's
-//!   listen backlog and are served, in order, as others close. Nobody is
-//!   refused; the two timeouts below bound how long anyone holds a place.
+//! - **Connection cap** (`max_connections`): each connection holds one of
+//!   that many places. Over the cap, the connection that has gone longest
+//!   without a request in flight (owing its request head, or idle) is closed
+//!   to make room for the new one (`conn_room.rs`), so clients that hold a
+//!   place doing nothing cannot keep others out; while every connection has
+//!   a request in flight, newcomers wait in the kernel's listen backlog and
+//!   are served, in order, as others close. Nobody is refused.
 //! - **Header read timeout** (`header_read_timeout`): a connection must
 //!   deliver a complete request head this long after it opens, or after the
 //!   first byte of its next request; otherwise it is closed.
@@ -20,6 +23,7 @@
 //! requests and close, wait for them (the caller bounds the wait and drops
 //! this future, which drops every connection).
 
+use super::conn_room::{Connections, Registered};
 use super::conn_watch::{Activity, Guarded, Tracked};
 use crate::openai::ApiError;
 use axum::body::Body;
@@ -33,7 +37,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
@@ -45,6 +49,11 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let live = Arc::new(Connections::default());
+    // Accepting (which may wait for a place) runs apart, so that nothing here
+    // cancels it halfway and drops a connection it has just taken.
+    let (accepted_tx, mut accepted) = mpsc::channel(1);
+    let acceptor = tokio::spawn(accept_loop(listener, permits, live.clone(), accepted_tx));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
@@ -52,38 +61,56 @@ pub async fn serve(
         tokio::select! {
             () = &mut stop => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            (tcp, permit) = accept(&listener, &permits) => {
-                connections.spawn(connection(tcp, permit, app.clone(), limits, drain_rx.clone()));
+            Some((tcp, permit)) = accepted.recv() => {
+                let activity = Activity::new();
+                let place = Place { _permit: permit, _entry: live.register(activity.clone()) };
+                connections.spawn(connection(tcp, place, activity, app.clone(), limits, drain_rx.clone()));
             }
         }
     }
-    drop(listener);
+    // Stop accepting: the listener closes with the acceptor.
+    acceptor.abort();
+    let _ = acceptor.await;
     let _ = drain_tx.send(true);
     while connections.join_next().await.is_some() {}
 }
 
-/// The next connection, once the cap allows one more.
-async fn accept(
-    listener: &TcpListener,
-    permits: &Arc<Semaphore>,
-) -> (TcpStream, OwnedSemaphorePermit) {
+/// Accepts connections, each with its place under the cap (made by closing
+/// one with nothing in flight if need be), until the server stops.
+async fn accept_loop(
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    live: Arc<Connections>,
+    accepted: mpsc::Sender<(TcpStream, OwnedSemaphorePermit)>,
+) {
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            // The semaphore is never closed; if it were, accept nothing more.
-            return std::future::pending().await;
-        };
-        match listener.accept().await {
-            Ok((tcp, _)) => return (tcp, permit),
+        // The newcomer first, then its place: nothing is closed to make room
+        // before someone is there to take it.
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
             // That one connection went away before we took it.
-            Err(e) if is_connection_error(&e) => {}
+            Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 // Out of file descriptors (or memory): wait for some to close.
                 tracing::warn!("cannot accept a connection: {e}");
-                drop(permit);
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        // The semaphore is never closed; if it were, accept nothing more.
+        let Some(permit) = live.place(&permits).await else {
+            return;
+        };
+        if accepted.send((tcp, permit)).await.is_err() {
+            return;
         }
     }
+}
+
+/// What a connection holds while it is served.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    _entry: Registered,
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {
@@ -96,12 +123,12 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 async fn connection(
     tcp: TcpStream,
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
+    activity: Arc<Activity>,
     app: axum::Router,
     limits: HttpLimits,
     mut drain: watch::Receiver<bool>,
 ) {
-    let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(tcp, activity.clone()));
     let watched = activity.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {

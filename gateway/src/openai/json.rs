@@ -1,11 +1,17 @@
 //! A JSON extractor whose every rejection (too large, unreadable, malformed,
 //! wrong types) is an OpenAI-shaped error instead of axum's plain text.
+//! A big body is parsed on a blocking thread: megabytes of JSON take
+//! milliseconds of CPU that the async runtime's few workers (one per core)
+//! owe to every other connection.
 
 use super::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+
+/// Bodies up to this size are parsed where they are read.
+const PARSE_INLINE_MAX: usize = 64 << 10;
 
 /// Set by the app from config so the 413 message can name the limit.
 #[derive(Clone, Copy)]
@@ -20,7 +26,7 @@ pub struct OpenAiJson<T> {
 impl<S, T> FromRequest<S> for OpenAiJson<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned,
+    T: DeserializeOwned + Send + 'static,
 {
     type Rejection = ApiError;
 
@@ -33,7 +39,14 @@ where
                 ApiError::InvalidJson(format!("could not read the request body: {rejection}"))
             }
         })?;
-        let value = parse_body(&bytes)?;
+        let value = if bytes.len() <= PARSE_INLINE_MAX {
+            parse_body(&bytes)?
+        } else {
+            let body = bytes.clone();
+            tokio::task::spawn_blocking(move || parse_body(&body))
+                .await
+                .map_err(|e| ApiError::InvalidJson(format!("the request body could not be parsed: {e}")))??
+        };
         Ok(OpenAiJson { value, raw: bytes })
     }
 }

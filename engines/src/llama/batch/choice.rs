@@ -25,6 +25,7 @@ impl BatchLoop<'_> {
             index,
             prompt: prompt.to_vec(),
             fed,
+            cached: fed,
             shares_prompt_of,
             sampler: sampler::build(params, self.model.n_vocab(), prompt, index),
             logprobs: params.logprobs,

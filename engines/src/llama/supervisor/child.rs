@@ -1,4 +1,8 @@
-//! One engine host process and its socket: spawn, handshake, framed I/O.
+//! One engine host process and its two connections: spawn, handshake, framed
+//! I/O. Events come back on the first; commands go on the first, except big
+//! prompts ([`ToHost::is_bulk`]), which a thread of their own writes on the
+//! second, so that neither their bytes nor their encoding hold up a small
+//! request's commands (nor the async runtime).
 
 use super::LlamaEngineConfig;
 use crate::llama::protocol::{FromHost, ToHost};
@@ -12,6 +16,8 @@ use tokio::task::JoinHandle;
 
 /// Commands queued for the host's socket.
 const WRITE_QUEUE: usize = 1024;
+/// Big prompts queued for the second connection (the host's prepare queue bounds their bytes).
+const BULK_QUEUE: usize = 256;
 /// Events read from the host, waiting for the supervisor.
 const READ_QUEUE: usize = 4096;
 /// How much of the host's last stderr line an exit reason quotes.
@@ -24,6 +30,7 @@ pub enum ChildEvent {
 
 pub struct ChildConn {
     writes: mpsc::Sender<ToHost>,
+    bulk: mpsc::Sender<ToHost>,
     reads: mpsc::Receiver<ChildEvent>,
     // Owns the process (killed on drop) and the socket directory.
     _child: tokio::task::JoinHandle<()>,
@@ -110,15 +117,30 @@ impl ChildConn {
             },
             _ => return Err(describe_exit(child.wait().await, stderr.take()).await),
         };
+        // The host opens its second connection right after the first.
+        let bulk = match tokio::time::timeout(config.startup_timeout, listener.accept()).await {
+            Ok(Ok((stream, _))) => stream
+                .into_std()
+                .and_then(|s| s.set_nonblocking(false).map(|()| s))
+                .map_err(|e| format!("engine host's second connection: {e}"))?,
+            Ok(Err(e)) => return Err(format!("engine host's second connection: {e}")),
+            Err(_) => return Err("engine host did not open its second connection".into()),
+        };
         tracing::info!(pid, "engine host connected");
 
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE);
         let (read_tx, read_rx) = mpsc::channel(READ_QUEUE);
+        std::thread::Builder::new()
+            .name("herd-engine-bulk".into())
+            .spawn(move || write_bulk(std::io::BufWriter::new(bulk), bulk_rx))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
         tokio::spawn(write_loop(BufWriter::new(write_half), write_rx));
         let watcher = tokio::spawn(watch(child, lines, read_tx, stderr));
         Ok((
             Self {
                 writes: write_tx,
+                bulk: bulk_tx,
                 reads: read_rx,
                 _child: watcher,
                 _dir: dir,
@@ -129,7 +151,12 @@ impl ChildConn {
 
     /// Queues a command; false when the queue is full or the host is gone.
     pub fn send(&self, msg: ToHost) -> bool {
-        self.writes.try_send(msg).is_ok()
+        let queue = if msg.is_bulk() {
+            &self.bulk
+        } else {
+            &self.writes
+        };
+        queue.try_send(msg).is_ok()
     }
 
     pub async fn recv(&mut self) -> ChildEvent {
@@ -164,6 +191,23 @@ async fn write_loop(
             next = rx.try_recv().ok();
         }
         if out.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes big prompts on the second connection, blocking this thread (not
+/// the runtime) on their encoding and on the host's reading; ends with the
+/// queue or the connection.
+fn write_bulk(
+    mut out: std::io::BufWriter<std::os::unix::net::UnixStream>,
+    mut rx: mpsc::Receiver<ToHost>,
+) {
+    use std::io::Write;
+    while let Some(msg) = rx.blocking_recv() {
+        let written = serde_json::to_writer(&mut out, &msg)
+            .is_ok_and(|()| out.write_all(b"\n").and_then(|()| out.flush()).is_ok());
+        if !written {
             return;
         }
     }
