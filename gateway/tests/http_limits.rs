@@ -150,7 +150,10 @@ fn over_the_cap_the_connection_waiting_longest_makes_room() -> TestResult {
     let mut next = connect(&server)?;
     assert_eq!(get_health(&mut next, Duration::from_secs(20))?, Some(200));
     assert!(closed_within(&mut slow[1], Duration::from_secs(5))?.is_some());
-    assert_eq!(closed_within(&mut slow[2], Duration::from_millis(300))?, None);
+    assert_eq!(
+        closed_within(&mut slow[2], Duration::from_millis(300))?,
+        None
+    );
     let mut third = connect(&server)?;
     assert_eq!(get_health(&mut third, Duration::from_secs(20))?, Some(200));
     assert!(closed_within(&mut slow[2], Duration::from_secs(5))?.is_some());

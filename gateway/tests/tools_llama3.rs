@@ -65,7 +65,11 @@ async fn forced_calls_stream_and_reassemble_with_async_openai() -> TestResult {
             }
         }
         if is_named || !parallel {
-            assert_eq!(calls.len(), 1, "a named choice, or no parallel calls: one call");
+            assert_eq!(
+                calls.len(),
+                1,
+                "a named choice, or no parallel calls: one call"
+            );
         }
     }
     Ok(())

@@ -267,7 +267,11 @@ impl<'m> BatchLoop<'m> {
                 Some(Want {
                     slot,
                     decode: a.next.is_some(),
-                    prompt_left: if own_prompt { a.prompt.len().saturating_sub(a.fed) } else { 0 },
+                    prompt_left: if own_prompt {
+                        a.prompt.len().saturating_sub(a.fed)
+                    } else {
+                        0
+                    },
                     prompt_started: a.fed > a.cached,
                     prompt_len: a.prompt.len(),
                 })

@@ -140,6 +140,9 @@ mod tests {
             tokens: vec![0; 100_000],
             params: crate::SamplingParams::default(),
         };
-        assert!(!tokens.is_bulk(), "a Generate stays ordered with its Cancel");
+        assert!(
+            !tokens.is_bulk(),
+            "a Generate stays ordered with its Cancel"
+        );
     }
 }

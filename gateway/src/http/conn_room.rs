@@ -116,8 +116,14 @@ mod tests {
             async move { all.place(&permits).await.is_some() }
         });
         tokio::task::yield_now().await;
-        assert!(old.waiting_since().is_none(), "the longest idle was not asked to go");
-        assert!(new.waiting_since().is_some(), "the newer one was asked to go");
+        assert!(
+            old.waiting_since().is_none(),
+            "the longest idle was not asked to go"
+        );
+        assert!(
+            new.waiting_since().is_some(),
+            "the newer one was asked to go"
+        );
         assert!(busy.waiting_since().is_none() && !busy.evict());
         drop(held.remove(1));
         assert!(matches!(placing.await, Ok(true)));

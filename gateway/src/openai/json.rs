@@ -45,7 +45,9 @@ where
             let body = bytes.clone();
             tokio::task::spawn_blocking(move || parse_body(&body))
                 .await
-                .map_err(|e| ApiError::InvalidJson(format!("the request body could not be parsed: {e}")))??
+                .map_err(|e| {
+                    ApiError::InvalidJson(format!("the request body could not be parsed: {e}"))
+                })??
         };
         Ok(OpenAiJson { value, raw: bytes })
     }

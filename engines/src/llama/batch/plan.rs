@@ -251,7 +251,11 @@ mod tests {
         wants.push(prompt(6, 500, 500));
         wants.push(prompt(7, 30, 30));
         let p = plan(&wants, 8, Turn::default());
-        assert_eq!(p.prompts, vec![(7, 8)], "the one with fewer tokens left first");
+        assert_eq!(
+            p.prompts,
+            vec![(7, 8)],
+            "the one with fewer tokens left first"
+        );
         let p = plan(&wants, 8, p.next);
         assert_eq!((p.prompts.len(), p.decodes.len()), (0, 6));
         let p = plan(&wants, 8, p.next);
