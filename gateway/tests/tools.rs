@@ -257,7 +257,7 @@ out = []
 for seed in range(3):
     with client.chat.completions.stream(model=sys.argv[3], seed=seed, temperature=1.0, max_tokens=300,
             messages=[{"role": "user", "content": "What's the weather in Tokyo?"}],
-            tools=tools, tool_choice="required") as stream:
+            tools=tools, tool_choice="required", parallel_tool_calls=False) as stream:
         for _ in stream:
             pass
         final = stream.get_final_completion()
@@ -271,6 +271,10 @@ print(json.dumps(out))
 #[test]
 fn python_sdk_reassembles_streamed_tool_calls() -> TestResult {
     // PyPI is reachable wherever the README's setup runs: no Python is a failure, not a skip.
+    // One call per answer (`parallel_tool_calls: false`, which the grammar ends): with
+    // parallel calls allowed, a 135M model at temperature 1 may repeat calls until
+    // max_tokens, depending on the draws (streamed parallel calls are checked through
+    // async-openai above).
     let python = pyenv::python()?;
     let server = Server::start(&[])?;
     let out = pyenv::run(
@@ -283,7 +287,7 @@ fn python_sdk_reassembles_streamed_tool_calls() -> TestResult {
     for run in runs {
         assert_eq!(run["finish"], "tool_calls", "{run}");
         let calls = run["calls"].as_array().ok_or("no calls")?;
-        assert!(!calls.is_empty(), "{run}");
+        assert_eq!(calls.len(), 1, "{run}");
         for call in calls {
             assert_eq!(call["type"], "function");
             assert!(call["id"]
