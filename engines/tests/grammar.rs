@@ -5,6 +5,9 @@
 //! Synthetic logits make each path common; a chi-square test compares
 //! thousands of draws with the distribution computed here.
 
+mod common;
+
+use common::model_path;
 use herd_engines::llama::grammar::{FirstBytes, GrammarGate, GrammarStats};
 use herd_engines::llama::sampler::build;
 use herd_engines::{Grammar, SamplingParams};
@@ -16,7 +19,6 @@ use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -46,17 +48,6 @@ fn loaded() -> Result<&'static Loaded, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
-}
-
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("HERD_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/herd"),
-        PathBuf::from,
-    );
-    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// Words of lowercase letters only: a few thousand tokens, spread over the vocabulary.

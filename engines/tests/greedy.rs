@@ -1,6 +1,9 @@
 //! herd's greedy fast path (argmax straight from the logits) picks exactly the
 //! token llama.cpp's own greedy sampler picks, step by step on the real model.
 
+mod common;
+
+use common::model_path;
 use herd_engines::llama::sampler::{build, TokenSampler};
 use herd_engines::SamplingParams;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -10,20 +13,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("HERD_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/herd"),
-        PathBuf::from,
-    );
-    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
 
 #[test]
 fn greedy_fast_path_matches_llama_cpp_greedy() -> TestResult {

@@ -2,27 +2,18 @@
 //! on SmolLM2's real tokenizer: no text becomes fewer tokens than it claims,
 //! and a 4 MB prompt is refused in a fraction of the time tokenizing takes.
 
+mod common;
+
+use common::model_path;
 use herd_engines::llama::host::usable_template;
 use herd_engines::llama::prepare::{prepare, prepare_within, PromptLimit};
 use herd_engines::{ChatMessage, EngineError, PromptInput};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use std::path::PathBuf;
 use std::time::Instant;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("HERD_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/herd"),
-        PathBuf::from,
-    );
-    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
 
 fn chat(content: String) -> PromptInput {
     PromptInput::Chat(vec![ChatMessage {

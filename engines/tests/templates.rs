@@ -1,29 +1,17 @@
 //! Chat templates come from the GGUF's own metadata: ChatML for SmolLM2; a model
 //! without one (Gemma 3 270M base) refuses chat but still takes raw prompts.
 
+mod common;
+
+use common::{cache_dir, model_path};
 use herd_engines::llama::host::usable_template;
 use herd_engines::llama::prepare::prepare;
 use herd_engines::{ChatMessage, EngineError, PromptInput};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use std::path::PathBuf;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("HERD_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("HERD_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/herd"),
-        PathBuf::from,
-    )
-}
 
 fn text_of(model: &LlamaModel, tokens: &[i32]) -> String {
     let mut bytes = Vec::new();

@@ -3,31 +3,13 @@
 
 mod common;
 
-use async_openai::config::OpenAIConfig;
 use async_openai::types::{
-    ChatCompletionRequestMessage, ChatCompletionRequestUserMessageArgs,
     ChatCompletionStreamOptions, CreateChatCompletionRequestArgs, CreateCompletionRequestArgs,
     FinishReason,
 };
-use async_openai::Client;
-use common::{Server, TestResult, MODEL_ID};
+use common::{client, user, Server, TestResult, MODEL_ID};
 use futures::StreamExt;
 use serde_json::{json, Value};
-
-fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(server.v1())
-            .with_api_key("unused"),
-    )
-}
-
-fn user(text: &str) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
-    Ok(ChatCompletionRequestUserMessageArgs::default()
-        .content(text)
-        .build()?
-        .into())
-}
 
 async fn post(server: &Server, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
     let r = reqwest::Client::new()

@@ -12,10 +12,8 @@ mod common;
 )]
 mod llama_server;
 
-use async_openai::config::OpenAIConfig;
 use async_openai::types::{CreateEmbeddingRequestArgs, EmbeddingInput, EncodingFormat};
-use async_openai::Client;
-use common::{Server, TestResult};
+use common::{client, Server, TestResult};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -55,14 +53,6 @@ slots = 1
 
 fn minilm() -> PathBuf {
     cache().join("models/all-MiniLM-L6-v2.f16.gguf")
-}
-
-fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(server.v1())
-            .with_api_key("unused"),
-    )
 }
 
 async fn post(server: &Server, body: Value) -> Result<(u16, Value), reqwest::Error> {

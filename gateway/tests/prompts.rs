@@ -9,18 +9,10 @@ mod vocab;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::{CreateChatCompletionRequestArgs, CreateCompletionRequestArgs, Prompt};
 use async_openai::Client;
-use common::{Server, TestResult, MODEL_ID};
+use common::{client, Server, TestResult, MODEL_ID};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-
-fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(server.v1())
-            .with_api_key("unused"),
-    )
-}
 
 async fn completion(
     c: &Client<OpenAIConfig>,

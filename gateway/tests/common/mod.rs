@@ -290,3 +290,24 @@ pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
         Err(format!("kill {sig} {pid} failed"))
     }
 }
+
+/// An async-openai client for `server`.
+pub fn client(server: &Server) -> async_openai::Client<async_openai::config::OpenAIConfig> {
+    async_openai::Client::with_config(
+        async_openai::config::OpenAIConfig::new()
+            .with_api_base(server.v1())
+            .with_api_key("unused"),
+    )
+}
+
+/// A user message for async-openai's request builders.
+pub fn user(
+    text: &str,
+) -> Result<async_openai::types::ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
+    Ok(
+        async_openai::types::ChatCompletionRequestUserMessageArgs::default()
+            .content(text)
+            .build()?
+            .into(),
+    )
+}

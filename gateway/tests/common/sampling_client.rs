@@ -3,29 +3,10 @@
 //! What the sampling tests share: an async-openai client for a test server,
 //! chat requests, and raw JSON posts for the fields no SDK type has.
 
+pub use crate::common::{client, user};
 use crate::common::{Server, MODEL_ID};
-use async_openai::config::OpenAIConfig;
-use async_openai::types::{
-    ChatCompletionRequestMessage, ChatCompletionRequestUserMessageArgs,
-    CreateChatCompletionRequestArgs,
-};
-use async_openai::Client;
+use async_openai::types::CreateChatCompletionRequestArgs;
 use serde_json::{json, Value};
-
-pub fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(server.v1())
-            .with_api_key("unused"),
-    )
-}
-
-pub fn user(text: &str) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
-    Ok(ChatCompletionRequestUserMessageArgs::default()
-        .content(text)
-        .build()?
-        .into())
-}
 
 pub fn chat(
     prompt: &str,

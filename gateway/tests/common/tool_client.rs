@@ -4,12 +4,8 @@
 //! call against its tool's schema, and clients (async-openai, raw JSON).
 
 use crate::common::Server;
-use async_openai::config::OpenAIConfig;
-use async_openai::types::{
-    ChatCompletionRequestMessage, ChatCompletionRequestUserMessageArgs,
-    CreateChatCompletionRequest, FinishReason,
-};
-use async_openai::Client;
+pub use crate::common::{client, user};
+use async_openai::types::{CreateChatCompletionRequest, FinishReason};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -57,21 +53,6 @@ pub fn check_call(name: &str, arguments: &str) -> Result<(), String> {
         other => return Err(format!("unknown function {other:?}")),
     }
     Ok(())
-}
-
-pub fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(server.v1())
-            .with_api_key("unused"),
-    )
-}
-
-pub fn user(text: &str) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
-    Ok(ChatCompletionRequestUserMessageArgs::default()
-        .content(text)
-        .build()?
-        .into())
 }
 
 /// A streamed answer's calls, by index, as (id, name, arguments).
