@@ -8,16 +8,18 @@
 //!   step, fewest tokens first (others join only if at most twice as long as
 //!   the first): a small request's first token waits for its own few tokens,
 //!   not for a step of other work, however many streams are decoding or long
-//!   prompts waiting. Never twice in a row while sequences wait to decode.
+//!   prompts waiting. Two may come in a row (a request that arrives during
+//!   one is not sent behind a round of decoding), not three.
 //! - **decode**: one token for each decoding sequence in turn, from where the
 //!   last such step stopped, so every stream moves once per round even when a
 //!   round spans several steps.
 //! - **prefill**: chunks of longer prompts, fewest tokens left first.
 //!
-//! Decode and prefill steps take turns while both have work (a finish step
-//! may come between them), so decoding sequences never wait for more than
-//! two steps, one of them short. Kinds are not mixed within a step because
-//! llama.cpp splits a step into micro-batches of consecutive sequences with
+//! Decode and prefill steps take turns while both have work, and while
+//! sequences wait to decode, the prompt steps between two decode steps feed
+//! at most two steps' budget of tokens in all (a prefill and a finish, or
+//! two finishes, or a prefill and two smaller finishes). Kinds are not mixed
+//! within a step because llama.cpp splits a step into micro-batches of consecutive sequences with
 //! as many tokens each (with a KV cache per sequence), and each micro-batch
 //! reads all the weights: a step of decoding sequences in slot order is one.
 
@@ -52,6 +54,29 @@ pub struct Turn {
     pub cursor: usize,
     /// The last step's kind.
     pub last: Kind,
+    /// Finish steps in a row, up to and including the last step.
+    pub finishes: usize,
+    /// Prompt tokens fed since the last decode step.
+    pub prompted: usize,
+}
+
+impl Turn {
+    fn then(self, last: Kind, cursor: usize, prompted: usize) -> Self {
+        Self {
+            cursor,
+            last,
+            finishes: if last == Kind::Finish {
+                self.finishes + 1
+            } else {
+                0
+            },
+            prompted: if last == Kind::Decode {
+                0
+            } else {
+                self.prompted + prompted
+            },
+        }
+    }
 }
 
 /// One step's feed.
@@ -72,22 +97,26 @@ pub fn plan(wants: &[Want], budget: usize, turn: Turn) -> Plan {
     let mut decoders: Vec<usize> = wants.iter().filter(|w| w.decode).map(|w| w.slot).collect();
     decoders.sort_by_key(|&slot| (slot < turn.cursor, slot));
 
-    if turn.last != Kind::Finish {
-        let finish = finishing(&prompts, budget);
+    // While sequences wait to decode, what prompts may still take before they do.
+    let room = if decoders.is_empty() {
+        budget
+    } else {
+        (2 * budget).saturating_sub(turn.prompted).min(budget)
+    };
+    if turn.finishes < 2 || decoders.is_empty() {
+        let finish = finishing(&prompts, room);
         if !finish.is_empty() {
+            let fed = finish.iter().map(|&(_, n)| n).sum();
             return Plan {
                 prompts: finish,
                 decodes: Vec::new(),
-                next: Turn {
-                    cursor: turn.cursor,
-                    last: Kind::Finish,
-                },
+                next: turn.then(Kind::Finish, turn.cursor, fed),
             };
         }
     }
     let decode_turn = turn.last != Kind::Decode || prompts.is_empty();
     if decoders.is_empty() || !decode_turn {
-        let mut left = budget;
+        let mut left = room;
         let mut chunks = Vec::new();
         for w in &prompts {
             if left == 0 {
@@ -97,13 +126,11 @@ pub fn plan(wants: &[Want], budget: usize, turn: Turn) -> Plan {
             chunks.push((w.slot, n));
             left -= n;
         }
+        let fed = room - left;
         return Plan {
             prompts: chunks,
             decodes: Vec::new(),
-            next: Turn {
-                cursor: turn.cursor,
-                last: Kind::Prefill,
-            },
+            next: turn.then(Kind::Prefill, turn.cursor, fed),
         };
     }
     decoders.truncate(budget);
@@ -112,10 +139,7 @@ pub fn plan(wants: &[Want], budget: usize, turn: Turn) -> Plan {
     Plan {
         prompts: Vec::new(),
         decodes: decoders,
-        next: Turn {
-            cursor,
-            last: Kind::Decode,
-        },
+        next: turn.then(Kind::Decode, cursor, 0),
     }
 }
 
@@ -163,7 +187,12 @@ mod tests {
     }
 
     fn after(last: Kind, cursor: usize) -> Turn {
-        Turn { cursor, last }
+        Turn {
+            cursor,
+            last,
+            finishes: usize::from(last == Kind::Finish),
+            prompted: 0,
+        }
     }
 
     #[test]
@@ -176,13 +205,29 @@ mod tests {
             let p = plan(&wants, 8, after(last, 7));
             assert_eq!(p.prompts, vec![(52, 1)]);
             assert!(p.decodes.is_empty());
-            assert_eq!(p.next, after(Kind::Finish, 7));
+            assert_eq!((p.next.last, p.next.cursor), (Kind::Finish, 7));
         }
-        // Never twice in a row: then the streams, from where they stopped.
+        // One that arrives during a finish step gets the next one too...
         let p = plan(&wants, 8, after(Kind::Finish, 7));
+        assert_eq!(p.prompts, vec![(52, 1)]);
+        // ... but never three in a row: then the streams, from where they stopped.
+        let p = plan(&wants, 8, p.next);
         assert!(p.prompts.is_empty());
         assert_eq!(p.decodes, (7..15).collect::<Vec<_>>());
-        assert_eq!(p.next, after(Kind::Decode, 15));
+        assert_eq!(p.next, Turn::default().then(Kind::Decode, 15, 0));
+    }
+
+    #[test]
+    fn a_second_finish_step_takes_only_what_the_first_left_of_two_budgets() {
+        let mut wants: Vec<Want> = (0..4).map(decoding).collect();
+        wants.extend((4..20).map(|slot| prompt(slot, 1, 23)));
+        let p = plan(&wants, 6, after(Kind::Decode, 0));
+        assert_eq!(p.prompts.len(), 6);
+        let mut after_prefill = Turn::default().then(Kind::Prefill, 0, 6);
+        after_prefill = plan(&wants, 6, after_prefill).next;
+        assert_eq!(after_prefill.prompted, 12);
+        let p = plan(&wants, 6, after_prefill);
+        assert_eq!(p.decodes.len(), 4, "two budgets fed: the streams' turn");
     }
 
     #[test]
@@ -283,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn within_budget_never_idle_and_streams_wait_at_most_two_steps() {
+    fn within_budget_never_idle_and_streams_wait_for_at_most_two_budgets_of_prompt() {
         // Every mix of streams and prompt lengths up to small sizes, run until the prompts are in.
         for streams in 0..12 {
             for left in [0, 1, 3, 7, 40] {
@@ -292,7 +337,7 @@ mod tests {
                     wants.push(prompt(streams, left, left + 5));
                     wants.push(prompt(streams + 1, left * 2, left * 2));
                     let mut turn = Turn::default();
-                    let mut waited = 0;
+                    let (mut waited, mut prompted) = (0, 0);
                     for _ in 0..400 {
                         let p = plan(&wants, budget, turn);
                         let fed: usize =
@@ -301,8 +346,17 @@ mod tests {
                         assert!(fed <= budget, "{case}");
                         let work = wants.iter().any(|w| w.decode || w.prompt_left > 0);
                         assert_eq!(fed > 0, work, "an idle step: {case}");
-                        waited = if p.decodes.is_empty() { waited + 1 } else { 0 };
-                        assert!(waited <= 2 || streams == 0, "{case}");
+                        if p.decodes.is_empty() {
+                            waited += 1;
+                            prompted += fed;
+                        } else {
+                            (waited, prompted) = (0, 0);
+                        }
+                        let streams_wait = wants.iter().any(|w| w.decode);
+                        assert!(
+                            !streams_wait || (waited <= 3 && prompted <= 2 * budget),
+                            "{case}"
+                        );
                         apply(&mut wants, &p);
                         turn = p.next;
                     }
