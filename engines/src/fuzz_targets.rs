@@ -177,6 +177,7 @@ fn from_host(u: &mut Unstructured) -> Result<FromHost> {
                     } else {
                         crate::ToolFormat::Hermes
                     },
+                    max_token_bytes: u.arbitrary()?,
                 },
             }
         }

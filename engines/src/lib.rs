@@ -228,6 +228,11 @@ pub struct ModelInfo {
     /// it has none, or an older engine host did not say).
     #[serde(default)]
     pub tool_format: ToolFormat,
+    /// The most bytes (whitespace left out) one token stands for, when the
+    /// tokenizer gives such a bound: a prompt with more than `ctx_size` times
+    /// as many cannot fit, and is refused before it reaches the engine.
+    #[serde(default)]
+    pub max_token_bytes: Option<u32>,
 }
 
 /// A contiguous run of layers on one device.

@@ -109,7 +109,9 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
     let bulk = BufReader::new(UnixStream::connect(&args.socket)?);
     let (event_tx, event_rx) = sync_channel::<FromHost>(EVENT_QUEUE);
     let (cmd_tx, cmd_rx) = sync_channel::<Command>(COMMAND_QUEUE);
+    let limit = PromptLimit::of(&model, args.ctx_size);
     let info = ModelInfo {
+        max_token_bytes: limit.max_token_bytes().and_then(|n| u32::try_from(n).ok()),
         ctx_size: args.ctx_size,
         slots: args.slots,
         has_chat_template: template.is_some(),
@@ -129,7 +131,7 @@ pub fn run(args: HostArgs) -> Result<(), HostError> {
     let preparer = Preparer {
         model: &model,
         template: template.as_ref(),
-        limit: PromptLimit::of(&model, args.ctx_size),
+        limit,
     };
     let queue = PrepareQueue::default();
 

@@ -20,8 +20,16 @@ pub struct PromptLimit {
     max_token_bytes: Option<usize>,
 }
 
-/// Bytes that tokenizers may drop, or that one token may swallow without limit.
+/// The roles whose contents every llama.cpp chat template keeps (some drop a
+/// tool turn or a system prompt).
+pub const COUNTED: [&str; 2] = ["user", "assistant"];
+
+/// Bytes other than whitespace (which tokenizers may drop, or one token may
+/// swallow without limit).
 fn solid_bytes(text: &str) -> usize {
+    if text.is_ascii() {
+        return text.bytes().filter(|b| !b.is_ascii_whitespace()).count();
+    }
     text.chars()
         .filter(|c| !c.is_whitespace())
         .map(char::len_utf8)
@@ -57,6 +65,14 @@ impl PromptLimit {
         }
     }
 
+    /// The bound an engine host reported ([`ModelInfo::max_token_bytes`](crate::ModelInfo)).
+    pub fn new(ctx_size: u32, max_token_bytes: Option<usize>) -> Self {
+        Self {
+            ctx_size,
+            max_token_bytes,
+        }
+    }
+
     /// The most bytes (whitespace left out) one token stands for; `None` when
     /// this tokenizer gives no such bound.
     pub fn max_token_bytes(&self) -> Option<usize> {
@@ -65,20 +81,48 @@ impl PromptLimit {
 
     /// Tokens `text` becomes at the very least (0 when nothing can be said).
     pub fn min_tokens(&self, text: &str) -> u64 {
+        self.min_tokens_in(&[text])
+    }
+
+    /// Tokens the texts become together at the very least.
+    fn min_tokens_in(&self, texts: &[&str]) -> u64 {
         let Some(per_token) = self.max_token_bytes else {
             return 0;
         };
         // Counting is linear but not free: skip it when the total already fits.
         let ctx = usize::try_from(self.ctx_size).unwrap_or(usize::MAX);
-        if text.len() < ctx.saturating_mul(per_token) {
+        if texts.iter().map(|t| t.len()).sum::<usize>() < ctx.saturating_mul(per_token) {
             return 0;
         }
-        u64::try_from(solid_bytes(text).div_ceil(per_token)).unwrap_or(u64::MAX)
+        let solid: usize = texts.iter().map(|t| solid_bytes(t)).sum();
+        u64::try_from(solid.div_ceil(per_token)).unwrap_or(u64::MAX)
     }
 
     /// Refuses, without tokenizing, a text that cannot fit the context.
     pub fn check(&self, text: &str) -> Result<(), EngineError> {
-        let at_least = self.min_tokens(text);
+        self.refuse(self.min_tokens(text))
+    }
+
+    /// Refuses, before it is rendered, a prompt that cannot fit the context.
+    /// A chat counts its user and assistant turns' contents: llama.cpp's chat
+    /// templates (the only ones the engine host renders with) keep those,
+    /// trimmed at most (`tests/prompt_limit.rs` checks each built-in one).
+    pub fn check_input(&self, input: &PromptInput) -> Result<(), EngineError> {
+        match input {
+            PromptInput::Text(text) => self.check(text),
+            PromptInput::Chat(messages) => {
+                let contents: Vec<&str> = messages
+                    .iter()
+                    .filter(|m| COUNTED.contains(&m.role.as_str()))
+                    .map(|m| m.content.as_str())
+                    .collect();
+                self.refuse(self.min_tokens_in(&contents))
+            }
+            PromptInput::Tokens(_) => Ok(()),
+        }
+    }
+
+    fn refuse(&self, at_least: u64) -> Result<(), EngineError> {
         if at_least >= u64::from(self.ctx_size) {
             return Err(EngineError::PromptTooLong {
                 ctx: self.ctx_size,
@@ -195,5 +239,29 @@ mod tests {
             max_token_bytes: None,
         };
         assert!(unbounded.check(&"x".repeat(1 << 20)).is_ok());
+    }
+
+    #[test]
+    fn a_chat_counts_its_user_and_assistant_turns_together() {
+        let limit = PromptLimit::new(10, Some(4));
+        let turn = |role: &str, content: &str| crate::ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        };
+        let half = "abcd".repeat(5);
+        let chat = |roles: [&str; 2]| PromptInput::Chat(roles.map(|r| turn(r, &half)).to_vec());
+        assert!(matches!(
+            limit.check_input(&chat(["user", "assistant"])),
+            Err(EngineError::PromptTooLong { at_least: 10, .. })
+        ));
+        // A template may drop a tool turn or a system prompt: they prove nothing.
+        assert!(limit.check_input(&chat(["user", "tool"])).is_ok());
+        assert!(limit.check_input(&chat(["system", "user"])).is_ok());
+        assert!(limit
+            .check_input(&PromptInput::Text("abcd".repeat(10)))
+            .is_err());
+        assert!(limit
+            .check_input(&PromptInput::Tokens(vec![1; 100]))
+            .is_ok());
     }
 }

@@ -4,6 +4,7 @@
 use super::{
     unavailable, ActorCmd, LlamaEngineConfig, Shared, Supervisor, COMMAND_QUEUE, EVENTS_PER_REQUEST,
 };
+use crate::llama::prepare::PromptLimit;
 use crate::llama::protocol::RequestId;
 use crate::{
     EmbedRequest, Embeddings, Engine, EngineError, EngineState, EngineStats, GenerateRequest,
@@ -101,6 +102,14 @@ impl Engine for LlamaEngine {
         &self,
         input: PromptInput,
     ) -> BoxFuture<'static, Result<PreparedPrompt, EngineError>> {
+        // What cannot fit is refused here, on the request's own task: its
+        // megabytes are not copied to the engine host only to be refused there.
+        if let Some(info) = self.info() {
+            let per_token = info.max_token_bytes.and_then(|n| usize::try_from(n).ok());
+            if let Err(e) = PromptLimit::new(info.ctx_size, per_token).check_input(&input) {
+                return Box::pin(std::future::ready(Err(e)));
+            }
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cmds = self.cmds.clone();
         let timeout = self.prepare_timeout;
