@@ -1,8 +1,8 @@
 //! A JSON extractor whose every rejection (too large, unreadable, malformed,
 //! wrong types) is an OpenAI-shaped error instead of axum's plain text.
-//! A big body is parsed on a blocking thread: megabytes of JSON take
-//! milliseconds of CPU that the async runtime's few workers (one per core)
-//! owe to every other connection.
+//! A big body is parsed on a parsing thread of lower priority
+//! (`parse_pool.rs`): megabytes of JSON take milliseconds of CPU that the
+//! async runtime's few workers (one per core) owe to every other connection.
 
 use super::error::ApiError;
 use axum::body::Bytes;
@@ -43,11 +43,7 @@ where
             parse_body(&bytes)?
         } else {
             let body = bytes.clone();
-            tokio::task::spawn_blocking(move || parse_body(&body))
-                .await
-                .map_err(|e| {
-                    ApiError::InvalidJson(format!("the request body could not be parsed: {e}"))
-                })??
+            super::parse_pool::run(move || parse_body(&body)).await?
         };
         Ok(OpenAiJson { value, raw: bytes })
     }

@@ -5,6 +5,7 @@ pub mod embeddings;
 pub mod error;
 pub mod json;
 pub mod logprobs;
+mod parse_pool;
 pub mod request;
 pub mod response;
 pub mod responses;
