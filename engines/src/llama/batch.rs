@@ -160,6 +160,7 @@ impl<'m> BatchLoop<'m> {
                 }
             }
             Command::Generate { id, tokens, params } => {
+                tracing::trace!(id, prompt = tokens.len(), "generate received");
                 if let Err(error) = self.admit(id, tokens, &params) {
                     self.emit(FromHost::Failed { id, error });
                 }

@@ -1,19 +1,22 @@
 //! How many tokens one decode step may take: as many as the last steps show
-//! fit in [`STEP_TARGET`] of the step's own time.
+//! fit in [`STEP_TARGET`] on the clock.
 //!
 //! A step's cost grows with its tokens (on a CPU nearly in proportion), and a
 //! request that arrives during a step waits for it to end, so the budget keeps
 //! steps short while leaving them as full as that allows: on a GPU, where a
 //! step costs about the same whatever its size, it grows to the batch's
-//! capacity. A step's own time is its wall time less the time this thread
-//! waited for a CPU (Linux's per-thread scheduler statistics): on a machine
-//! busy with other work, every step is slower, and cutting the budget would
-//! only spread each prompt over more steps, each paying the step's fixed cost
-//! and the wait for the CPU again.
+//! capacity. Steps are timed by the wall clock, the time a request waiting
+//! for them sees: when other work shares the CPU (a gateway parsing floods of
+//! big bodies, other processes), each token takes longer and the budget
+//! shrinks with it, so waits stay short. That costs a little prefill
+//! throughput on a busy machine only (small steps use llama.cpp's CPU kernels
+//! less well); on an idle one the wall clock is the step's own time.
+//! [`StepClock`] also reports the step's own time (the wall time less this
+//! thread's wait for a CPU) for the trace log, which tells the two apart.
 
 use std::time::{Duration, Instant};
 
-/// How long a step should take, by its own time, when more work waits than fits in one.
+/// How long a step should take, on the clock, when more work waits than fits in one.
 pub const STEP_TARGET: Duration = Duration::from_millis(80);
 /// Tokens per step, at least: two, so prompts and decoding sequences both move.
 pub const MIN_TOKENS: usize = 2;
@@ -41,7 +44,7 @@ impl Pace {
         (self.tokens as usize).clamp(MIN_TOKENS, self.max)
     }
 
-    /// A step fed `fed` tokens of a `budget` and took `took` of its own time.
+    /// A step fed `fed` tokens of a `budget` and took `took`.
     /// A full step, or one over the target, says how many tokens fit in the
     /// target; a small quick step only says "at least this many" (its fixed
     /// cost is spread over few tokens), so it may raise the pace, never lower it.
@@ -59,7 +62,7 @@ impl Pace {
     }
 }
 
-/// Times one step: wall time less this thread's wait for a CPU.
+/// Times one step: its wall time, and that less this thread's wait for a CPU.
 pub struct StepClock {
     started: Instant,
     waited: Option<Duration>,
@@ -71,6 +74,11 @@ impl StepClock {
             started: Instant::now(),
             waited: cpu_wait(),
         }
+    }
+
+    /// The step's wall time so far.
+    pub fn wall_time(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The step's own time so far.

@@ -71,7 +71,18 @@ impl BatchLoop<'_> {
             let logprob = active.logprobs.map(|top| self.logprob(idx, token, top));
             self.on_token(i, token, logprob);
         }
-        self.pace.observe(fed, budget, clock.own_time());
+        let wall = clock.wall_time();
+        tracing::trace!(
+            kind = ?plan.next.last,
+            prompts = plan.prompts.len(),
+            decodes = plan.decodes.len(),
+            fed,
+            budget,
+            wall_ms = wall.as_secs_f64() * 1e3,
+            own_ms = clock.own_time().as_secs_f64() * 1e3,
+            "step"
+        );
+        self.pace.observe(fed, budget, wall);
     }
 
     /// Adds the next `n` tokens of the prompt in `slot`; its last one asks for logits.
