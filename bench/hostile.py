@@ -11,6 +11,7 @@ bodies (with a length and chunked); invalid UTF-8; deeply nested JSON; six
 4 MiB prompts at once; everything at once; recovery.
 
 Usage: bench/hostile.py --herd target/release/herd [--hold 45] [--json out.json]
+       [--only baseline,everything] [--log server.log]
 """
 import argparse
 import asyncio
@@ -36,17 +37,17 @@ async def probe(port, interval):
     """The well-behaved client: one small streamed request at a time; one JSON
     line per request on stdout (start time on the monotonic clock, outcome)."""
     while True:
-        t = time.monotonic()
+        t, wall = time.monotonic(), time.time()
         o = await httpc.exchange("POST", "/v1/chat/completions", PROBE_BODY, port=port,
                                  stream=True, timeout=60)
-        print(json.dumps({"t": t, "kind": o.kind, "status": o.status, "code": o.code,
+        print(json.dumps({"t": t, "wall": wall, "kind": o.kind, "status": o.status, "code": o.code,
                           "ttft": o.ttft, "e2e": o.e2e}), flush=True)
         await asyncio.sleep(interval)
 
 
 class Run:
-    def __init__(self, port, sampler, hold):
-        self.port, self.sampler, self.hold = port, sampler, hold
+    def __init__(self, port, sampler, hold, only=None):
+        self.port, self.sampler, self.hold, self.only = port, sampler, hold, only
         self.probes = []          # dicts from the probe process
         self.phases = []          # dicts, in order
         self.bodies = {}          # big request bodies, built once
@@ -65,6 +66,8 @@ class Run:
     async def phase_run(self, name, what, attack):
         """Runs one attack coroutine as a phase; records the probe, RSS and
         metrics deltas over it, and the attack's own findings."""
+        if self.only and name not in self.only:
+            return None
         log(f"phase {name}: {what}")
         before = await httpc.get_text("/metrics", self.port) or ""
         m0, t0 = time.monotonic(), self.now()
@@ -91,7 +94,10 @@ class Run:
                       "over_250ms": sum(t > 0.25 for t in ttfts),
                       "ttft_p50_ms": ms(pct(ttfts, 50)), "ttft_p99_ms": ms(pct(ttfts, 99)),
                       "ttft_max_ms": ms(max(ttfts) if ttfts else None),
-                      "e2e_max_ms": ms(max((p["e2e"] or 0 for p in probes), default=None))},
+                      "e2e_max_ms": ms(max((p["e2e"] or 0 for p in probes), default=None)),
+                      # When each slow one was sent (Unix time), to find it in the server's log.
+                      "over_250ms_sent_at": [round(p["wall"], 3) for p in probes
+                                             if p["kind"] == "ok" and p["ttft"] > 0.25]},
             "peak": self.sampler.peak(t0, t1),
             "server_answers": {s: a.get(s, 0) - b.get(s, 0) for s in a if a.get(s, 0) != b.get(s, 0)},
             "generations_ended": {r: fa[r] - fb.get(r, 0) for r in fa if fa[r] != fb.get(r, 0)},
@@ -321,10 +327,10 @@ async def _until_closed(reader):
         pass
 
 
-async def main_async(herd, hold, log_to):
+async def main_async(herd, hold, log_to, only=None):
     with start_herd(herd, *SERVER_FLAGS, log_to=log_to) as server, \
             observe.Sampler(server.proc.pid, period=0.5) as sampler:
-        run = Run(port_of(server), sampler, hold)
+        run = Run(port_of(server), sampler, hold, only)
         prober = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--probe", str(run.port), stdout=asyncio.subprocess.PIPE)
         reader = asyncio.ensure_future(run.read_probes(prober.stdout))
@@ -384,6 +390,7 @@ def main():
                     help="seconds each connection attack is held")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--log", help="copy the server's log here")
+    ap.add_argument("--only", help="run only these phases (comma-separated names)")
     ap.add_argument("--probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
     opts = ap.parse_args()
     if opts.probe:
@@ -394,7 +401,8 @@ def main():
         return
     if not opts.herd:
         ap.error("--herd is required")
-    result = asyncio.run(main_async(opts.herd, opts.hold, opts.log))
+    result = asyncio.run(main_async(opts.herd, opts.hold, opts.log,
+                                   opts.only and opts.only.split(",")))
     text = json.dumps(result, indent=1)
     if opts.json:
         with open(opts.json, "w") as f:

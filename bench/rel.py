@@ -24,7 +24,7 @@ def start_herd(herd, *flags, env=None, log_to=None):
     state = tempfile.mkdtemp(prefix="herd-rel-state-")
     argv = [herd, "serve", "--model", MODEL, "--listen", "127.0.0.1:0", "--no-discovery",
             "--state-dir", state, *map(str, flags)]
-    server = Server("herd", argv, env={"HERD_LOG": "info", "NO_COLOR": "1", **(env or {})},
+    server = Server("herd", argv, env={"HERD_LOG": os.environ.get("HERD_LOG", "info"), "NO_COLOR": "1", **(env or {})},
                     listen_re=r"herd listening on (http://[0-9.:]+)")
     server.keep_log_to = log_to
     return server
