@@ -8,22 +8,28 @@
 //!   step, fewest tokens first (others join only if at most twice as long as
 //!   the first): a small request's first token waits for its own few tokens,
 //!   not for a step of other work, however many streams are decoding or long
-//!   prompts waiting. Two may come in a row (a request that arrives during
-//!   one is not sent behind a round of decoding), not three.
+//!   prompts waiting. Several may come in a row (a request that arrives
+//!   during one is not sent behind a round of decoding), within the bounds
+//!   below.
 //! - **decode**: one token for each decoding sequence in turn, from where the
 //!   last such step stopped, so every stream moves once per round even when a
 //!   round spans several steps.
 //! - **prefill**: chunks of longer prompts, fewest tokens left first.
 //!
 //! Decode and prefill steps take turns while both have work, and while
-//! sequences wait to decode, the prompt steps between two decode steps feed
-//! at most two steps' budget of tokens in all (a prefill and a finish, or
-//! two finishes, or a prefill and two smaller finishes). Kinds are not mixed
+//! sequences wait to decode, the prompt steps between two decode steps are
+//! at most [`PROMPT_STEPS`] and feed at most two steps' budget of tokens in
+//! all (a prefill and a finish, two finishes, or a few smaller ones: on a CPU
+//! a step's cost is nearly its tokens', on a GPU nearly one step's whatever
+//! its size, so both are bounded). Kinds are not mixed
 //! within a step because llama.cpp splits a step into micro-batches of consecutive sequences with
 //! as many tokens each (with a KV cache per sequence), and each micro-batch
 //! reads all the weights: a step of decoding sequences in slot order is one.
 
 use super::pace::MIN_TOKENS;
+
+/// Prompt steps between two decode steps, at most, while sequences wait to decode.
+pub const PROMPT_STEPS: usize = 3;
 
 /// What one active sequence wants from the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +60,8 @@ pub struct Turn {
     pub cursor: usize,
     /// The last step's kind.
     pub last: Kind,
-    /// Finish steps in a row, up to and including the last step.
-    pub finishes: usize,
+    /// Prompt steps (finish or prefill) since the last decode step.
+    pub prompt_steps: usize,
     /// Prompt tokens fed since the last decode step.
     pub prompted: usize,
 }
@@ -65,10 +71,10 @@ impl Turn {
         Self {
             cursor,
             last,
-            finishes: if last == Kind::Finish {
-                self.finishes + 1
-            } else {
+            prompt_steps: if last == Kind::Decode {
                 0
+            } else {
+                self.prompt_steps + 1
             },
             prompted: if last == Kind::Decode {
                 0
@@ -103,7 +109,7 @@ pub fn plan(wants: &[Want], budget: usize, turn: Turn) -> Plan {
     } else {
         (2 * budget).saturating_sub(turn.prompted).min(budget)
     };
-    if turn.finishes < 2 || decoders.is_empty() {
+    if turn.prompt_steps < PROMPT_STEPS || decoders.is_empty() {
         let finish = finishing(&prompts, room);
         if !finish.is_empty() {
             let fed = finish.iter().map(|&(_, n)| n).sum();
@@ -190,7 +196,7 @@ mod tests {
         Turn {
             cursor,
             last,
-            finishes: usize::from(last == Kind::Finish),
+            prompt_steps: usize::from(last != Kind::Decode),
             prompted: 0,
         }
     }
@@ -210,7 +216,10 @@ mod tests {
         // One that arrives during a finish step gets the next one too...
         let p = plan(&wants, 8, after(Kind::Finish, 7));
         assert_eq!(p.prompts, vec![(52, 1)]);
-        // ... but never three in a row: then the streams, from where they stopped.
+        let p = plan(&wants, 8, p.next);
+        assert_eq!(p.prompts, vec![(52, 1)]);
+        // ... but after three prompt steps, the streams, from where they stopped.
+        assert_eq!(p.next.prompt_steps, PROMPT_STEPS);
         let p = plan(&wants, 8, p.next);
         assert!(p.prompts.is_empty());
         assert_eq!(p.decodes, (7..15).collect::<Vec<_>>());
@@ -328,6 +337,31 @@ mod tests {
     }
 
     #[test]
+    fn small_requests_arriving_every_step_never_hold_the_streams_longer() {
+        for budget in 2..24 {
+            let mut wants: Vec<Want> = (0..6).map(decoding).collect();
+            let (mut turn, mut waited, mut prompted) = (Turn::default(), 0, 0);
+            for step in 0..200 {
+                if step < 60 {
+                    wants.push(prompt(6 + step, 1 + step % 4, 12));
+                }
+                let p = plan(&wants, budget, turn);
+                let fed: usize = p.prompts.iter().map(|&(_, n)| n).sum();
+                if p.decodes.is_empty() {
+                    (waited, prompted) = (waited + 1, prompted + fed);
+                } else {
+                    (waited, prompted) = (0, 0);
+                }
+                let case = format!("budget {budget}, step {step}: {p:?}");
+                assert!(waited <= PROMPT_STEPS && prompted <= 2 * budget, "{case}");
+                apply(&mut wants, &p);
+                turn = p.next;
+            }
+            assert!(wants.iter().all(|w| w.prompt_left == 0), "budget {budget}");
+        }
+    }
+
+    #[test]
     fn within_budget_never_idle_and_streams_wait_for_at_most_two_budgets_of_prompt() {
         // Every mix of streams and prompt lengths up to small sizes, run until the prompts are in.
         for streams in 0..12 {
@@ -354,7 +388,7 @@ mod tests {
                         }
                         let streams_wait = wants.iter().any(|w| w.decode);
                         assert!(
-                            !streams_wait || (waited <= 3 && prompted <= 2 * budget),
+                            !streams_wait || (waited <= PROMPT_STEPS && prompted <= 2 * budget),
                             "{case}"
                         );
                         apply(&mut wants, &p);
