@@ -125,6 +125,7 @@ turn, then all at once. The gateway's and engine host's RSS and descriptors are 
 0.5 s.
 
 {verdict}{control}
+What it took to get there (and what it costs): [Short waits under hostile load](#short-waits-under-hostile-load).
 
 The gateway was {'alive' if r['gateway_alive_at_end'] else '**dead**'} at the end;
 RSS gateway {n(r['rss_start']['gateway_mib'], ' MiB', 1)} at the start, peak
