@@ -62,6 +62,8 @@ pub struct BatchLoop<'m> {
     events: SyncSender<FromHost>,
     batch: LlamaBatch<'static>,
     clock: u64,
+    /// Decode steps taken (a prompt's age is counted in them).
+    steps: u64,
     last_stats: Instant,
     /// Tokens per step, learnt from how long steps take.
     pace: Pace,
@@ -97,6 +99,7 @@ impl<'m> BatchLoop<'m> {
             events,
             batch: LlamaBatch::new(BATCH_TOKENS, 1),
             clock: 0,
+            steps: 0,
             last_stats: Instant::now(),
             pace: Pace::new(BATCH_TOKENS),
             turn: Turn::default(),

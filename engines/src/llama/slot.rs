@@ -37,6 +37,8 @@ pub struct Active {
     pub next: Option<LlamaToken>,
     /// Index in the current batch whose logits belong to this sequence.
     pub logits_at: Option<i32>,
+    /// The batch loop's step count when it arrived.
+    pub arrived_at: u64,
 }
 
 pub struct Slot {
@@ -116,6 +118,7 @@ mod tests {
             max_tokens: 1,
             next: None,
             logits_at: None,
+            arrived_at: 0,
         }
     }
 

@@ -37,6 +37,7 @@ impl BatchLoop<'_> {
             max_tokens: params.max_tokens,
             next: None,
             logits_at: None,
+            arrived_at: self.steps,
         }
     }
 

@@ -16,6 +16,9 @@
 //!   round spans several steps.
 //! - **prefill**: chunks of longer prompts, fewest tokens left first.
 //!
+//! A prompt that has waited [`AGED_AFTER`] steps goes before younger ones,
+//! the oldest first, in both kinds of prompt step.
+//!
 //! Decode and prefill steps take turns while both have work, and while
 //! sequences wait to decode, the prompt steps between two decode steps are
 //! at most [`PROMPT_STEPS`] and feed at most two steps' budget of tokens in
@@ -30,6 +33,9 @@ use super::pace::MIN_TOKENS;
 
 /// Prompt steps between two decode steps, at most, while sequences wait to decode.
 pub const PROMPT_STEPS: usize = 3;
+/// Steps after which a waiting prompt is served before younger ones (~1 s at
+/// the pace's 80 ms steps).
+pub const AGED_AFTER: u64 = 12;
 
 /// What one active sequence wants from the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +49,8 @@ pub struct Want {
     pub prompt_started: bool,
     /// The whole prompt's length: among prompts with as much left, the shorter goes first.
     pub prompt_len: usize,
+    /// Steps since the request arrived.
+    pub age: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,7 +107,19 @@ pub struct Plan {
 pub fn plan(wants: &[Want], budget: usize, turn: Turn) -> Plan {
     let budget = budget.max(MIN_TOKENS);
     let mut prompts: Vec<&Want> = wants.iter().filter(|w| w.prompt_left > 0).collect();
-    prompts.sort_by_key(|w| (w.prompt_left, w.prompt_len, w.slot));
+    // Fewest tokens first, but a prompt that has waited [`AGED_AFTER`] steps
+    // goes before any younger one (the oldest first): fewest-first alone would
+    // starve a long prompt behind a steady flow of shorter ones.
+    prompts.sort_by_key(|w| {
+        let aged = w.age >= AGED_AFTER;
+        (
+            !aged,
+            if aged { u64::MAX - w.age } else { 0 },
+            w.prompt_left,
+            w.prompt_len,
+            w.slot,
+        )
+    });
     let mut decoders: Vec<usize> = wants.iter().filter(|w| w.decode).map(|w| w.slot).collect();
     decoders.sort_by_key(|&slot| (slot < turn.cursor, slot));
 
@@ -169,234 +189,4 @@ fn finishing(prompts: &[&Want], budget: usize) -> Vec<(usize, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decoding(slot: usize) -> Want {
-        Want {
-            slot,
-            decode: true,
-            prompt_left: 0,
-            prompt_started: false,
-            prompt_len: 10,
-        }
-    }
-
-    fn prompt(slot: usize, left: usize, len: usize) -> Want {
-        Want {
-            slot,
-            decode: false,
-            prompt_left: left,
-            prompt_started: false,
-            prompt_len: len,
-        }
-    }
-
-    fn after(last: Kind, cursor: usize) -> Turn {
-        Turn {
-            cursor,
-            last,
-            prompt_steps: usize::from(last != Kind::Decode),
-            prompted: 0,
-        }
-    }
-
-    #[test]
-    fn a_short_prompt_gets_the_next_step_ahead_of_streams_and_long_prompts() {
-        let mut wants: Vec<Want> = (0..50).map(decoding).collect();
-        wants.push(prompt(50, 23, 23));
-        wants.push(prompt(51, 1_000, 1_000));
-        wants.push(prompt(52, 1, 12));
-        for last in [Kind::Decode, Kind::Prefill] {
-            let p = plan(&wants, 8, after(last, 7));
-            assert_eq!(p.prompts, vec![(52, 1)]);
-            assert!(p.decodes.is_empty());
-            assert_eq!((p.next.last, p.next.cursor), (Kind::Finish, 7));
-        }
-        // One that arrives during a finish step gets the next one too...
-        let p = plan(&wants, 8, after(Kind::Finish, 7));
-        assert_eq!(p.prompts, vec![(52, 1)]);
-        let p = plan(&wants, 8, p.next);
-        assert_eq!(p.prompts, vec![(52, 1)]);
-        // ... but after three prompt steps, the streams, from where they stopped.
-        assert_eq!(p.next.prompt_steps, PROMPT_STEPS);
-        let p = plan(&wants, 8, p.next);
-        assert!(p.prompts.is_empty());
-        assert_eq!(p.decodes, (7..15).collect::<Vec<_>>());
-        assert_eq!(p.next, Turn::default().then(Kind::Decode, 15, 0));
-    }
-
-    #[test]
-    fn a_second_finish_step_takes_only_what_the_first_left_of_two_budgets() {
-        let mut wants: Vec<Want> = (0..4).map(decoding).collect();
-        wants.extend((4..20).map(|slot| prompt(slot, 1, 23)));
-        let p = plan(&wants, 6, after(Kind::Decode, 0));
-        assert_eq!(p.prompts.len(), 6);
-        let mut after_prefill = Turn::default().then(Kind::Prefill, 0, 6);
-        after_prefill = plan(&wants, 6, after_prefill).next;
-        assert_eq!(after_prefill.prompted, 12);
-        let p = plan(&wants, 6, after_prefill);
-        assert_eq!(p.decodes.len(), 4, "two budgets fed: the streams' turn");
-    }
-
-    #[test]
-    fn prompts_that_finish_share_their_step_up_to_the_budget_unless_much_longer() {
-        let mut wants: Vec<Want> = (0..3).map(decoding).collect();
-        wants.extend((3..8).map(|slot| prompt(slot, 3, 23)));
-        let p = plan(&wants, 10, Turn::default());
-        assert_eq!(p.prompts, vec![(3, 3), (4, 3), (5, 3)]);
-        // Twelve tokens would make the one-token prompt's step ten times longer: later.
-        wants.truncate(3);
-        wants.push(prompt(3, 12, 12));
-        wants.push(prompt(4, 2, 12));
-        wants.push(prompt(5, 1, 12));
-        assert_eq!(
-            plan(&wants, 16, Turn::default()).prompts,
-            vec![(5, 1), (4, 2)]
-        );
-    }
-
-    #[test]
-    fn the_last_chunk_of_a_long_prompt_is_no_small_request() {
-        let mut wants: Vec<Want> = (0..4).map(decoding).collect();
-        let mut tail = prompt(4, 5, 40);
-        tail.prompt_started = true;
-        wants.push(tail);
-        // It is prefilled in turn with the streams, and leaves the next finish step free.
-        let p = plan(&wants, 8, Turn::default());
-        assert_eq!(p.next.last, Kind::Prefill);
-        wants.push(prompt(5, 1, 12));
-        let p = plan(&wants, 8, p.next);
-        assert_eq!(p.prompts, vec![(5, 1)]);
-    }
-
-    #[test]
-    fn with_as_much_left_the_shorter_prompt_goes_first() {
-        let wants = [prompt(0, 1, 23), prompt(1, 1, 12), prompt(2, 1, 23)];
-        assert_eq!(
-            plan(&wants, 2, Turn::default()).prompts,
-            vec![(1, 1), (0, 1)]
-        );
-    }
-
-    #[test]
-    fn every_stream_moves_once_per_round_even_when_a_round_spans_steps() {
-        let wants: Vec<Want> = (0..10).map(decoding).collect();
-        let mut turn = Turn::default();
-        let mut times = [0; 10];
-        for _ in 0..7 {
-            let p = plan(&wants, 4, turn);
-            assert!(p.prompts.is_empty());
-            assert_eq!(p.decodes.len(), 4);
-            assert!(p.decodes.windows(2).all(|w| w[0] < w[1]), "{:?}", p.decodes);
-            turn = p.next;
-            for slot in p.decodes {
-                times[slot] += 1;
-            }
-            // No stream gets a second token before every other got its first.
-            let (min, max) = (times.iter().min(), times.iter().max());
-            assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{times:?}");
-        }
-    }
-
-    #[test]
-    fn long_prompts_and_streams_take_turns_and_either_alone_takes_every_step() {
-        let mut wants: Vec<Want> = (0..6).map(decoding).collect();
-        wants.push(prompt(6, 500, 500));
-        wants.push(prompt(7, 30, 30));
-        let p = plan(&wants, 8, Turn::default());
-        assert_eq!(
-            p.prompts,
-            vec![(7, 8)],
-            "the one with fewer tokens left first"
-        );
-        let p = plan(&wants, 8, p.next);
-        assert_eq!((p.prompts.len(), p.decodes.len()), (0, 6));
-        let p = plan(&wants, 8, p.next);
-        assert_eq!(p.prompts, vec![(7, 8)]);
-        assert_eq!(
-            plan(&wants[..6], 8, after(Kind::Decode, 0)).decodes.len(),
-            6
-        );
-        assert_eq!(
-            plan(&wants[6..], 8, after(Kind::Prefill, 0)).prompts,
-            vec![(7, 8)]
-        );
-    }
-
-    /// Feeds a plan into the wants, as the batch loop does (a fed prompt's
-    /// last token and a decoded token each bring a new token to decode).
-    fn apply(wants: &mut [Want], p: &Plan) {
-        for w in wants.iter_mut() {
-            if let Some(&(_, n)) = p.prompts.iter().find(|&&(slot, _)| slot == w.slot) {
-                w.prompt_left -= n;
-                w.prompt_started = true;
-                w.decode = w.prompt_left == 0;
-            }
-        }
-    }
-
-    #[test]
-    fn small_requests_arriving_every_step_never_hold_the_streams_longer() {
-        for budget in 2..24 {
-            let mut wants: Vec<Want> = (0..6).map(decoding).collect();
-            let (mut turn, mut waited, mut prompted) = (Turn::default(), 0, 0);
-            for step in 0..200 {
-                if step < 60 {
-                    wants.push(prompt(6 + step, 1 + step % 4, 12));
-                }
-                let p = plan(&wants, budget, turn);
-                let fed: usize = p.prompts.iter().map(|&(_, n)| n).sum();
-                if p.decodes.is_empty() {
-                    (waited, prompted) = (waited + 1, prompted + fed);
-                } else {
-                    (waited, prompted) = (0, 0);
-                }
-                let case = format!("budget {budget}, step {step}: {p:?}");
-                assert!(waited <= PROMPT_STEPS && prompted <= 2 * budget, "{case}");
-                apply(&mut wants, &p);
-                turn = p.next;
-            }
-            assert!(wants.iter().all(|w| w.prompt_left == 0), "budget {budget}");
-        }
-    }
-
-    #[test]
-    fn within_budget_never_idle_and_streams_wait_for_at_most_two_budgets_of_prompt() {
-        // Every mix of streams and prompt lengths up to small sizes, run until the prompts are in.
-        for streams in 0..12 {
-            for left in [0, 1, 3, 7, 40] {
-                for budget in 2..20 {
-                    let mut wants: Vec<Want> = (0..streams).map(decoding).collect();
-                    wants.push(prompt(streams, left, left + 5));
-                    wants.push(prompt(streams + 1, left * 2, left * 2));
-                    let mut turn = Turn::default();
-                    let (mut waited, mut prompted) = (0, 0);
-                    for _ in 0..400 {
-                        let p = plan(&wants, budget, turn);
-                        let fed: usize =
-                            p.prompts.iter().map(|&(_, n)| n).sum::<usize>() + p.decodes.len();
-                        let case = format!("{streams} {left} {budget}: {p:?}");
-                        assert!(fed <= budget, "{case}");
-                        let work = wants.iter().any(|w| w.decode || w.prompt_left > 0);
-                        assert_eq!(fed > 0, work, "an idle step: {case}");
-                        if p.decodes.is_empty() {
-                            waited += 1;
-                            prompted += fed;
-                        } else {
-                            (waited, prompted) = (0, 0);
-                        }
-                        let streams_wait = wants.iter().any(|w| w.decode);
-                        assert!(
-                            !streams_wait || (waited <= PROMPT_STEPS && prompted <= 2 * budget),
-                            "{case}"
-                        );
-                        apply(&mut wants, &p);
-                        turn = p.next;
-                    }
-                    assert!(wants.iter().all(|w| w.prompt_left == 0));
-                }
-            }
-        }
-    }
-}
+mod tests;

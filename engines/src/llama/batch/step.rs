@@ -28,6 +28,7 @@ impl BatchLoop<'_> {
                     },
                     prompt_started: a.fed > a.cached,
                     prompt_len: a.prompt.len(),
+                    age: self.steps.saturating_sub(a.arrived_at),
                 })
             })
             .collect();
@@ -49,6 +50,7 @@ impl BatchLoop<'_> {
             return;
         }
         self.clock += 1;
+        self.steps += 1;
         self.share_prompts();
         for i in 0..self.slots.len() {
             let Some(active) = self.slots[i].active.as_mut() else {
