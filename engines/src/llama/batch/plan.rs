@@ -16,8 +16,10 @@
 //!   round spans several steps.
 //! - **prefill**: chunks of longer prompts, fewest tokens left first.
 //!
-//! A prompt that has waited [`AGED_AFTER`] steps goes before younger ones,
-//! the oldest first, in both kinds of prompt step.
+//! A prompt that has waited [`AGED_AFTER`] steps is owed every other prompt
+//! step, and prefill steps take it before younger ones, the oldest first; a
+//! finish step still takes the smallest new prompts, so a small request is
+//! not sent behind a burst of longer ones.
 //!
 //! Decode and prefill steps take turns while both have work, and while
 //! sequences wait to decode, the prompt steps between two decode steps are
@@ -107,9 +109,56 @@ pub struct Plan {
 pub fn plan(wants: &[Want], budget: usize, turn: Turn) -> Plan {
     let budget = budget.max(MIN_TOKENS);
     let mut prompts: Vec<&Want> = wants.iter().filter(|w| w.prompt_left > 0).collect();
-    // Fewest tokens first, but a prompt that has waited [`AGED_AFTER`] steps
-    // goes before any younger one (the oldest first): fewest-first alone would
-    // starve a long prompt behind a steady flow of shorter ones.
+    prompts.sort_by_key(|w| (w.prompt_left, w.prompt_len, w.slot));
+    let mut decoders: Vec<usize> = wants.iter().filter(|w| w.decode).map(|w| w.slot).collect();
+    decoders.sort_by_key(|&slot| (slot < turn.cursor, slot));
+
+    // While sequences wait to decode, what prompts may still take before they do.
+    let (room, may_prompt) = if decoders.is_empty() {
+        (budget, true)
+    } else {
+        let room = (2 * budget).saturating_sub(turn.prompted).min(budget);
+        (room, room > 0 && turn.prompt_steps < PROMPT_STEPS)
+    };
+    // A prompt that has waited long is owed every other prompt step.
+    let owed = turn.last != Kind::Prefill && prompts.iter().any(|w| w.age >= AGED_AFTER);
+    if may_prompt {
+        if !(owed && turn.last == Kind::Finish) {
+            let finish = finishing(&prompts, room);
+            if !finish.is_empty() {
+                let fed = finish.iter().map(|&(_, n)| n).sum();
+                return Plan {
+                    prompts: finish,
+                    decodes: Vec::new(),
+                    next: turn.then(Kind::Finish, turn.cursor, fed),
+                };
+            }
+        }
+        let prefill_turn = turn.last == Kind::Decode && !prompts.is_empty();
+        if decoders.is_empty() || prefill_turn || owed {
+            let chunks = prefilling(prompts, room);
+            let fed = chunks.iter().map(|&(_, n)| n).sum();
+            return Plan {
+                prompts: chunks,
+                decodes: Vec::new(),
+                next: turn.then(Kind::Prefill, turn.cursor, fed),
+            };
+        }
+    }
+    decoders.truncate(budget);
+    let cursor = decoders.last().map_or(turn.cursor, |&last| last + 1);
+    decoders.sort_unstable();
+    Plan {
+        prompts: Vec::new(),
+        decodes: decoders,
+        next: turn.then(Kind::Decode, cursor, 0),
+    }
+}
+
+/// Chunks of prompts within `room`: those that have waited [`AGED_AFTER`]
+/// steps first, the oldest first (fewest-first alone would starve a long
+/// prompt behind a steady flow of shorter ones), then fewest tokens left first.
+fn prefilling(mut prompts: Vec<&Want>, room: usize) -> Vec<(usize, usize)> {
     prompts.sort_by_key(|w| {
         let aged = w.age >= AGED_AFTER;
         (
@@ -120,53 +169,17 @@ pub fn plan(wants: &[Want], budget: usize, turn: Turn) -> Plan {
             w.slot,
         )
     });
-    let mut decoders: Vec<usize> = wants.iter().filter(|w| w.decode).map(|w| w.slot).collect();
-    decoders.sort_by_key(|&slot| (slot < turn.cursor, slot));
-
-    // While sequences wait to decode, what prompts may still take before they do.
-    let room = if decoders.is_empty() {
-        budget
-    } else {
-        (2 * budget).saturating_sub(turn.prompted).min(budget)
-    };
-    if turn.prompt_steps < PROMPT_STEPS || decoders.is_empty() {
-        let finish = finishing(&prompts, room);
-        if !finish.is_empty() {
-            let fed = finish.iter().map(|&(_, n)| n).sum();
-            return Plan {
-                prompts: finish,
-                decodes: Vec::new(),
-                next: turn.then(Kind::Finish, turn.cursor, fed),
-            };
+    let mut left = room;
+    let mut chunks = Vec::new();
+    for w in prompts {
+        if left == 0 {
+            break;
         }
+        let n = w.prompt_left.min(left);
+        chunks.push((w.slot, n));
+        left -= n;
     }
-    let decode_turn = turn.last != Kind::Decode || prompts.is_empty();
-    if decoders.is_empty() || !decode_turn {
-        let mut left = room;
-        let mut chunks = Vec::new();
-        for w in &prompts {
-            if left == 0 {
-                break;
-            }
-            let n = w.prompt_left.min(left);
-            chunks.push((w.slot, n));
-            left -= n;
-        }
-        let fed = room - left;
-        return Plan {
-            prompts: chunks,
-            decodes: Vec::new(),
-            next: turn.then(Kind::Prefill, turn.cursor, fed),
-        };
-    }
-    decoders.truncate(budget);
-    let cursor = decoders.last().map_or(turn.cursor, |&last| last + 1);
-    decoders.sort_unstable();
-    Plan {
-        prompts: Vec::new(),
-        decodes: decoders,
-        next: turn.then(Kind::Decode, cursor, 0),
-    }
+    chunks
 }
 
 /// The prompts (sorted, fewest tokens left first) a finish step takes whole.

@@ -171,31 +171,51 @@ fn apply(wants: &mut [Want], p: &Plan) {
 #[test]
 fn a_long_prompt_is_not_starved_by_a_steady_flow_of_shorter_ones() {
     // Eight streams decode; a long prompt waits; every step brings a shorter
-    // one (none fits whole in a step), more than the steps can prefill.
-    let budget = 15;
-    let mut wants: Vec<Want> = (0..8).map(decoding).collect();
-    wants.push(prompt(8, 80, 80));
-    let mut turn = Turn::default();
-    let mut done_at = None;
-    for step in 0..200 {
-        wants.push(prompt(9 + step, 30, 30));
-        let p = plan(&wants, budget, turn);
-        apply(&mut wants, &p);
-        turn = p.next;
-        for w in &mut wants {
-            w.age += 1;
+    // one, more than the steps can take: too long to finish whole in a step
+    // (they compete in prefill steps), or short enough (in finish steps).
+    for short in [30, 5] {
+        let budget = 15;
+        let mut wants: Vec<Want> = (0..8).map(decoding).collect();
+        wants.push(prompt(8, 80, 80));
+        let mut turn = Turn::default();
+        let mut done_at = None;
+        for step in 0..200 {
+            wants.push(prompt(9 + step, short, short));
+            let p = plan(&wants, budget, turn);
+            apply(&mut wants, &p);
+            turn = p.next;
+            for w in &mut wants {
+                w.age += 1;
+            }
+            if done_at.is_none() && wants[8].prompt_left == 0 {
+                done_at = Some(step);
+            }
         }
-        if done_at.is_none() && wants[8].prompt_left == 0 {
-            done_at = Some(step);
-        }
+        // Aged after 12 steps, then a prefill step at least every other prompt
+        // step: 80 tokens in 15-token chunks within a few rounds.
+        let done_at = done_at.unwrap_or(usize::MAX);
+        assert!(
+            done_at <= AGED_AFTER as usize + 3 * 6 + 2,
+            "{short}-token flow: done at step {done_at}"
+        );
     }
-    // Aged after 12 steps, then served first: 80 tokens in 15-token chunks,
-    // one prefill step in every two while the streams decode.
-    let done_at = done_at.unwrap_or(usize::MAX);
-    assert!(
-        done_at <= AGED_AFTER as usize + 2 * 6 + 2,
-        "done at step {done_at}"
-    );
+}
+
+#[test]
+fn a_small_request_still_goes_first_when_longer_prompts_have_aged() {
+    let mut wants: Vec<Want> = (0..4).map(decoding).collect();
+    wants.extend((4..54).map(|slot| Want {
+        age: AGED_AFTER + 5,
+        ..prompt(slot, 23, 23)
+    }));
+    wants.push(prompt(54, 12, 12));
+    let p = plan(&wants, 16, after(Kind::Decode, 0));
+    assert_eq!(p.prompts, vec![(54, 12)]);
+    // Then the aged prompts' turn, the oldest first, before the streams'.
+    wants[10].age += 1;
+    let p = plan(&wants, 16, p.next);
+    assert_eq!(p.next.last, Kind::Prefill);
+    assert_eq!(p.prompts.first(), Some(&(10, 16)));
 }
 
 #[test]
