@@ -16,10 +16,10 @@
 //!   round spans several steps.
 //! - **prefill**: chunks of longer prompts, fewest tokens left first.
 //!
-//! A prompt that has waited [`AGED_AFTER`] steps is owed every other prompt
-//! step, and prefill steps take it before younger ones, the oldest first; a
-//! finish step still takes the smallest new prompts, so a small request is
-//! not sent behind a burst of longer ones.
+//! Prefill steps take the prompt that has waited longest for its size first
+//! (see [`prefilling`]), and once any prompt has waited [`AGED_AFTER`] steps,
+//! every other prompt step is a prefill step, so a flow of small requests in
+//! finish steps cannot hold it back either.
 //!
 //! Decode and prefill steps take turns while both have work, and while
 //! sequences wait to decode, the prompt steps between two decode steps are
@@ -35,8 +35,8 @@ use super::pace::MIN_TOKENS;
 
 /// Prompt steps between two decode steps, at most, while sequences wait to decode.
 pub const PROMPT_STEPS: usize = 3;
-/// Steps after which a waiting prompt is served before younger ones (~1 s at
-/// the pace's 80 ms steps).
+/// Steps after which a waiting prompt is owed every other prompt step (~1 s
+/// at the pace's 80 ms steps); also a new prompt's head start in [`prefilling`].
 pub const AGED_AFTER: u64 = 12;
 
 /// What one active sequence wants from the next step.
@@ -155,19 +155,19 @@ pub fn plan(wants: &[Want], budget: usize, turn: Turn) -> Plan {
     }
 }
 
-/// Chunks of prompts within `room`: those that have waited [`AGED_AFTER`]
-/// steps first, the oldest first (fewest-first alone would starve a long
-/// prompt behind a steady flow of shorter ones), then fewest tokens left first.
+/// Chunks of prompts within `room`, the highest response ratio first: the
+/// one whose wait is longest for its size, `(age + AGED_AFTER) / tokens left`
+/// (a new prompt counts as having waited [`AGED_AFTER`] steps already). Among
+/// prompts of about the same age the shortest goes first, so a small request
+/// does not wait for a burst of longer ones; but every waiting prompt's ratio
+/// grows, so a long one is never starved by a steady flow of shorter ones.
 fn prefilling(mut prompts: Vec<&Want>, room: usize) -> Vec<(usize, usize)> {
-    prompts.sort_by_key(|w| {
-        let aged = w.age >= AGED_AFTER;
-        (
-            !aged,
-            if aged { u64::MAX - w.age } else { 0 },
-            w.prompt_left,
-            w.prompt_len,
-            w.slot,
-        )
+    prompts.sort_by(|a, b| {
+        let ratio =
+            |w: &Want, other: &Want| u128::from(w.age + AGED_AFTER) * other.prompt_left as u128;
+        ratio(b, a).cmp(&ratio(a, b)).then_with(|| {
+            (a.prompt_left, a.prompt_len, a.slot).cmp(&(b.prompt_left, b.prompt_len, b.slot))
+        })
     });
     let mut left = room;
     let mut chunks = Vec::new();
