@@ -33,6 +33,8 @@ import subprocess
 import threading
 import time
 
+import procs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.expanduser(os.environ.get(
     "HERD_TEST_MODEL", "~/.cache/herd/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -112,25 +114,13 @@ class Herd:
             raise SystemExit(f"{binary} did not start")
         # Keep reading its log, so that a full pipe never blocks it.
         threading.Thread(target=self._read_log, daemon=True).start()
-        self._wait_healthy()
+        procs.wait_healthy(f"http://127.0.0.1:{self.port}", self.label)
         self.engine = self._engine_pid()
 
     def _read_log(self):
         for line in self.proc.stdout:
             if STATS_LINE in line:
                 self.stats.put({k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)})
-
-    def _wait_healthy(self):
-        for _ in range(600):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"{self.label} did not become healthy")
 
     def _engine_pid(self):
         for pid in os.listdir("/proc"):

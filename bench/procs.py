@@ -46,6 +46,16 @@ def http_status(url: str, timeout: float = 2.0) -> int:
         return 0
 
 
+def wait_healthy(base_url: str, what: str, seconds: float = 120.0):
+    """Waits until `base_url`/health answers 200; exits naming `what` if it never does."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if http_status(base_url + "/health", timeout=5) == 200:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{what} did not become healthy")
+
+
 class Server:
     """A server process; `url` is its base (no /v1)."""
 

@@ -16,7 +16,6 @@ Usage: bench/steps.py --old PATH [--new target/release/herd] [--reps 3]
 Prints a markdown table (medians, and every run).
 """
 import argparse
-import http.client
 import json
 import os
 import re
@@ -24,6 +23,8 @@ import statistics
 import subprocess
 import threading
 import time
+
+import procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.expanduser(os.environ.get(
@@ -40,22 +41,9 @@ def start(binary):
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
         if m:
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            wait_ready(int(m.group(1)))
+            procs.wait_healthy(f"http://127.0.0.1:{m.group(1)}", binary)
             return proc, f"http://127.0.0.1:{m.group(1)}/v1"
     raise SystemExit(f"{binary} did not start")
-
-
-def wait_ready(port):
-    for _ in range(600):
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the engine did not become ready")
 
 
 def bench(herd, url, *args):
